@@ -1,0 +1,364 @@
+// Package agent is kiln's call lifecycle: it keeps the registry of deployed
+// functions (persisted in the datastore, cached in memory), and runs each
+// call by acquiring a container from the pool, dispatching the call over the
+// container's executor session, and releasing the container.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/kilnfx/kiln/datastore"
+	"github.com/kilnfx/kiln/pool"
+	pb "github.com/kilnfx/kiln/proto/executorpb"
+	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
+)
+
+// DefaultMaxBodyBytes is the default request body limit.
+const DefaultMaxBodyBytes = 6 << 20
+
+// Agent runs calls and manages functions. It is safe for concurrent use.
+type Agent struct {
+	store        *datastore.Store
+	pool         *pool.Pool
+	functionsDir string
+	log          *slog.Logger
+	maxBody      int
+
+	deployMu sync.Mutex // serialises Deploy and Delete
+
+	mu        sync.RWMutex
+	functions map[string]*function
+}
+
+// function is the cached, ready-to-run form of a deployed function.
+type function struct {
+	record  *kilnv1.Function
+	timeout time.Duration
+	pool    *pool.Function
+}
+
+// Option configures an Agent.
+type Option func(*Agent)
+
+// WithLogger sets the agent's logger.
+func WithLogger(l *slog.Logger) Option { return func(a *Agent) { a.log = l } }
+
+// WithMaxBodyBytes sets the request body limit (default DefaultMaxBodyBytes).
+func WithMaxBodyBytes(n int) Option { return func(a *Agent) { a.maxBody = n } }
+
+// New returns an Agent storing functions in store, running them in p, and
+// keeping their code under dataDir/functions. It loads the functions store
+// already holds.
+func New(ctx context.Context, store *datastore.Store, p *pool.Pool, dataDir string, opts ...Option) (*Agent, error) {
+	if store == nil || p == nil {
+		return nil, errors.New("agent: store and pool are required")
+	}
+	a := &Agent{
+		store:        store,
+		pool:         p,
+		functionsDir: filepath.Join(dataDir, "functions"),
+		log:          slog.Default(),
+		maxBody:      DefaultMaxBodyBytes,
+		functions:    make(map[string]*function),
+	}
+	for _, opt := range opts {
+		opt(a)
+	}
+	if err := os.MkdirAll(a.functionsDir, 0o755); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	records, err := store.ListFunctions(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("agent: load functions: %w", err)
+	}
+	for _, r := range records {
+		fn, err := a.load(r)
+		if err != nil {
+			a.log.Error("cannot load function; redeploy it", "function", r.Name, "err", err)
+			continue
+		}
+		a.functions[r.Name] = fn
+	}
+	return a, nil
+}
+
+// MaxBodyBytes returns the request body limit.
+func (a *Agent) MaxBodyBytes() int { return a.maxBody }
+
+// load turns a stored record into a runnable function.
+func (a *Agent) load(r datastore.Function) (*function, error) {
+	spec := &kilnv1.FunctionSpec{}
+	if err := protojson.Unmarshal(r.Spec, spec); err != nil {
+		return nil, fmt.Errorf("decode spec: %w", err)
+	}
+	rootfs := filepath.Join(a.functionsDir, r.Name, r.Revision, "rootfs")
+	if _, err := os.Stat(filepath.Join(rootfs, spec.Handler)); err != nil {
+		return nil, fmt.Errorf("code of revision %s: %w", r.Revision, err)
+	}
+	return a.newFunction(&kilnv1.Function{
+		Name:     r.Name,
+		Spec:     spec,
+		Revision: r.Revision,
+		Created:  timestamppb.New(r.Created),
+		Updated:  timestamppb.New(r.Updated),
+	}, rootfs), nil
+}
+
+func (a *Agent) newFunction(rec *kilnv1.Function, rootfs string) *function {
+	s := rec.Spec
+	env := make([]string, 0, len(s.Env))
+	for k, v := range s.Env {
+		env = append(env, k+"="+v)
+	}
+	sort.Strings(env)
+	return &function{
+		record:  rec,
+		timeout: s.Timeout.AsDuration(),
+		pool: &pool.Function{
+			Name:        rec.Name,
+			Revision:    containerKey(rec.Revision, s),
+			RootFS:      rootfs,
+			Args:        []string{"/" + s.Handler},
+			Env:         env,
+			MemoryBytes: int64(s.MemoryMb) << 20,
+			CPUMillis:   int64(s.CpuMillis),
+		},
+	}
+}
+
+// Deploy validates spec, installs its code, and stores the function under
+// name, replacing an earlier deployment. Containers of an earlier revision or
+// with other limits are stopped. Errors wrap ErrInvalidArgument for a bad
+// name or spec.
+func (a *Agent) Deploy(ctx context.Context, name string, spec *kilnv1.FunctionSpec) (*kilnv1.Function, error) {
+	if err := ValidateName(name); err != nil {
+		return nil, err
+	}
+	spec, err := normalizeSpec(spec)
+	if err != nil {
+		return nil, err
+	}
+	a.deployMu.Lock()
+	defer a.deployMu.Unlock()
+	revision, rootfs, err := installCode(a.functionsDir, name, spec.Code, spec.Handler)
+	if err != nil {
+		return nil, err
+	}
+	specJSON, err := protojson.Marshal(spec)
+	if err != nil {
+		return nil, fmt.Errorf("encode spec: %w", err)
+	}
+	stored, err := a.store.PutFunction(ctx, datastore.Function{
+		Name:     name,
+		Runtime:  spec.Runtime,
+		Revision: revision,
+		Spec:     specJSON,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store function: %w", err)
+	}
+	fn := a.newFunction(&kilnv1.Function{
+		Name:     name,
+		Spec:     spec,
+		Revision: revision,
+		Created:  timestamppb.New(stored.Created),
+		Updated:  timestamppb.New(stored.Updated),
+	}, rootfs)
+	a.mu.Lock()
+	old := a.functions[name]
+	a.functions[name] = fn
+	a.mu.Unlock()
+	if old != nil && old.pool.Revision != fn.pool.Revision {
+		if err := a.pool.RemoveFunction(ctx, name); err != nil {
+			a.log.Warn("stop containers of the earlier deployment", "function", name, "err", err)
+		}
+		if old.record.Revision != revision {
+			_ = os.RemoveAll(filepath.Join(a.functionsDir, name, old.record.Revision))
+		}
+	}
+	a.log.Info("function deployed", "function", name, "revision", revision)
+	return proto.Clone(fn.record).(*kilnv1.Function), nil
+}
+
+// Get returns the named function, or an error wrapping ErrNotFound.
+func (a *Agent) Get(ctx context.Context, name string) (*kilnv1.Function, error) {
+	fn, err := a.lookup(name)
+	if err != nil {
+		return nil, err
+	}
+	return proto.Clone(fn.record).(*kilnv1.Function), nil
+}
+
+// List returns every function, ordered by name.
+func (a *Agent) List(ctx context.Context) ([]*kilnv1.Function, error) {
+	a.mu.RLock()
+	out := make([]*kilnv1.Function, 0, len(a.functions))
+	for _, fn := range a.functions {
+		out = append(out, proto.Clone(fn.record).(*kilnv1.Function))
+	}
+	a.mu.RUnlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+// Delete stops the named function's containers and removes it. It returns an
+// error wrapping ErrNotFound when there is no such function.
+func (a *Agent) Delete(ctx context.Context, name string) error {
+	if err := ValidateName(name); err != nil {
+		return err
+	}
+	a.deployMu.Lock()
+	defer a.deployMu.Unlock()
+	a.mu.Lock()
+	_, ok := a.functions[name]
+	delete(a.functions, name)
+	a.mu.Unlock()
+	err := a.store.DeleteFunction(ctx, name)
+	if errors.Is(err, datastore.ErrNotFound) {
+		if !ok {
+			return fmt.Errorf("%w: function %q", ErrNotFound, name)
+		}
+		err = nil
+	}
+	if err != nil {
+		return fmt.Errorf("delete function: %w", err)
+	}
+	if err := a.pool.RemoveFunction(ctx, name); err != nil {
+		a.log.Warn("stop containers", "function", name, "err", err)
+	}
+	_ = os.RemoveAll(filepath.Join(a.functionsDir, name))
+	a.log.Info("function deleted", "function", name)
+	return nil
+}
+
+func (a *Agent) lookup(name string) (*function, error) {
+	a.mu.RLock()
+	fn := a.functions[name]
+	a.mu.RUnlock()
+	if fn == nil {
+		if err := ValidateName(name); err != nil {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w: function %q", ErrNotFound, name)
+	}
+	return fn, nil
+}
+
+// Call is one invocation as an API edge hands it to the agent.
+type Call struct {
+	// Function is the function's name.
+	Function string
+	// Trigger names the edge: "http", "grpc" or "grpc-stream".
+	Trigger string
+	// Method, Path and Query describe the HTTP request, when there is one.
+	Method, Path, Query string
+	// Headers are passed to the function.
+	Headers []*pb.Header
+	// Body is the request body; the agent does not keep it after Invoke.
+	Body []byte
+}
+
+// Result is the outcome of a call that reached the function.
+type Result struct {
+	// CallID is the call's id (a UUIDv7).
+	CallID string
+	// Start says how the container was obtained: warm, thawed, stem, cold.
+	Start string
+	// Status is the function's HTTP status.
+	Status int
+	// Headers and Body are the function's answer.
+	Headers []*pb.Header
+	Body    []byte
+	// FunctionError is the handler's error message, if it failed.
+	FunctionError string
+	// Exec is the handler's run time as the executor measured it.
+	Exec time.Duration
+}
+
+// Invoke runs one call of a function and returns the function's answer. A
+// handler error is not an error of Invoke: it is reported in the Result.
+// Errors wrap one of the agent's error classes: ErrNotFound,
+// ErrPayloadTooLarge, ErrDeadlineExceeded (the function's timeout or ctx's
+// deadline passed), ErrExecutorFailed, ErrUnavailable.
+func (a *Agent) Invoke(ctx context.Context, call *Call) (*Result, error) {
+	fn, err := a.lookup(call.Function)
+	if err != nil {
+		return nil, err
+	}
+	if len(call.Body) > a.maxBody {
+		return nil, fmt.Errorf("%w: body of %d bytes is over the %d byte limit", ErrPayloadTooLarge, len(call.Body), a.maxBody)
+	}
+	id, err := uuid.NewV7()
+	if err != nil {
+		return nil, fmt.Errorf("call id: %w", err)
+	}
+	res := &Result{CallID: id.String()}
+	ctx, cancel := context.WithTimeout(ctx, fn.timeout)
+	defer cancel()
+	c, kind, err := a.pool.Acquire(ctx, fn.pool)
+	if err != nil {
+		return res, a.callError(ctx, fn, err)
+	}
+	res.Start = kind.String()
+	deadline, _ := ctx.Deadline()
+	out, err := c.Invoke(ctx, &pb.Invoke{
+		CallId:           res.CallID,
+		DeadlineUnixNano: deadline.UnixNano(),
+		Headers:          call.Headers,
+		Body:             call.Body,
+		Method:           call.Method,
+		Path:             call.Path,
+		Query:            call.Query,
+	})
+	a.pool.Release(c)
+	if err == nil && ctx.Err() != nil {
+		// The answer came at or after the deadline (a handler that
+		// returned on ctx.Done): the call still ran out of time.
+		err = ctx.Err()
+	}
+	if err != nil {
+		return res, a.callError(ctx, fn, err)
+	}
+	res.Status = int(out.Status)
+	if res.Status == 0 {
+		res.Status = 200
+	}
+	res.Headers = out.Headers
+	res.Body = out.Body
+	res.FunctionError = out.Error
+	res.Exec = time.Duration(out.ExecNs)
+	return res, nil
+}
+
+// callError maps a pool error to the agent's error classes.
+func (a *Agent) callError(ctx context.Context, fn *function, err error) error {
+	switch {
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(ctx.Err(), context.DeadlineExceeded):
+		return fmt.Errorf("%w: function %q did not answer within %v", ErrDeadlineExceeded, fn.record.Name, fn.timeout)
+	case errors.Is(err, context.Canceled):
+		return fmt.Errorf("%w: call cancelled", ErrUnavailable)
+	case errors.Is(err, pool.ErrClosed):
+		return fmt.Errorf("%w: %v", ErrUnavailable, err)
+	case errors.Is(err, pool.ErrExecutorFailed):
+		return fmt.Errorf("%w: function %q: %v", ErrExecutorFailed, fn.record.Name, err)
+	}
+	return fmt.Errorf("%w: function %q: %v", ErrExecutorFailed, fn.record.Name, err)
+}
+
+// Close stops every container. In-flight calls fail with ErrUnavailable.
+func (a *Agent) Close(ctx context.Context) error {
+	return a.pool.Close(ctx)
+}

@@ -1,0 +1,341 @@
+// Package client is a Go client of kiln's HTTP API: function management under
+// /v1/functions and calls through /invoke/{name}.
+//
+// Management requests and answers are the kiln.v1 messages as JSON (protojson
+// with the proto field names). An error answered by kiln itself, as opposed to
+// by a function, is returned as an *APIError:
+//
+//	fn, err := c.Get(ctx, "hello")
+//	var apiErr *client.APIError
+//	if errors.As(err, &apiErr) && apiErr.Class == client.ClassNotFound {
+//		// not deployed
+//	}
+//
+// The package imports only the standard library and kiln's public API types.
+package client
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strings"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
+)
+
+// HeaderError is the response header kiln sets on every error answer of an
+// invocation: the error class, ClassFunctionError when the function failed.
+const HeaderError = "X-Kiln-Error"
+
+// Error classes of kiln's API (the class field of kilnv1.Error).
+const (
+	ClassNotFound          = "not_found"
+	ClassInvalidArgument   = "invalid_argument"
+	ClassUnauthenticated   = "unauthenticated"
+	ClassResourceExhausted = "resource_exhausted"
+	ClassUnavailable       = "unavailable"
+	ClassDeadlineExceeded  = "deadline_exceeded"
+	ClassFunctionError     = "function_error"
+	ClassExecutorFailure   = "executor_failure"
+	ClassPayloadTooLarge   = "payload_too_large"
+	ClassInternal          = "internal"
+)
+
+// ErrInvalidName is returned (wrapped) by every method given a function name
+// that kiln would refuse; no request is sent.
+var ErrInvalidName = errors.New("invalid function name")
+
+var nameRE = regexp.MustCompile(`^[a-z][a-z0-9-]{0,62}$`)
+
+// Limits on answers read into memory.
+const (
+	maxManagementBody = 32 << 20 // a function list
+	maxErrorBody      = 1 << 20
+)
+
+// APIError is an error answered by kiln (not by a function).
+type APIError struct {
+	// Status is the HTTP status code.
+	Status int
+	// Class is the error class (one of the Class constants), or empty when
+	// the answer did not say.
+	Class string
+	// Message is kiln's human-readable message.
+	Message string
+}
+
+// Error implements error: kiln's message, then the class and the HTTP status,
+// as in "function hello not found (not_found, HTTP 404)".
+func (e *APIError) Error() string {
+	var b strings.Builder
+	if e.Message != "" {
+		b.WriteString(e.Message)
+	} else {
+		b.WriteString(http.StatusText(e.Status))
+	}
+	b.WriteString(" (")
+	if e.Class != "" {
+		b.WriteString(e.Class)
+		b.WriteString(", ")
+	}
+	fmt.Fprintf(&b, "HTTP %d)", e.Status)
+	return b.String()
+}
+
+// InvokeResult is a function's answer to a call.
+type InvokeResult struct {
+	// Status is the HTTP status the function answered with.
+	Status int
+	// Header holds the answer's headers.
+	Header http.Header
+	// Body is the answer's body.
+	Body []byte
+	// FunctionError is true when the function failed the call (its handler
+	// returned an error or panicked); Status is then the function's, 500 by
+	// default.
+	FunctionError bool
+}
+
+// Client talks to one kiln agent. It is safe for concurrent use.
+type Client struct {
+	base      *url.URL
+	hc        *http.Client
+	token     string
+	userAgent string
+}
+
+type options struct {
+	hc        *http.Client
+	token     string
+	userAgent string
+}
+
+// Option configures a Client.
+type Option func(*options)
+
+// WithHTTPClient makes the Client send its requests with hc instead of
+// http.DefaultClient.
+func WithHTTPClient(hc *http.Client) Option {
+	return func(o *options) { o.hc = hc }
+}
+
+// WithToken makes the Client authenticate with the bearer token tok.
+func WithToken(tok string) Option {
+	return func(o *options) { o.token = tok }
+}
+
+// WithUserAgent sets the User-Agent header of the Client's requests.
+func WithUserAgent(ua string) Option {
+	return func(o *options) { o.userAgent = ua }
+}
+
+// New returns a Client of the kiln agent at baseURL, such as
+// "http://127.0.0.1:8080". A path in baseURL prefixes every request's path.
+func New(baseURL string, opts ...Option) (*Client, error) {
+	u, err := url.Parse(baseURL)
+	if err != nil {
+		return nil, fmt.Errorf("agent URL %q: %w", baseURL, err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return nil, fmt.Errorf("agent URL %q: scheme must be http or https", baseURL)
+	}
+	if u.Host == "" {
+		return nil, fmt.Errorf("agent URL %q: no host", baseURL)
+	}
+	if u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return nil, fmt.Errorf("agent URL %q: must have no user, query or fragment", baseURL)
+	}
+	o := options{hc: http.DefaultClient, userAgent: "kiln-client"}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.hc == nil {
+		o.hc = http.DefaultClient
+	}
+	u.Path = strings.TrimRight(u.Path, "/")
+	u.RawPath = ""
+	return &Client{base: u, hc: o.hc, token: o.token, userAgent: o.userAgent}, nil
+}
+
+// Deploy creates the function name from spec, or replaces its spec when it
+// exists, and returns the deployed function. spec.Code is a path on the
+// agent's host.
+func (c *Client) Deploy(ctx context.Context, name string, spec *kilnv1.FunctionSpec) (*kilnv1.Function, error) {
+	if err := validName(name); err != nil {
+		return nil, err
+	}
+	if spec == nil {
+		return nil, errors.New("deploy: nil spec")
+	}
+	body, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(spec)
+	if err != nil {
+		return nil, fmt.Errorf("deploy: %w", err)
+	}
+	fn := new(kilnv1.Function)
+	if err := c.do(ctx, http.MethodPut, "/v1/functions/"+name, body, fn); err != nil {
+		return nil, err
+	}
+	return fn, nil
+}
+
+// Get returns the function name. A function that does not exist is an
+// *APIError of class ClassNotFound.
+func (c *Client) Get(ctx context.Context, name string) (*kilnv1.Function, error) {
+	if err := validName(name); err != nil {
+		return nil, err
+	}
+	fn := new(kilnv1.Function)
+	if err := c.do(ctx, http.MethodGet, "/v1/functions/"+name, nil, fn); err != nil {
+		return nil, err
+	}
+	return fn, nil
+}
+
+// List returns the deployed functions, in the agent's order.
+func (c *Client) List(ctx context.Context) ([]*kilnv1.Function, error) {
+	list := new(kilnv1.FunctionList)
+	if err := c.do(ctx, http.MethodGet, "/v1/functions", nil, list); err != nil {
+		return nil, err
+	}
+	return list.GetFunctions(), nil
+}
+
+// Delete removes the function name. A function that does not exist is an
+// *APIError of class ClassNotFound.
+func (c *Client) Delete(ctx context.Context, name string) error {
+	if err := validName(name); err != nil {
+		return err
+	}
+	return c.do(ctx, http.MethodDelete, "/v1/functions/"+name, nil, nil)
+}
+
+// Invoke calls the function name with body and header and returns its answer.
+// A function's answer is never an error, whatever its status: a failed call
+// has InvokeResult.FunctionError set. Errors from kiln itself (unknown
+// function, overload, timeout, ...) are *APIError. Cancelling ctx abandons
+// the call.
+func (c *Client) Invoke(ctx context.Context, name string, body []byte, header http.Header) (*InvokeResult, error) {
+	if err := validName(name); err != nil {
+		return nil, err
+	}
+	req, err := c.newRequest(ctx, http.MethodPost, "/invoke/"+name, body)
+	if err != nil {
+		return nil, err
+	}
+	for k, vs := range header {
+		for _, v := range vs {
+			req.Header.Add(k, v)
+		}
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	class := resp.Header.Get(HeaderError)
+	if class != "" && class != ClassFunctionError {
+		return nil, readAPIError(resp)
+	}
+	out, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("invoke %s: reading the answer: %w", name, err)
+	}
+	return &InvokeResult{
+		Status:        resp.StatusCode,
+		Header:        resp.Header,
+		Body:          out,
+		FunctionError: class == ClassFunctionError,
+	}, nil
+}
+
+// do sends a management request with a JSON body (none when nil) and decodes
+// a successful answer into out (ignored when nil).
+func (c *Client) do(ctx context.Context, method, path string, body []byte, out proto.Message) error {
+	req, err := c.newRequest(ctx, method, path, body)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Accept", "application/json")
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return readAPIError(resp)
+	}
+	if out == nil {
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))
+		return nil
+	}
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxManagementBody+1))
+	if err != nil {
+		return fmt.Errorf("%s %s: reading the answer: %w", method, path, err)
+	}
+	if len(data) > maxManagementBody {
+		return fmt.Errorf("%s %s: answer larger than %d bytes", method, path, maxManagementBody)
+	}
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(data, out); err != nil {
+		return fmt.Errorf("%s %s: decoding the answer: %w", method, path, err)
+	}
+	return nil
+}
+
+func (c *Client) newRequest(ctx context.Context, method, path string, body []byte) (*http.Request, error) {
+	u := *c.base
+	u.Path += path
+	var r io.Reader
+	if body != nil {
+		r = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), r)
+	if err != nil {
+		return nil, err
+	}
+	if c.userAgent != "" {
+		req.Header.Set("User-Agent", c.userAgent)
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	return req, nil
+}
+
+// readAPIError turns an error answer of kiln into an *APIError. The body is
+// a kilnv1.Error as JSON; an answer that is not (say, from a proxy in
+// between) keeps its text as the message.
+func readAPIError(resp *http.Response) *APIError {
+	e := &APIError{Status: resp.StatusCode, Class: resp.Header.Get(HeaderError)}
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+	var body kilnv1.Error
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(data, &body); err == nil && (body.Error != "" || body.Class != "") {
+		e.Message = body.Error
+		if body.Class != "" {
+			e.Class = body.Class
+		}
+		return e
+	}
+	e.Message = strings.TrimSpace(string(data))
+	if len(e.Message) > 512 {
+		e.Message = strings.ToValidUTF8(e.Message[:512], "") + "..."
+	}
+	return e
+}
+
+func validName(name string) error {
+	if !nameRE.MatchString(name) {
+		return fmt.Errorf("%w %q: want a lowercase letter, then at most 62 lowercase letters, digits or '-'", ErrInvalidName, name)
+	}
+	return nil
+}

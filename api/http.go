@@ -1,0 +1,280 @@
+// Package api is kiln's edge: the HTTP server (fasthttp) and the public gRPC
+// server. It parses requests, applies limits, hands calls to the agent and
+// maps the agent's error classes to HTTP and gRPC status in one place
+// (errors.go). It never touches containers.
+package api
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/valyala/fasthttp"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/kilnfx/kiln/agent"
+	pb "github.com/kilnfx/kiln/proto/executorpb"
+	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
+)
+
+// Response headers kiln adds to every invocation answer.
+const (
+	HeaderCallID = "X-Kiln-Call-Id"
+	HeaderStart  = "X-Kiln-Start"
+	HeaderError  = "X-Kiln-Error"
+)
+
+// HTTPServer serves kiln's HTTP API over fasthttp.
+type HTTPServer struct {
+	agent *agent.Agent
+	log   *slog.Logger
+	srv   *fasthttp.Server
+}
+
+// HTTPOption configures an HTTPServer.
+type HTTPOption func(*HTTPServer)
+
+// WithHTTPLogger sets the server's logger.
+func WithHTTPLogger(l *slog.Logger) HTTPOption { return func(s *HTTPServer) { s.log = l } }
+
+// NewHTTPServer returns a server of a's API. Request bodies over the agent's
+// limit are refused with 413.
+func NewHTTPServer(a *agent.Agent, opts ...HTTPOption) *HTTPServer {
+	s := &HTTPServer{agent: a, log: slog.Default()}
+	for _, opt := range opts {
+		opt(s)
+	}
+	s.srv = &fasthttp.Server{
+		Handler:                       s.handle,
+		ErrorHandler:                  s.handleParseError,
+		Name:                          "kiln",
+		MaxRequestBodySize:            a.MaxBodyBytes(),
+		ReadTimeout:                   5 * time.Minute,
+		IdleTimeout:                   2 * time.Minute,
+		NoDefaultServerHeader:         false,
+		NoDefaultContentType:          true,
+		DisableHeaderNamesNormalizing: false,
+		CloseOnShutdown:               true,
+	}
+	return s
+}
+
+// Serve accepts connections on ln until Shutdown.
+func (s *HTTPServer) Serve(ln net.Listener) error { return s.srv.Serve(ln) }
+
+// Shutdown stops accepting connections and waits, bounded by ctx, for the
+// requests in flight to finish.
+func (s *HTTPServer) Shutdown(ctx context.Context) error { return s.srv.ShutdownWithContext(ctx) }
+
+// Handler returns the request handler, for in-process use in tests and
+// benchmarks.
+func (s *HTTPServer) Handler() fasthttp.RequestHandler { return s.handle }
+
+var (
+	prefixInvoke    = []byte("/invoke/")
+	prefixFunction  = []byte("/function/")
+	prefixFunctions = []byte("/v1/functions")
+)
+
+func (s *HTTPServer) handle(ctx *fasthttp.RequestCtx) {
+	path := ctx.Path()
+	switch {
+	case bytes.HasPrefix(path, prefixInvoke):
+		s.invoke(ctx, path[len(prefixInvoke):])
+	case bytes.HasPrefix(path, prefixFunction):
+		s.invoke(ctx, path[len(prefixFunction):])
+	case bytes.HasPrefix(path, prefixFunctions):
+		s.functions(ctx, string(path[len(prefixFunctions):]))
+	case string(path) == "/healthz" || string(path) == "/readyz":
+		ctx.SetContentType("text/plain")
+		ctx.SetBodyString("ok\n")
+	default:
+		s.writeError(ctx, fmt.Errorf("%w: no route for %s", agent.ErrNotFound, path))
+	}
+}
+
+// invoke serves /invoke/{name}[/rest] for any method.
+func (s *HTTPServer) invoke(ctx *fasthttp.RequestCtx, rest []byte) {
+	name, sub := rest, []byte("/")
+	if i := bytes.IndexByte(rest, '/'); i >= 0 {
+		name, sub = rest[:i], rest[i:]
+	}
+	call := &agent.Call{
+		Function: string(name),
+		Trigger:  "http",
+		Method:   string(ctx.Method()),
+		Path:     string(sub),
+		Query:    string(ctx.URI().QueryString()),
+		Body:     ctx.PostBody(),
+	}
+	call.Headers = make([]*pb.Header, 0, ctx.Request.Header.Len())
+	for k, v := range ctx.Request.Header.All() {
+		if skipHeader(k) {
+			continue
+		}
+		call.Headers = append(call.Headers, &pb.Header{Key: string(k), Value: string(v)})
+	}
+	// The call outlives a server shutdown signal: in-flight calls finish
+	// within the shutdown bound, and the function's timeout bounds each one.
+	res, err := s.agent.Invoke(context.WithoutCancel(ctx), call)
+	if res != nil && res.CallID != "" {
+		ctx.Response.Header.Set(HeaderCallID, res.CallID)
+		if res.Start != "" {
+			ctx.Response.Header.Set(HeaderStart, res.Start)
+		}
+	}
+	if err != nil {
+		s.writeError(ctx, err)
+		return
+	}
+	for _, h := range res.Headers {
+		if skipHeaderString(h.Key) {
+			continue
+		}
+		ctx.Response.Header.Add(h.Key, h.Value)
+	}
+	ctx.SetStatusCode(res.Status)
+	if res.FunctionError != "" {
+		ctx.Response.Header.Set(HeaderError, ClassFunctionError)
+		if len(res.Body) == 0 {
+			writeJSON(ctx, res.Status, &kilnv1.Error{Error: res.FunctionError, Class: ClassFunctionError})
+			return
+		}
+	}
+	ctx.SetBody(res.Body)
+}
+
+// skipHeader reports whether a request header is the transport's business,
+// not the function's.
+func skipHeader(k []byte) bool {
+	switch len(k) {
+	case 10:
+		return strings.EqualFold(string(k), "Connection")
+	case 14:
+		return strings.EqualFold(string(k), "Content-Length")
+	case 17:
+		return strings.EqualFold(string(k), "Transfer-Encoding")
+	}
+	return false
+}
+
+func skipHeaderString(k string) bool {
+	return strings.EqualFold(k, "Connection") || strings.EqualFold(k, "Content-Length") ||
+		strings.EqualFold(k, "Transfer-Encoding") || strings.HasPrefix(strings.ToLower(k), "x-kiln-")
+}
+
+// functions serves /v1/functions[/{name}].
+func (s *HTTPServer) functions(ctx *fasthttp.RequestCtx, rest string) {
+	method := string(ctx.Method())
+	if rest == "" || rest == "/" {
+		if method != fasthttp.MethodGet {
+			s.methodNotAllowed(ctx, "GET")
+			return
+		}
+		list, err := s.agent.List(ctx)
+		if err != nil {
+			s.writeError(ctx, err)
+			return
+		}
+		writeJSON(ctx, fasthttp.StatusOK, &kilnv1.FunctionList{Functions: list})
+		return
+	}
+	name, ok := strings.CutPrefix(rest, "/")
+	if !ok || strings.Contains(name, "/") {
+		s.writeError(ctx, fmt.Errorf("%w: no route for /v1/functions%s", agent.ErrNotFound, rest))
+		return
+	}
+	if err := agent.ValidateName(name); err != nil {
+		s.writeError(ctx, err)
+		return
+	}
+	switch method {
+	case fasthttp.MethodGet:
+		fn, err := s.agent.Get(ctx, name)
+		if err != nil {
+			s.writeError(ctx, err)
+			return
+		}
+		writeJSON(ctx, fasthttp.StatusOK, fn)
+	case fasthttp.MethodPut:
+		spec := &kilnv1.FunctionSpec{}
+		if err := protojson.Unmarshal(ctx.PostBody(), spec); err != nil {
+			s.writeError(ctx, fmt.Errorf("%w: spec: %s", agent.ErrInvalidArgument, specError(err)))
+			return
+		}
+		fn, err := s.agent.Deploy(ctx, name, spec)
+		if err != nil {
+			s.writeError(ctx, err)
+			return
+		}
+		writeJSON(ctx, fasthttp.StatusOK, fn)
+	case fasthttp.MethodDelete:
+		if err := s.agent.Delete(ctx, name); err != nil {
+			s.writeError(ctx, err)
+			return
+		}
+		ctx.SetStatusCode(fasthttp.StatusNoContent)
+	default:
+		s.methodNotAllowed(ctx, "GET, PUT, DELETE")
+	}
+}
+
+func (s *HTTPServer) methodNotAllowed(ctx *fasthttp.RequestCtx, allow string) {
+	ctx.Response.Header.Set("Allow", allow)
+	writeJSON(ctx, fasthttp.StatusMethodNotAllowed, &kilnv1.Error{Error: "method not allowed", Class: "invalid_argument"})
+}
+
+// writeError answers with err's status and a JSON Error body.
+func (s *HTTPServer) writeError(ctx *fasthttp.RequestCtx, err error) {
+	status, class := HTTPStatus(err)
+	if status >= 500 {
+		s.log.Warn("request failed", "path", string(ctx.Path()), "status", status, "err", err)
+	}
+	if c := classify(err); c.retry {
+		ctx.Response.Header.Set("Retry-After", "1")
+	}
+	ctx.Response.Header.Set(HeaderError, class)
+	writeJSON(ctx, status, &kilnv1.Error{Error: err.Error(), Class: class})
+}
+
+// handleParseError answers requests fasthttp could not read.
+func (s *HTTPServer) handleParseError(ctx *fasthttp.RequestCtx, err error) {
+	if errors.Is(err, fasthttp.ErrBodyTooLarge) {
+		s.writeError(ctx, fmt.Errorf("%w: body is over the %d byte limit", agent.ErrPayloadTooLarge, s.agent.MaxBodyBytes()))
+		return
+	}
+	s.writeError(ctx, fmt.Errorf("%w: cannot read request: %v", agent.ErrInvalidArgument, err))
+}
+
+var jsonOptions = protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: false}
+
+func writeJSON(ctx *fasthttp.RequestCtx, status int, m proto.Message) {
+	b, err := jsonOptions.Marshal(m)
+	if err != nil {
+		ctx.SetStatusCode(fasthttp.StatusInternalServerError)
+		return
+	}
+	ctx.SetStatusCode(status)
+	ctx.SetContentType("application/json")
+	ctx.SetBody(append(b, '\n'))
+}
+
+// specError rewrites a protojson error about a FunctionSpec to name fields
+// as users write them (memory_mb, not memoryMb).
+func specError(err error) string {
+	msg := err.Error()
+	fields := (&kilnv1.FunctionSpec{}).ProtoReflect().Descriptor().Fields()
+	for i := 0; i < fields.Len(); i++ {
+		f := fields.Get(i)
+		if json, name := f.JSONName(), string(f.Name()); json != name {
+			msg = strings.ReplaceAll(msg, " "+json, " "+name)
+		}
+	}
+	return msg
+}

@@ -1,0 +1,250 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
+	goruntime "github.com/kilnfx/kiln/runtimes/go"
+)
+
+func (c *cli) initCmd() *cobra.Command {
+	var runtime, dir string
+	cmd := &cobra.Command{
+		Use:   "init [--runtime go] [--dir DIR] NAME",
+		Short: "Create a function from a template",
+		Long: `init writes a new function called NAME into the directory NAME (or --dir),
+which must not exist or be empty.`,
+		Example: "  kiln init --runtime go hello",
+		Args:    args(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			name := a[0]
+			if runtime != goruntime.Runtime {
+				return usageError{fmt.Errorf("unknown runtime %q (available: %s)", runtime, goruntime.Runtime)}
+			}
+			if err := goruntime.ValidateName(name); err != nil {
+				return usageError{err}
+			}
+			if dir == "" {
+				dir = name
+			}
+			if err := goruntime.Init(dir, name); err != nil {
+				return err
+			}
+			fmt.Fprintf(c.stdout, "Created the Go function %s in %s\n\n  cd %s\n  kiln deploy\n  kiln invoke %s -d world\n",
+				name, dir, dir, name)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&runtime, "runtime", goruntime.Runtime, "language runtime of the function (go)")
+	cmd.Flags().StringVar(&dir, "dir", "", "directory to create (default NAME)")
+	return cmd
+}
+
+func (c *cli) deployCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "deploy [DIR]",
+		Short: "Build the function in DIR (default .) and deploy it",
+		Long: `deploy reads DIR/kiln.yaml, builds the function into one static binary
+(DIR/.kiln/build/handler) and deploys it to the agent, which reads the binary
+from that path. Building needs the go command.`,
+		Args: args(cobra.MaximumNArgs(1)),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			dir := "."
+			if len(a) == 1 {
+				dir = a[0]
+			}
+			cl, err := c.client(cmd)
+			if err != nil {
+				return err
+			}
+			cfgPath := filepath.Join(dir, goruntime.ConfigFile)
+			cfg, err := goruntime.LoadConfig(cfgPath)
+			if errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("%s: no %s here (kiln init creates a function)", dir, goruntime.ConfigFile)
+			}
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(c.stderr, "Building %s...\n", cfg.Name)
+			bin, err := goruntime.Build(cmd.Context(), dir)
+			if err != nil {
+				return err
+			}
+			spec, err := cfg.Spec(bin)
+			if err != nil {
+				return fmt.Errorf("%s: %w", cfgPath, err)
+			}
+			fn, err := cl.Deploy(cmd.Context(), cfg.Name, spec)
+			if err != nil {
+				return fmt.Errorf("deploy %s: %w", cfg.Name, c.agentError(cmd, err))
+			}
+			fmt.Fprintf(c.stdout, "Deployed %s revision %s\n", fn.GetName(), fn.GetRevision())
+			return nil
+		},
+	}
+}
+
+func (c *cli) invokeCmd() *cobra.Command {
+	var (
+		data    string
+		headers []string
+	)
+	cmd := &cobra.Command{
+		Use:   "invoke NAME [-d DATA] [-H KEY:VALUE]...",
+		Short: "Call a function and print its answer",
+		Long: `invoke calls the function NAME with DATA as the body, or with standard
+input when -d is not given (and it is not a terminal), and writes the
+function's answer body to standard output. It exits 1 when the function
+failed, answered with a status of 400 or more, or kiln could not call it.`,
+		Example: "  kiln invoke hello -d world\n  echo world | kiln invoke hello -H Content-Type:text/plain",
+		Args:    args(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			name := a[0]
+			header, err := parseHeaders(headers)
+			if err != nil {
+				return usageError{err}
+			}
+			cl, err := c.client(cmd)
+			if err != nil {
+				return err
+			}
+			var body []byte
+			if cmd.Flags().Changed("data") {
+				body = []byte(data)
+			} else if !isTerminal(c.stdin) {
+				if body, err = io.ReadAll(c.stdin); err != nil {
+					return fmt.Errorf("reading standard input: %w", err)
+				}
+			}
+			res, err := cl.Invoke(cmd.Context(), name, body, header)
+			if err != nil {
+				return fmt.Errorf("invoke %s: %w", name, c.agentError(cmd, err))
+			}
+			if _, err := c.stdout.Write(res.Body); err != nil {
+				return err
+			}
+			switch {
+			case res.FunctionError:
+				return fmt.Errorf("invoke %s: the function failed (HTTP %d)", name, res.Status)
+			case res.Status >= 400:
+				return fmt.Errorf("invoke %s: the function answered HTTP %d %s", name, res.Status, http.StatusText(res.Status))
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&data, "data", "d", "", "request body (default: standard input)")
+	cmd.Flags().StringArrayVarP(&headers, "header", "H", nil, "request header KEY:VALUE (repeatable)")
+	return cmd
+}
+
+// parseHeaders parses KEY:VALUE flags.
+func parseHeaders(flags []string) (http.Header, error) {
+	h := make(http.Header, len(flags))
+	for _, f := range flags {
+		k, v, ok := strings.Cut(f, ":")
+		k = strings.TrimSpace(k)
+		if !ok || k == "" || strings.ContainsAny(k, " \t\r\n") || strings.ContainsAny(v, "\r\n") {
+			return nil, fmt.Errorf("-H %q: want KEY:VALUE", f)
+		}
+		h.Add(k, strings.TrimSpace(v))
+	}
+	return h, nil
+}
+
+// isTerminal reports whether r is a terminal, so that invoke does not wait
+// for a body nobody is typing.
+func isTerminal(r io.Reader) bool {
+	f, ok := r.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+func (c *cli) listCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "List the deployed functions",
+		Args:    args(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cl, err := c.client(cmd)
+			if err != nil {
+				return err
+			}
+			fns, err := cl.List(cmd.Context())
+			if err != nil {
+				return fmt.Errorf("list: %w", c.agentError(cmd, err))
+			}
+			slices.SortFunc(fns, func(a, b *kilnv1.Function) int { return strings.Compare(a.GetName(), b.GetName()) })
+			w := tabwriter.NewWriter(c.stdout, 0, 8, 2, ' ', 0)
+			fmt.Fprintln(w, "NAME\tRUNTIME\tREVISION\tMEMORY\tTIMEOUT\tUPDATED")
+			for _, fn := range fns {
+				spec := fn.GetSpec()
+				memory, timeout, updated := "-", "-", "-"
+				if m := spec.GetMemoryMb(); m > 0 {
+					memory = fmt.Sprintf("%dMiB", m)
+				}
+				if spec.GetTimeout() != nil {
+					timeout = spec.GetTimeout().AsDuration().String()
+				}
+				if fn.GetUpdated() != nil {
+					updated = fn.GetUpdated().AsTime().UTC().Format(time.RFC3339)
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", fn.GetName(), orDash(spec.GetRuntime()), orDash(fn.GetRevision()), memory, timeout, updated)
+			}
+			return w.Flush()
+		},
+	}
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func (c *cli) rmCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:     "rm NAME...",
+		Aliases: []string{"remove", "delete"},
+		Short:   "Remove deployed functions",
+		Args:    args(cobra.MinimumNArgs(1)),
+		RunE: func(cmd *cobra.Command, names []string) error {
+			cl, err := c.client(cmd)
+			if err != nil {
+				return err
+			}
+			out := bufio.NewWriter(c.stdout)
+			defer out.Flush()
+			failed := false
+			for _, name := range names {
+				if err := cl.Delete(cmd.Context(), name); err != nil {
+					out.Flush()
+					fmt.Fprintf(c.stderr, "kiln: rm %s: %v\n", name, c.agentError(cmd, err))
+					failed = true
+					continue
+				}
+				fmt.Fprintln(out, name)
+			}
+			if failed {
+				return errReported
+			}
+			return nil
+		},
+	}
+}

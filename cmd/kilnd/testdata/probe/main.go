@@ -1,0 +1,82 @@
+// Command probe is a test function: it reports what it sees inside its
+// container and misbehaves on request.
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/kilnfx/kiln/executor/sdk"
+)
+
+// Report is what the probe says about its container.
+type Report struct {
+	UID, GID     int
+	RootWritable bool
+	TmpWritable  bool
+	TmpError     string
+	Mounts       string
+	Interfaces   []string
+	Status       map[string]string // selected lines of /proc/self/status
+}
+
+func handle(ctx context.Context, req *sdk.Request) (*sdk.Response, error) {
+	switch string(req.Body) {
+	case "report":
+		r := Report{UID: os.Getuid(), GID: os.Getgid(), Status: map[string]string{}}
+		if f, err := os.Create("/probe-write"); err == nil {
+			r.RootWritable = true
+			f.Close()
+		}
+		if f, err := os.Create("/tmp/probe-write"); err == nil {
+			r.TmpWritable = true
+			f.Close()
+		} else {
+			r.TmpError = err.Error()
+			if st, err := os.Stat("/tmp"); err == nil {
+				r.TmpError += fmt.Sprintf(" (/tmp mode %v sys %+v; uid %d euid %d groups %v)", st.Mode(), st.Sys(), os.Getuid(), os.Geteuid(), func() []int { g, _ := os.Getgroups(); return g }())
+			}
+		}
+		if b, err := os.ReadFile("/proc/self/mounts"); err == nil {
+			r.Mounts = string(b)
+		}
+		ifs, _ := net.Interfaces()
+		for _, i := range ifs {
+			r.Interfaces = append(r.Interfaces, i.Name)
+		}
+		if f, err := os.Open("/proc/self/status"); err == nil {
+			sc := bufio.NewScanner(f)
+			for sc.Scan() {
+				k, v, _ := strings.Cut(sc.Text(), ":")
+				switch k {
+				case "CapEff", "CapPrm", "CapBnd", "NoNewPrivs", "Seccomp":
+					r.Status[k] = strings.TrimSpace(v)
+				}
+			}
+			f.Close()
+		}
+		b, _ := json.Marshal(r)
+		return &sdk.Response{Header: http.Header{"Content-Type": {"application/json"}}, Body: b}, nil
+	case "exit":
+		os.Exit(3)
+	case "panic":
+		panic("probe panicked")
+	case "sleep":
+		select {
+		case <-time.After(10 * time.Second):
+		case <-ctx.Done():
+		}
+		return &sdk.Response{Body: []byte("slept")}, nil
+	}
+	h := http.Header{"X-Probe-Method": {req.Method}, "X-Probe-Path": {req.Path}}
+	return &sdk.Response{Status: http.StatusAccepted, Header: h, Body: append([]byte("probe:"), req.Body...)}, nil
+}
+
+func main() { sdk.Serve(handle) }

@@ -1,0 +1,52 @@
+// Package datastore is kiln's SQLite store: the schema and its migrations,
+// and the function registry. Later migrations add the usage journal, call
+// records, rollups and API keys.
+//
+// # Storage
+//
+// The database is one SQLite file opened through github.com/mattn/go-sqlite3
+// in WAL mode with synchronous=NORMAL, a busy timeout and foreign keys on.
+// With WAL, a commit with synchronous=NORMAL survives a crash of the process,
+// though not always a power cut. WAL is checked after opening: a file system
+// that cannot do WAL makes [Open] fail rather than run slowly in another
+// journal mode.
+//
+// Times are stored as INTEGER unix nanoseconds (UTC) and come back as UTC
+// [time.Time] values without a monotonic reading.
+//
+// # Two handles
+//
+// A [Store] holds two *sql.DB handles on the same file:
+//
+//   - a write handle limited to one connection (SetMaxOpenConns(1)), whose
+//     transactions begin IMMEDIATE. SQLite allows one writer at a time anyway;
+//     queueing writers on Go's pool instead of on SQLite's lock means no
+//     SQLITE_BUSY between our own goroutines, and an immediate transaction
+//     never fails half way when it upgrades from a read lock to a write lock.
+//   - a read handle with several connections, each opened with query_only.
+//     Under WAL, readers neither block the writer nor wait for it, so reports
+//     and lookups run in parallel with ingestion.
+//
+// A reader sees every write committed before its statement starts.
+// Because of the two handles the path must name a real file; ":memory:" is
+// not supported.
+//
+// # Migrations
+//
+// The schema is a Go slice of numbered SQL steps (see migrations.go). [Open]
+// applies those the file has not seen yet, in order, each in its own
+// transaction together with its row in schema_migrations(version,
+// applied_at), so a failed step leaves the database at the previous version.
+// Two processes opening the same file at once are safe: each step rechecks
+// the version inside its write transaction. A file whose version is newer
+// than this code knows is refused with [ErrSchemaTooNew], so an old binary
+// never writes to a schema it does not understand. To change the schema,
+// append a step with the next version; never edit a released one.
+//
+// # Errors and concurrency
+//
+// Every method of [Store] is safe for concurrent use and honours ctx: a
+// cancelled or expired ctx interrupts the running statement and its error
+// wraps ctx.Err(). Getters and deleters wrap [ErrNotFound] with the name they
+// looked for, so callers test with errors.Is.
+package datastore

@@ -1,0 +1,245 @@
+// Package sdk is the Go function API of kiln.
+//
+// A function is a Go program whose main calls Serve with its handler:
+//
+//	func Handle(ctx context.Context, req *sdk.Request) (*sdk.Response, error) {
+//		return &sdk.Response{Body: req.Body}, nil
+//	}
+//
+//	func main() { sdk.Serve(Handle) }
+//
+// Built with CGO_ENABLED=0 the program is the whole container: Serve dials the
+// agent's socket, says Ready, and runs one handler goroutine per call it is
+// sent. The call's deadline is ctx's deadline; a call the caller gave up on is
+// cancelled through ctx. A handler that panics fails only its own call.
+//
+// This package is also copied beside user functions by `kiln init` and
+// `kiln deploy`, so it imports only the standard library, gRPC, protobuf and
+// kiln's executor protocol.
+package sdk
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	pb "github.com/kilnfx/kiln/proto/executorpb"
+)
+
+// Request is one call to a function.
+type Request struct {
+	// ID is the call id kiln gave the call.
+	ID string
+	// Method, Path and Query describe the HTTP request when the call came
+	// over HTTP; Path is the part after the function name.
+	Method, Path, Query string
+	// Header holds the caller's headers.
+	Header http.Header
+	// Body is the request body. The handler may keep it.
+	Body []byte
+}
+
+// Response is a function's answer.
+type Response struct {
+	// Status is the HTTP status; 0 means 200.
+	Status int
+	// Header is sent back to the caller.
+	Header http.Header
+	// Body is the response body.
+	Body []byte
+}
+
+// Handler runs one call. An error fails the call with status 500 (or the
+// Response's Status when a Response is also returned) and its message.
+type Handler func(ctx context.Context, req *Request) (*Response, error)
+
+// Environment variables the agent sets for the executor.
+const (
+	// EnvSocket is the path of the agent's socket inside the container.
+	EnvSocket = "KILN_SOCKET"
+	// EnvFunction is the name of the function the container serves.
+	EnvFunction = "KILN_FUNCTION"
+	// DefaultSocket is used when EnvSocket is unset.
+	DefaultSocket = "/kiln/agent.sock"
+)
+
+// Serve connects to the agent and serves calls with h until the agent ends
+// the session. It does not return: it exits the process, with status 0 when
+// the agent closed the session and 1 on an error.
+func Serve(h Handler) {
+	if err := Run(context.Background(), os.Getenv(EnvSocket), h); err != nil {
+		fmt.Fprintln(os.Stderr, "kiln executor:", err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+// Run connects to the agent at socket (DefaultSocket when empty) and serves
+// calls with h until the session ends or ctx is done. It returns nil when the
+// agent closed the session.
+func Run(ctx context.Context, socket string, h Handler) error {
+	if h == nil {
+		return errors.New("nil handler")
+	}
+	if socket == "" {
+		socket = DefaultSocket
+	}
+	conn, err := grpc.NewClient("unix://"+socket,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithInitialWindowSize(1<<20),
+		grpc.WithInitialConnWindowSize(4<<20),
+		grpc.WithReadBufferSize(64<<10),
+		grpc.WithWriteBufferSize(64<<10),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20)),
+	)
+	if err != nil {
+		return fmt.Errorf("dial agent: %w", err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := pb.NewAgentClient(conn).Session(ctx)
+	if err != nil {
+		return fmt.Errorf("open session: %w", err)
+	}
+	s := &session{stream: stream, handler: h, calls: make(map[string]context.CancelFunc)}
+	ready := &pb.ExecutorMsg{Msg: &pb.ExecutorMsg_Ready{Ready: &pb.Ready{
+		Runtime:  "go",
+		Pid:      int32(os.Getpid()),
+		Version:  version(),
+		Function: os.Getenv(EnvFunction),
+	}}}
+	if err := s.send(ready); err != nil {
+		return fmt.Errorf("send ready: %w", err)
+	}
+	return s.serve(ctx)
+}
+
+type session struct {
+	stream  pb.Agent_SessionClient
+	handler Handler
+
+	sendMu sync.Mutex
+
+	mu    sync.Mutex
+	calls map[string]context.CancelFunc
+}
+
+func (s *session) send(m *pb.ExecutorMsg) error {
+	s.sendMu.Lock()
+	defer s.sendMu.Unlock()
+	return s.stream.Send(m)
+}
+
+func (s *session) serve(ctx context.Context) error {
+	for {
+		m, err := s.stream.Recv()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, context.Canceled) {
+				return nil
+			}
+			if isEOF(err) {
+				return nil
+			}
+			return fmt.Errorf("receive: %w", err)
+		}
+		switch msg := m.Msg.(type) {
+		case *pb.AgentMsg_Invoke:
+			s.start(ctx, msg.Invoke)
+		case *pb.AgentMsg_Cancel:
+			s.mu.Lock()
+			cancel := s.calls[msg.Cancel.CallId]
+			s.mu.Unlock()
+			if cancel != nil {
+				cancel()
+			}
+		case *pb.AgentMsg_Ping:
+			_ = s.send(&pb.ExecutorMsg{Msg: &pb.ExecutorMsg_Pong{Pong: &pb.Pong{Seq: msg.Ping.Seq}}})
+		}
+	}
+}
+
+func (s *session) start(parent context.Context, inv *pb.Invoke) {
+	var (
+		ctx    context.Context
+		cancel context.CancelFunc
+	)
+	if inv.DeadlineUnixNano > 0 {
+		ctx, cancel = context.WithDeadline(parent, time.Unix(0, inv.DeadlineUnixNano))
+	} else {
+		ctx, cancel = context.WithCancel(parent)
+	}
+	s.mu.Lock()
+	s.calls[inv.CallId] = cancel
+	s.mu.Unlock()
+	go func() {
+		res := s.run(ctx, inv)
+		s.mu.Lock()
+		delete(s.calls, inv.CallId)
+		s.mu.Unlock()
+		cancel()
+		_ = s.send(&pb.ExecutorMsg{Msg: &pb.ExecutorMsg_Result{Result: res}})
+	}()
+}
+
+// run calls the handler for one Invoke, turning a panic into an error result.
+func (s *session) run(ctx context.Context, inv *pb.Invoke) (res *pb.Result) {
+	req := &Request{
+		ID:     inv.CallId,
+		Method: inv.Method,
+		Path:   inv.Path,
+		Query:  inv.Query,
+		Body:   inv.Body,
+	}
+	if len(inv.Headers) > 0 {
+		req.Header = make(http.Header, len(inv.Headers))
+		for _, h := range inv.Headers {
+			req.Header[h.Key] = append(req.Header[h.Key], h.Value)
+		}
+	}
+	start := time.Now()
+	defer func() {
+		if p := recover(); p != nil {
+			res = &pb.Result{
+				CallId: inv.CallId,
+				Status: http.StatusInternalServerError,
+				Error:  fmt.Sprintf("handler panicked: %v", p),
+				ExecNs: time.Since(start).Nanoseconds(),
+			}
+			fmt.Fprintf(os.Stderr, "kiln: call %s: handler panicked: %v\n%s", inv.CallId, p, debug.Stack())
+		}
+	}()
+	resp, err := s.handler(ctx, req)
+	res = &pb.Result{CallId: inv.CallId, ExecNs: time.Since(start).Nanoseconds()}
+	if resp != nil {
+		res.Status = int32(resp.Status)
+		res.Body = resp.Body
+		for k, vs := range resp.Header {
+			for _, v := range vs {
+				res.Headers = append(res.Headers, &pb.Header{Key: k, Value: v})
+			}
+		}
+	}
+	if err != nil {
+		res.Error = err.Error()
+		if res.Status == 0 {
+			res.Status = http.StatusInternalServerError
+		}
+	}
+	return res
+}
+
+func version() string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		return bi.GoVersion
+	}
+	return "unknown"
+}

@@ -1,0 +1,220 @@
+package pool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+
+	pb "github.com/kilnfx/kiln/proto/executorpb"
+)
+
+// StartKind says how a call got its container.
+type StartKind uint8
+
+// Start kinds, as the X-Kiln-Start header and usage records name them.
+const (
+	// StartWarm: an idle, running container was reused.
+	StartWarm StartKind = iota
+	// StartThawed: a frozen container was thawed.
+	StartThawed
+	// StartStem: a stem cell was specialised.
+	StartStem
+	// StartCold: a new container was created.
+	StartCold
+)
+
+func (k StartKind) String() string {
+	switch k {
+	case StartWarm:
+		return "warm"
+	case StartThawed:
+		return "thawed"
+	case StartStem:
+		return "stem"
+	case StartCold:
+		return "cold"
+	}
+	return "unknown"
+}
+
+// Container is one function container and its executor session. Its methods
+// are safe for concurrent use.
+type Container struct {
+	id       string
+	function string
+	dir      string // host directory mounted at ExecutorDir
+	created  time.Time
+	logs     *TailBuffer
+
+	srv *grpc.Server
+	lis net.Listener
+
+	readyC chan *session // receives the session once Ready arrived
+	sess   atomic.Pointer[session]
+
+	calls    atomic.Int64 // calls served
+	inflight atomic.Int32
+
+	stopOnce sync.Once
+}
+
+// ID returns the container's id.
+func (c *Container) ID() string { return c.id }
+
+// Function returns the name of the function the container serves.
+func (c *Container) Function() string { return c.function }
+
+// Logs returns the recent output of the container's process.
+func (c *Container) Logs() []byte { return c.logs.Bytes() }
+
+// Invoke runs one call in the container and returns its Result. It fails with
+// an error wrapping ErrExecutorFailed when the executor dies or the session
+// breaks, and with ctx's error when ctx ends first (the executor is told to
+// cancel the call).
+func (c *Container) Invoke(ctx context.Context, inv *pb.Invoke) (*pb.Result, error) {
+	s := c.sess.Load()
+	if s == nil {
+		return nil, fmt.Errorf("%w: container %s is not ready", ErrExecutorFailed, c.id)
+	}
+	c.inflight.Add(1)
+	res, err := s.invoke(ctx, inv)
+	c.inflight.Add(-1)
+	c.calls.Add(1)
+	return res, err
+}
+
+// Done returns a channel closed when the container's session has ended.
+func (c *Container) Done() <-chan struct{} {
+	if s := c.sess.Load(); s != nil {
+		return s.done
+	}
+	return nil
+}
+
+// alive reports whether the container has a live session.
+func (c *Container) alive() bool {
+	s := c.sess.Load()
+	if s == nil {
+		return false
+	}
+	select {
+	case <-s.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// listen creates the container's host directory and the agent's socket in it,
+// and starts serving the executor's Session on it.
+func (c *Container) listen() error {
+	if err := os.MkdirAll(c.dir, 0o755); err != nil {
+		return fmt.Errorf("create container dir: %w", err)
+	}
+	sock := filepath.Join(c.dir, SocketName)
+	if len(sock) >= 108 {
+		return fmt.Errorf("socket path %q is too long for a unix socket: use a shorter data dir", sock)
+	}
+	_ = os.Remove(sock)
+	lis, err := net.Listen("unix", sock)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", sock, err)
+	}
+	// Only the container's user may connect. Without root (unit tests)
+	// the socket stays the agent's own.
+	if os.Geteuid() == 0 {
+		if err := os.Chown(sock, ContainerUID, ContainerUID); err != nil {
+			lis.Close()
+			return fmt.Errorf("chown socket: %w", err)
+		}
+	}
+	if err := os.Chmod(sock, 0o600); err != nil {
+		lis.Close()
+		return fmt.Errorf("chmod socket: %w", err)
+	}
+	c.lis = lis
+	c.srv = grpc.NewServer(
+		grpc.InitialWindowSize(1<<20),
+		grpc.InitialConnWindowSize(4<<20),
+		grpc.ReadBufferSize(64<<10),
+		grpc.WriteBufferSize(64<<10),
+		grpc.MaxRecvMsgSize(64<<20),
+		grpc.MaxSendMsgSize(64<<20),
+		grpc.MaxConcurrentStreams(1),
+	)
+	pb.RegisterAgentServer(c.srv, &sessionServer{c: c})
+	go func() { _ = c.srv.Serve(lis) }()
+	return nil
+}
+
+// waitReady waits until the executor's Ready arrived, the process exited,
+// the timeout passed or ctx ended.
+func (c *Container) waitReady(ctx context.Context, exited <-chan struct{}, timeout time.Duration) error {
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case s := <-c.readyC:
+		c.sess.Store(s)
+		return nil
+	case <-exited:
+		return fmt.Errorf("%w: container %s exited before it was ready; last output:\n%s", ErrExecutorFailed, c.id, c.logs.Tail(20))
+	case <-t.C:
+		return fmt.Errorf("%w: container %s not ready after %v; last output:\n%s", ErrExecutorFailed, c.id, timeout, c.logs.Tail(20))
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// shutdown ends the session, failing the calls in flight with reason, and
+// stops serving the socket. It does not touch the container itself.
+func (c *Container) shutdown(reason error) {
+	c.stopOnce.Do(func() {
+		if s := c.sess.Load(); s != nil {
+			s.close(reason)
+		}
+		if c.srv != nil {
+			c.srv.Stop()
+		}
+		_ = os.RemoveAll(c.dir)
+	})
+}
+
+// sessionServer accepts the one Session of a container.
+type sessionServer struct {
+	pb.UnimplementedAgentServer
+	c     *Container
+	taken atomic.Bool
+}
+
+func (ss *sessionServer) Session(stream pb.Agent_SessionServer) error {
+	if !ss.taken.CompareAndSwap(false, true) {
+		return errors.New("container already has a session")
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	ready := first.GetReady()
+	if ready == nil {
+		return errors.New("first message is not Ready")
+	}
+	s := newSession(stream, ready)
+	select {
+	case ss.c.readyC <- s:
+	default:
+		return errors.New("nobody waits for this container")
+	}
+	err = s.serve()
+	return err
+}
+
+// InFlight returns the number of calls running in the container.
+func (c *Container) InFlight() int { return int(c.inflight.Load()) }

@@ -1,0 +1,186 @@
+package containerd
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/containerd/containerd/containers"
+	"github.com/containerd/containerd/contrib/seccomp"
+	"github.com/containerd/containerd/identifiers"
+	"github.com/containerd/containerd/oci"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/kilnfx/kiln/pool"
+)
+
+// Container layout and limits the driver applies.
+const (
+	// TmpfsSize is the size of the tmpfs mounted at /tmp.
+	TmpfsSize = 16 << 20
+	// cpuPeriod is the CFS period, in microseconds (100 ms).
+	cpuPeriod = 100_000
+	// MinCPUMillis is the smallest non-zero ContainerSpec.CPUMillis: the
+	// kernel refuses a CFS quota below 1 ms per period.
+	MinCPUMillis = 10
+)
+
+// RequiredDirs are the directories ContainerSpec.RootFS must contain: the
+// mount points of the container's mounts. PrepareRootFS creates them.
+var RequiredDirs = []string{"/proc", "/dev", "/sys", "/tmp", pool.ExecutorDir}
+
+// validate checks what Start needs from spec before anything is created.
+func validate(spec pool.ContainerSpec) error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: %s", ErrInvalidSpec, fmt.Sprintf(format, args...))
+	}
+	if err := identifiers.Validate(spec.ID); err != nil {
+		return fmt.Errorf("%w: id: %v", ErrInvalidSpec, err)
+	}
+	if !filepath.IsAbs(spec.RootFS) {
+		return bad("RootFS %q is not an absolute path", spec.RootFS)
+	}
+	if !filepath.IsAbs(spec.SocketDir) {
+		return bad("SocketDir %q is not an absolute path", spec.SocketDir)
+	}
+	if len(spec.Args) == 0 || spec.Args[0] == "" {
+		return bad("no Args")
+	}
+	for _, s := range spec.Args {
+		if strings.IndexByte(s, 0) >= 0 {
+			return bad("NUL byte in Args")
+		}
+	}
+	for _, e := range spec.Env {
+		if strings.IndexByte(e, 0) >= 0 || !strings.Contains(e, "=") || strings.HasPrefix(e, "=") {
+			return bad("Env entry %q is not KEY=VALUE", e)
+		}
+	}
+	if spec.MemoryBytes < 0 {
+		return bad("MemoryBytes %d < 0", spec.MemoryBytes)
+	}
+	if spec.PidsLimit < 0 {
+		return bad("PidsLimit %d < 0", spec.PidsLimit)
+	}
+	if spec.CPUMillis < 0 || (spec.CPUMillis > 0 && spec.CPUMillis < MinCPUMillis) {
+		return bad("CPUMillis %d: want 0 or at least %d", spec.CPUMillis, MinCPUMillis)
+	}
+	if spec.CPUMillis > 1<<40 {
+		return bad("CPUMillis %d too large", spec.CPUMillis)
+	}
+	return nil
+}
+
+// cgroupPath is the cgroup of container id: "/<namespace>/<id>".
+func cgroupPath(namespace, id string) string { return "/" + namespace + "/" + id }
+
+// specOpts returns the OCI spec options for spec, which validate accepted.
+// Order matters: capabilities are cleared before the seccomp profile is
+// generated, because the default profile allows more syscalls for more
+// capabilities.
+func (d *Driver) specOpts(spec pool.ContainerSpec) []oci.SpecOpts {
+	mem := spec.MemoryBytes
+	if mem == 0 {
+		mem = pool.DefaultMemoryBytes
+	}
+	pids := spec.PidsLimit
+	if pids == 0 {
+		pids = pool.DefaultPidsLimit
+	}
+	opts := []oci.SpecOpts{
+		oci.WithRootFSPath(spec.RootFS),
+		oci.WithRootFSReadonly(),
+		oci.WithProcessArgs(spec.Args...),
+		oci.WithProcessCwd("/"),
+		oci.WithEnv(spec.Env),
+		oci.WithUIDGID(pool.ContainerUID, pool.ContainerUID),
+		withNoCapabilities,
+		oci.WithNoNewPrivileges,
+		seccomp.WithDefaultProfile(),
+		oci.WithPidsLimit(pids),
+		oci.WithMemoryLimit(uint64(mem)),
+		withMounts(spec.SocketDir),
+		oci.WithCgroup(cgroupPath(d.opts.namespace, spec.ID)),
+		withNetworkNamespace,
+	}
+	if d.setSwap {
+		opts = append(opts, oci.WithMemorySwap(mem))
+	}
+	if spec.CPUMillis > 0 {
+		opts = append(opts, oci.WithCPUCFS(spec.CPUMillis*cpuPeriod/1000, cpuPeriod))
+	}
+	return opts
+}
+
+// withNoCapabilities empties every capability set.
+func withNoCapabilities(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+	if s.Process == nil {
+		s.Process = &specs.Process{}
+	}
+	s.Process.Capabilities = &specs.LinuxCapabilities{
+		Bounding:    []string{},
+		Effective:   []string{},
+		Inheritable: []string{},
+		Permitted:   []string{},
+		Ambient:     []string{},
+	}
+	return nil
+}
+
+// withNetworkNamespace makes sure the container gets a new network
+// namespace (containerd's default spec has one; this guards that default).
+func withNetworkNamespace(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+	if s.Linux == nil {
+		s.Linux = &specs.Linux{}
+	}
+	for i, ns := range s.Linux.Namespaces {
+		if ns.Type == specs.NetworkNamespace {
+			s.Linux.Namespaces[i].Path = ""
+			return nil
+		}
+	}
+	s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.NetworkNamespace})
+	return nil
+}
+
+// withMounts replaces containerd's /run tmpfs (its mount point would have to
+// exist in the read-only root) with the /tmp tmpfs and the read-only bind of
+// the container's socket directory at pool.ExecutorDir.
+func withMounts(socketDir string) oci.SpecOpts {
+	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+		mounts := s.Mounts[:0]
+		for _, m := range s.Mounts {
+			switch m.Destination {
+			case "/run", "/tmp", pool.ExecutorDir:
+				continue
+			}
+			mounts = append(mounts, m)
+		}
+		s.Mounts = append(mounts,
+			specs.Mount{
+				Destination: "/tmp",
+				Type:        "tmpfs",
+				Source:      "tmpfs",
+				Options:     []string{"nosuid", "nodev", "mode=1777", "size=" + strconv.Itoa(TmpfsSize>>20) + "m"},
+			},
+			specs.Mount{
+				Destination: pool.ExecutorDir,
+				Type:        "bind",
+				Source:      socketDir,
+				Options:     []string{"rbind", "ro", "nosuid", "nodev"},
+			},
+		)
+		return nil
+	}
+}
+
+// orDiscard returns w, or io.Discard for nil.
+func orDiscard(w io.Writer) io.Writer {
+	if w == nil {
+		return io.Discard
+	}
+	return w
+}

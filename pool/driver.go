@@ -1,0 +1,83 @@
+package pool
+
+import (
+	"context"
+	"errors"
+	"io"
+	"time"
+)
+
+// ErrContainerNotFound is returned (wrapped) by a Driver for an id it does not
+// know.
+var ErrContainerNotFound = errors.New("container not found")
+
+// ContainerSpec is everything a Driver needs to create one function container.
+type ContainerSpec struct {
+	// ID is unique among live containers: [A-Za-z0-9_.-], at most 76 bytes.
+	ID string
+	// Function is the name of the function the container serves, or empty for
+	// a stem cell. Drivers record it as a label.
+	Function string
+	// RootFS is a host directory used read-only as the container's root.
+	RootFS string
+	// Args is the process command line; Args[0] is a path inside RootFS.
+	Args []string
+	// Env is the process environment, as KEY=VALUE.
+	Env []string
+	// SocketDir is the container's own host directory, bind-mounted at
+	// ExecutorDir inside the container. The agent's socket lives there.
+	SocketDir string
+	// MemoryBytes is the hard memory limit; 0 means DefaultMemoryBytes.
+	MemoryBytes int64
+	// CPUMillis is the CPU quota in millicores; 0 means unlimited.
+	CPUMillis int64
+	// PidsLimit bounds the number of tasks in the container; 0 means
+	// DefaultPidsLimit.
+	PidsLimit int64
+	// Stdout and Stderr receive the process output; nil discards it.
+	Stdout, Stderr io.Writer
+}
+
+// ExecutorDir is where a container sees its SocketDir.
+const ExecutorDir = "/kiln"
+
+// SocketName is the name of the agent's socket inside SocketDir.
+const SocketName = "agent.sock"
+
+// Defaults for ContainerSpec fields left zero.
+const (
+	DefaultMemoryBytes = 128 << 20
+	DefaultPidsLimit   = 256
+	// ContainerUID is the non-root user and group function processes run as.
+	ContainerUID = 65534
+)
+
+// Stats is a reading of a container's cgroup.
+type Stats struct {
+	// CPUUser and CPUSystem are the CPU time used since the container started.
+	CPUUser, CPUSystem time.Duration
+	// MemoryBytes is the current memory use; MemoryPeakBytes the highest seen.
+	MemoryBytes, MemoryPeakBytes int64
+}
+
+// Driver creates and controls containers. pool/containerd is the real one;
+// tests use a fake. Every method is safe for concurrent use and honours ctx
+// cancellation for the calls it makes to the runtime.
+type Driver interface {
+	// Start creates the container described by spec and starts its process.
+	// It returns once the process has been started; readiness is the
+	// executor's Ready message, never Start's return. On error nothing is
+	// left behind.
+	Start(ctx context.Context, spec ContainerSpec) error
+	// Exited returns a channel closed when the container's process exits,
+	// or ErrContainerNotFound.
+	Exited(id string) (<-chan struct{}, error)
+	// Remove kills the container's process if it runs and deletes the
+	// container. Removing a missing container is not an error.
+	Remove(ctx context.Context, id string) error
+	// List returns the ids of every container the driver manages, including
+	// those an earlier run left behind.
+	List(ctx context.Context) ([]string, error)
+	// Stats reads the container's cgroup counters.
+	Stats(ctx context.Context, id string) (Stats, error)
+}

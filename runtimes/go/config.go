@@ -1,0 +1,213 @@
+package goruntime
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"regexp"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+	"gopkg.in/yaml.v3"
+
+	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
+)
+
+// ConfigFile is the name of a function's configuration file in its directory.
+const ConfigFile = "kiln.yaml"
+
+// Config is a function's kiln.yaml. Zero values mean the agent's defaults
+// (see kilnv1.FunctionSpec); durations are Go durations such as "30s".
+type Config struct {
+	// Name is the function's name (required).
+	Name string `yaml:"name"`
+	// Runtime is the function's runtime: "go" (the default).
+	Runtime string `yaml:"runtime"`
+	// Memory is the container's memory limit in MiB.
+	Memory int64 `yaml:"memory"`
+	// Timeout bounds one call; it must be positive when set.
+	Timeout string `yaml:"timeout"`
+	// MinWarm is how many containers are kept started.
+	MinWarm int `yaml:"min_warm"`
+	// MaxContainers bounds the function's containers.
+	MaxContainers int `yaml:"max_containers"`
+	// Concurrency is the number of calls in flight per container.
+	Concurrency int `yaml:"concurrency"`
+	// FreezeAfter is the idle time before a container is frozen: "0s"
+	// freezes at once, a negative duration never freezes, empty means the
+	// default.
+	FreezeAfter string `yaml:"freeze_after"`
+	// IdleTimeout is the idle time before a container is stopped.
+	IdleTimeout string `yaml:"idle_timeout"`
+	// CPU is the CPU quota in millicores; 0 means unlimited.
+	CPU int64 `yaml:"cpu"`
+	// Env is added to the function's environment.
+	Env map[string]string `yaml:"env"`
+}
+
+// LoadConfig reads and validates the kiln.yaml at path. Unknown keys,
+// malformed or out-of-range values are errors that name the key.
+func LoadConfig(path string) (Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, err
+	}
+	c, err := ParseConfig(data)
+	if err != nil {
+		return Config{}, fmt.Errorf("%s: %w", path, err)
+	}
+	return c, nil
+}
+
+// unknownFieldRE matches yaml.v3's message for a key with no Config field.
+var unknownFieldRE = regexp.MustCompile(`field (\S+) not found in type \S+`)
+
+// ParseConfig parses and validates the content of a kiln.yaml.
+func ParseConfig(data []byte) (Config, error) {
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil {
+		if errors.Is(err, io.EOF) {
+			return Config{}, errors.New("empty configuration")
+		}
+		var te *yaml.TypeError
+		if errors.As(err, &te) {
+			msgs := make([]string, len(te.Errors))
+			for i, m := range te.Errors {
+				msgs[i] = unknownFieldRE.ReplaceAllString(m, `unknown key "$1"`)
+			}
+			return Config{}, errors.New(strings.Join(msgs, "; "))
+		}
+		return Config{}, err
+	}
+	var extra any
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return Config{}, errors.New("more than one YAML document")
+	}
+	if err := c.Validate(); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}
+
+// Validate checks c, returning an error naming the first bad key.
+func (c Config) Validate() error {
+	_, err := c.spec()
+	return err
+}
+
+// Spec returns the FunctionSpec deploying c with code, the host path of the
+// built function binary. It fails when c is invalid (see Validate) or code is
+// empty.
+func (c Config) Spec(code string) (*kilnv1.FunctionSpec, error) {
+	if code == "" {
+		return nil, errors.New("empty code path")
+	}
+	s, err := c.spec()
+	if err != nil {
+		return nil, err
+	}
+	s.Code = code
+	return s, nil
+}
+
+// spec validates c and converts it, without the code path.
+func (c Config) spec() (*kilnv1.FunctionSpec, error) {
+	if c.Name == "" {
+		return nil, errors.New("name: missing")
+	}
+	if err := ValidateName(c.Name); err != nil {
+		return nil, fmt.Errorf("name: %w", err)
+	}
+	s := &kilnv1.FunctionSpec{Runtime: c.Runtime}
+	switch c.Runtime {
+	case "":
+		s.Runtime = Runtime
+	case Runtime:
+	default:
+		return nil, fmt.Errorf("runtime: %q is not supported (want %q)", c.Runtime, Runtime)
+	}
+	var err error
+	if s.MemoryMb, err = int32Of("memory", "MiB", c.Memory); err != nil {
+		return nil, err
+	}
+	if s.CpuMillis, err = int32Of("cpu", "millicores", c.CPU); err != nil {
+		return nil, err
+	}
+	if s.MinWarm, err = count("min_warm", c.MinWarm); err != nil {
+		return nil, err
+	}
+	if s.MaxContainers, err = count("max_containers", c.MaxContainers); err != nil {
+		return nil, err
+	}
+	if s.Concurrency, err = count("concurrency", c.Concurrency); err != nil {
+		return nil, err
+	}
+	if c.MaxContainers > 0 && c.MinWarm > c.MaxContainers {
+		return nil, fmt.Errorf("min_warm: %d is above max_containers (%d)", c.MinWarm, c.MaxContainers)
+	}
+	if s.Timeout, err = duration("timeout", c.Timeout, false); err != nil {
+		return nil, err
+	}
+	if s.Timeout != nil && s.Timeout.AsDuration() == 0 {
+		return nil, errors.New("timeout: must be positive")
+	}
+	if s.FreezeAfter, err = duration("freeze_after", c.FreezeAfter, true); err != nil {
+		return nil, err
+	}
+	if s.IdleTimeout, err = duration("idle_timeout", c.IdleTimeout, false); err != nil {
+		return nil, err
+	}
+	if len(c.Env) > 0 {
+		s.Env = make(map[string]string, len(c.Env))
+		for k, v := range c.Env {
+			if k == "" || strings.ContainsAny(k, "=\x00") {
+				return nil, fmt.Errorf("env: invalid variable name %q", k)
+			}
+			if strings.ContainsRune(v, 0) {
+				return nil, fmt.Errorf("env: %s: value contains a NUL byte", k)
+			}
+			s.Env[k] = v
+		}
+	}
+	return s, nil
+}
+
+// count checks a non-negative int32 setting.
+func count(key string, n int) (int32, error) {
+	return int32Of(key, "", int64(n))
+}
+
+// int32Of checks a non-negative int32 setting measured in unit.
+func int32Of(key, unit string, n int64) (int32, error) {
+	if unit != "" {
+		unit = " " + unit
+	}
+	if n < 0 {
+		return 0, fmt.Errorf("%s: %d%s is negative", key, n, unit)
+	}
+	if n > math.MaxInt32 {
+		return 0, fmt.Errorf("%s: %d%s is too large", key, n, unit)
+	}
+	return int32(n), nil
+}
+
+// duration parses a duration setting; empty means unset (nil).
+func duration(key, s string, negativeOK bool) (*durationpb.Duration, error) {
+	if s == "" {
+		return nil, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return nil, fmt.Errorf("%s: invalid duration %q (want e.g. 30s, 500ms, 5m)", key, s)
+	}
+	if d < 0 && !negativeOK {
+		return nil, fmt.Errorf("%s: %s is negative", key, s)
+	}
+	return durationpb.New(d), nil
+}

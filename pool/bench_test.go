@@ -1,0 +1,46 @@
+package pool_test
+
+import (
+	"context"
+	"strconv"
+	"testing"
+
+	"github.com/kilnfx/kiln/pool"
+	"github.com/kilnfx/kiln/pool/fake"
+	pb "github.com/kilnfx/kiln/proto/executorpb"
+)
+
+// BenchmarkInvoke measures one call through an executor session (agent side
+// and in-process SDK over a real unix socket) on a warm container.
+func BenchmarkInvoke(b *testing.B) {
+	d := fake.New(echo)
+	dir := b.TempDir()
+	p, err := pool.New(d, dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Close(context.Background())
+	ctx := context.Background()
+	body := []byte("hello")
+	ids := make([]string, b.N)
+	for i := range ids {
+		ids[i] = "call-" + strconv.Itoa(i)
+	}
+	c, _, err := p.Acquire(ctx, fnEcho)
+	if err != nil {
+		b.Fatal(err)
+	}
+	p.Release(c)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		c, _, err := p.Acquire(ctx, fnEcho)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := c.Invoke(ctx, &pb.Invoke{CallId: ids[i], Body: body}); err != nil {
+			b.Fatal(err)
+		}
+		p.Release(c)
+	}
+}

@@ -28,8 +28,9 @@ setup: ## install what kiln needs (containerd, runc, crun, protoc, gcc, Go tools
 	@test -x $(TOOLS)/protoc-gen-go-grpc || GOBIN=$(TOOLS) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
 	@test -x $(TOOLS)/staticcheck || GOBIN=$(TOOLS) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 
-build: ## build kilnd and kiln into ./bin
+build: ## build kilnd, kiln-executor (static) and kiln into ./bin
 	$(GO) build -o bin/kilnd ./cmd/kilnd
+	CGO_ENABLED=0 $(GO) build -trimpath -o bin/kiln-executor ./cmd/kiln-executor
 	$(GO) build -o bin/kiln ./cmd/kiln
 
 run: setup build ## start the agent with its defaults (managed containerd, SQLite in $(DATA_DIR)); installs the kiln CLI in /usr/local/bin

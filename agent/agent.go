@@ -92,6 +92,10 @@ func New(ctx context.Context, store *datastore.Store, p *pool.Pool, dataDir stri
 		}
 		a.functions[r.Name] = fn
 	}
+	a.removeStaleCode()
+	for _, fn := range a.functions {
+		p.Configure(fn.pool)
+	}
 	return a, nil
 }
 
@@ -128,13 +132,20 @@ func (a *Agent) newFunction(rec *kilnv1.Function, rootfs string) *function {
 		record:  rec,
 		timeout: s.Timeout.AsDuration(),
 		pool: &pool.Function{
-			Name:        rec.Name,
-			Revision:    containerKey(rec.Revision, s),
-			RootFS:      rootfs,
-			Args:        []string{"/" + s.Handler},
-			Env:         env,
-			MemoryBytes: int64(s.MemoryMb) << 20,
-			CPUMillis:   int64(s.CpuMillis),
+			Name:          rec.Name,
+			Revision:      containerKey(rec.Revision, s),
+			Runtime:       s.Runtime,
+			RootFS:        rootfs,
+			Args:          []string{"/" + s.Handler},
+			Env:           env,
+			Code:          filepath.Join(rootfs, s.Handler),
+			MemoryBytes:   int64(s.MemoryMb) << 20,
+			CPUMillis:     int64(s.CpuMillis),
+			MinWarm:       int(s.MinWarm),
+			MaxContainers: int(s.MaxContainers),
+			Concurrency:   int(s.Concurrency),
+			FreezeAfter:   s.FreezeAfter.AsDuration(),
+			IdleTimeout:   s.IdleTimeout.AsDuration(),
 		},
 	}
 }
@@ -178,17 +189,11 @@ func (a *Agent) Deploy(ctx context.Context, name string, spec *kilnv1.FunctionSp
 		Updated:  timestamppb.New(stored.Updated),
 	}, rootfs)
 	a.mu.Lock()
-	old := a.functions[name]
 	a.functions[name] = fn
 	a.mu.Unlock()
-	if old != nil && old.pool.Revision != fn.pool.Revision {
-		if err := a.pool.RemoveFunction(ctx, name); err != nil {
-			a.log.Warn("stop containers of the earlier deployment", "function", name, "err", err)
-		}
-		if old.record.Revision != revision {
-			_ = os.RemoveAll(filepath.Join(a.functionsDir, name, old.record.Revision))
-		}
-	}
+	// Containers of an earlier revision stop (busy ones when their calls
+	// end); settings that need no new container apply to the running ones.
+	a.pool.Configure(fn.pool)
 	a.log.Info("function deployed", "function", name, "revision", revision)
 	return proto.Clone(fn.record).(*kilnv1.Function), nil
 }
@@ -244,6 +249,27 @@ func (a *Agent) Delete(ctx context.Context, name string) error {
 	return nil
 }
 
+// removeStaleCode deletes installed code that no loaded function uses: what
+// redeploys and deletes left behind.
+func (a *Agent) removeStaleCode() {
+	names, err := os.ReadDir(a.functionsDir)
+	if err != nil {
+		return
+	}
+	for _, n := range names {
+		fn := a.functions[n.Name()]
+		revs, _ := os.ReadDir(filepath.Join(a.functionsDir, n.Name()))
+		for _, r := range revs {
+			if fn == nil || r.Name() != fn.record.Revision {
+				_ = os.RemoveAll(filepath.Join(a.functionsDir, n.Name(), r.Name()))
+			}
+		}
+		if fn == nil {
+			_ = os.Remove(filepath.Join(a.functionsDir, n.Name()))
+		}
+	}
+}
+
 func (a *Agent) lookup(name string) (*function, error) {
 	a.mu.RLock()
 	fn := a.functions[name]
@@ -255,6 +281,32 @@ func (a *Agent) lookup(name string) (*function, error) {
 		return nil, fmt.Errorf("%w: function %q", ErrNotFound, name)
 	}
 	return fn, nil
+}
+
+// Containers lists the live containers of the named function, with their
+// current memory use. It returns an error wrapping ErrNotFound for an unknown
+// function.
+func (a *Agent) Containers(ctx context.Context, name string) ([]*kilnv1.Container, error) {
+	if _, err := a.lookup(name); err != nil {
+		return nil, err
+	}
+	infos := a.pool.Containers(name)
+	out := make([]*kilnv1.Container, 0, len(infos))
+	for _, c := range infos {
+		kc := &kilnv1.Container{
+			Id:       c.ID,
+			State:    c.State.String(),
+			Created:  timestamppb.New(c.Created),
+			LastUsed: timestamppb.New(c.LastUsed),
+			Active:   int32(c.Active),
+			Calls:    c.Calls,
+		}
+		if st, err := a.pool.ContainerStats(ctx, c.ID); err == nil {
+			kc.MemoryBytes = st.MemoryBytes
+		}
+		out = append(out, kc)
+	}
+	return out, nil
 }
 
 // Call is one invocation as an API edge hands it to the agent.
@@ -323,11 +375,17 @@ func (a *Agent) Invoke(ctx context.Context, call *Call) (*Result, error) {
 		Path:             call.Path,
 		Query:            call.Query,
 	})
-	a.pool.Release(c)
 	if err == nil && ctx.Err() != nil {
 		// The answer came at or after the deadline (a handler that
 		// returned on ctx.Done): the call still ran out of time.
 		err = ctx.Err()
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		// A function past its timeout may be stuck: kill its container
+		// and let the pool replace it.
+		a.pool.Discard(c)
+	} else {
+		a.pool.Release(c)
 	}
 	if err != nil {
 		return res, a.callError(ctx, fn, err)
@@ -346,6 +404,10 @@ func (a *Agent) Invoke(ctx context.Context, call *Call) (*Result, error) {
 // callError maps a pool error to the agent's error classes.
 func (a *Agent) callError(ctx context.Context, fn *function, err error) error {
 	switch {
+	case errors.Is(err, pool.ErrQueueFull), errors.Is(err, pool.ErrQueueTimeout):
+		return fmt.Errorf("%w: function %q: %v", ErrResourceExhausted, fn.record.Name, err)
+	case errors.Is(err, pool.ErrNoCapacity):
+		return fmt.Errorf("%w: function %q: %v", ErrUnavailable, fn.record.Name, err)
 	case errors.Is(err, context.DeadlineExceeded) || errors.Is(ctx.Err(), context.DeadlineExceeded):
 		return fmt.Errorf("%w: function %q did not answer within %v", ErrDeadlineExceeded, fn.record.Name, fn.timeout)
 	case errors.Is(err, context.Canceled):

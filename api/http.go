@@ -30,6 +30,10 @@ const (
 	HeaderError  = "X-Kiln-Error"
 )
 
+// bodySlack is how far past the body limit the server still reads a
+// request, to answer it with 413 instead of closing the connection.
+const bodySlack = 8 << 20
+
 // HTTPServer serves kiln's HTTP API over fasthttp.
 type HTTPServer struct {
 	agent *agent.Agent
@@ -51,10 +55,12 @@ func NewHTTPServer(a *agent.Agent, opts ...HTTPOption) *HTTPServer {
 		opt(s)
 	}
 	s.srv = &fasthttp.Server{
-		Handler:                       s.handle,
-		ErrorHandler:                  s.handleParseError,
-		Name:                          "kiln",
-		MaxRequestBodySize:            a.MaxBodyBytes(),
+		Handler:      s.handle,
+		ErrorHandler: s.handleParseError,
+		Name:         "kiln",
+		// Read a little past the limit so that a too-large body gets its
+		// 413 from the agent's check rather than a reset connection.
+		MaxRequestBodySize:            a.MaxBodyBytes() + bodySlack,
 		ReadTimeout:                   5 * time.Minute,
 		IdleTimeout:                   2 * time.Minute,
 		NoDefaultServerHeader:         false,
@@ -186,6 +192,10 @@ func (s *HTTPServer) functions(ctx *fasthttp.RequestCtx, rest string) {
 		return
 	}
 	name, ok := strings.CutPrefix(rest, "/")
+	if name, ok := strings.CutSuffix(name, "/containers"); ok && !strings.Contains(name, "/") {
+		s.containers(ctx, name)
+		return
+	}
 	if !ok || strings.Contains(name, "/") {
 		s.writeError(ctx, fmt.Errorf("%w: no route for /v1/functions%s", agent.ErrNotFound, rest))
 		return
@@ -223,6 +233,20 @@ func (s *HTTPServer) functions(ctx *fasthttp.RequestCtx, rest string) {
 	default:
 		s.methodNotAllowed(ctx, "GET, PUT, DELETE")
 	}
+}
+
+// containers serves GET /v1/functions/{name}/containers.
+func (s *HTTPServer) containers(ctx *fasthttp.RequestCtx, name string) {
+	if string(ctx.Method()) != fasthttp.MethodGet {
+		s.methodNotAllowed(ctx, "GET")
+		return
+	}
+	cs, err := s.agent.Containers(ctx, name)
+	if err != nil {
+		s.writeError(ctx, err)
+		return
+	}
+	writeJSON(ctx, fasthttp.StatusOK, &kilnv1.ContainerList{Containers: cs})
 }
 
 func (s *HTTPServer) methodNotAllowed(ctx *fasthttp.RequestCtx, allow string) {

@@ -22,11 +22,12 @@ func BenchmarkInvoke(b *testing.B) {
 	defer p.Close(context.Background())
 	ctx := context.Background()
 	body := []byte("hello")
+	fn := newFn("echo")
 	ids := make([]string, b.N)
 	for i := range ids {
 		ids[i] = "call-" + strconv.Itoa(i)
 	}
-	c, _, err := p.Acquire(ctx, fnEcho)
+	c, _, err := p.Acquire(ctx, fn)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -34,7 +35,7 @@ func BenchmarkInvoke(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		c, _, err := p.Acquire(ctx, fnEcho)
+		c, _, err := p.Acquire(ctx, fn)
 		if err != nil {
 			b.Fatal(err)
 		}

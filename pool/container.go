@@ -45,32 +45,58 @@ func (k StartKind) String() string {
 	return "unknown"
 }
 
-// Container is one function container and its executor session. Its methods
-// are safe for concurrent use.
+// Container is one container and its executor session. Invoke and the
+// accessors are safe for concurrent use; the pool owns everything else.
 type Container struct {
-	id       string
-	function string
-	dir      string // host directory mounted at ExecutorDir
-	created  time.Time
-	logs     *TailBuffer
+	id      string
+	runtime string
+	dir     string // host directory mounted at ExecutorDir
+	created time.Time
+	logs    *TailBuffer
+	exited  <-chan struct{}
 
-	srv *grpc.Server
-	lis net.Listener
+	srv         *grpc.Server
+	lis         net.Listener
+	expectReady atomic.Bool
+	readyC      chan *session // receives the session once Ready arrived
+	sess        atomic.Pointer[session]
+	function    atomic.Pointer[string]
 
-	readyC chan *session // receives the session once Ready arrived
-	sess   atomic.Pointer[session]
+	calls atomic.Int64 // calls served
 
-	calls    atomic.Int64 // calls served
-	inflight atomic.Int32
+	// freezeMu orders freezer writes: a thaw never overtakes the freeze it
+	// undoes.
+	freezeMu sync.Mutex
+
+	// Guarded by Pool.mu.
+	state       State
+	active      int   // calls holding the container
+	memory      int64 // bytes reserved in the node budget
+	lastUsed    time.Time
+	set         *set // nil for a stem cell
+	revision    string
+	retired     bool // stop when the last call releases it
+	firstKind   StartKind
+	fresh       bool // not handed to any call yet
+	freezeTimer Timer
+	idleTimer   Timer
 
 	stopOnce sync.Once
+	goneOnce sync.Once
+	gone     chan struct{} // closed once the driver removed the container
 }
 
 // ID returns the container's id.
 func (c *Container) ID() string { return c.id }
 
-// Function returns the name of the function the container serves.
-func (c *Container) Function() string { return c.function }
+// Function returns the name of the function the container serves, or ""
+// for a stem cell.
+func (c *Container) Function() string {
+	if f := c.function.Load(); f != nil {
+		return *f
+	}
+	return ""
+}
 
 // Logs returns the recent output of the container's process.
 func (c *Container) Logs() []byte { return c.logs.Bytes() }
@@ -84,14 +110,13 @@ func (c *Container) Invoke(ctx context.Context, inv *pb.Invoke) (*pb.Result, err
 	if s == nil {
 		return nil, fmt.Errorf("%w: container %s is not ready", ErrExecutorFailed, c.id)
 	}
-	c.inflight.Add(1)
 	res, err := s.invoke(ctx, inv)
-	c.inflight.Add(-1)
 	c.calls.Add(1)
 	return res, err
 }
 
-// Done returns a channel closed when the container's session has ended.
+// Done returns a channel closed when the container's current session has
+// ended.
 func (c *Container) Done() <-chan struct{} {
 	if s := c.sess.Load(); s != nil {
 		return s.done
@@ -155,20 +180,23 @@ func (c *Container) listen() error {
 	return nil
 }
 
-// waitReady waits until the executor's Ready arrived, the process exited,
-// the timeout passed or ctx ended.
-func (c *Container) waitReady(ctx context.Context, exited <-chan struct{}, timeout time.Duration) error {
+// waitReady waits until an executor's Ready arrived on a new session, the
+// process exited, the timeout passed or ctx ended. expectReady must have been
+// set before the executor could dial.
+func (c *Container) waitReady(ctx context.Context, timeout time.Duration) error {
 	t := time.NewTimer(timeout)
 	defer t.Stop()
 	select {
 	case s := <-c.readyC:
 		c.sess.Store(s)
 		return nil
-	case <-exited:
+	case <-c.exited:
 		return fmt.Errorf("%w: container %s exited before it was ready; last output:\n%s", ErrExecutorFailed, c.id, c.logs.Tail(20))
 	case <-t.C:
+		c.expectReady.Store(false)
 		return fmt.Errorf("%w: container %s not ready after %v; last output:\n%s", ErrExecutorFailed, c.id, timeout, c.logs.Tail(20))
 	case <-ctx.Done():
+		c.expectReady.Store(false)
 		return ctx.Err()
 	}
 }
@@ -187,16 +215,16 @@ func (c *Container) shutdown(reason error) {
 	})
 }
 
-// sessionServer accepts the one Session of a container.
+// sessionServer accepts the executor sessions of one container: one at
+// start, and one more after a stem cell's Init.
 type sessionServer struct {
 	pb.UnimplementedAgentServer
-	c     *Container
-	taken atomic.Bool
+	c *Container
 }
 
 func (ss *sessionServer) Session(stream pb.Agent_SessionServer) error {
-	if !ss.taken.CompareAndSwap(false, true) {
-		return errors.New("container already has a session")
+	if !ss.c.expectReady.CompareAndSwap(true, false) {
+		return errors.New("no session expected for this container now")
 	}
 	first, err := stream.Recv()
 	if err != nil {
@@ -212,9 +240,5 @@ func (ss *sessionServer) Session(stream pb.Agent_SessionServer) error {
 	default:
 		return errors.New("nobody waits for this container")
 	}
-	err = s.serve()
-	return err
+	return s.serve()
 }
-
-// InFlight returns the number of calls running in the container.
-func (c *Container) InFlight() int { return int(c.inflight.Load()) }

@@ -80,4 +80,15 @@ type Driver interface {
 	List(ctx context.Context) ([]string, error)
 	// Stats reads the container's cgroup counters.
 	Stats(ctx context.Context, id string) (Stats, error)
+	// Freeze stops every process of the container with the cgroup
+	// freezer. It returns once the container is frozen.
+	Freeze(ctx context.Context, id string) error
+	// Thaw resumes a frozen container; thawing a running one is a no-op.
+	// It is on the call path: implementations write the cgroup directly and
+	// never call containerd when they can avoid it.
+	Thaw(ctx context.Context, id string) error
+	// Update sets the container's memory limit and CPU quota (millicores;
+	// 0 removes the quota), as when a stem cell becomes a function's
+	// container.
+	Update(ctx context.Context, id string, memoryBytes, cpuMillis int64) error
 }

@@ -77,6 +77,7 @@ type options struct {
 	killWait     time.Duration
 	logLevel     string
 	env          []string
+	hideCgroup2  bool
 }
 
 // WithBinary sets the containerd executable: a path, or a name looked up on
@@ -100,6 +101,19 @@ func WithLogLevel(level string) Option { return func(o *options) { o.logLevel = 
 // caller's environment. The shims containerd starts inherit it, so PATH must
 // find containerd-shim-runc-v2 and the OCI runtime.
 func WithEnv(env []string) Option { return func(o *options) { o.env = env } }
+
+// WithHideCgroup2 says whether, on a hybrid cgroup host (cgroup v1
+// controllers, plus cgroup2 mounted at /sys/fs/cgroup/unified), containerd
+// runs in a private mount namespace without that cgroup2 mount, so that it,
+// its shims and the OCI runtime see a plain cgroup v1 host. The default is
+// true: crun refuses hybrid hosts whose cgroup2 hierarchy holds any
+// controller ("cgroups in hybrid mode not supported"), and crun starts
+// containers about 30% faster than runc. runc works either way; hidden, it
+// just does not also place containers in the unified hierarchy. Cgroup v1
+// hierarchies are shared by all mount namespaces, so kilnd still finds every
+// container's cgroups (freezer, memory, cpuacct) at the usual paths. On
+// other hosts the option has no effect.
+func WithHideCgroup2(hide bool) Option { return func(o *options) { o.hideCgroup2 = hide } }
 
 // Containerd is a running containerd daemon started by Start. Its methods are
 // safe for concurrent use.
@@ -134,6 +148,7 @@ func Start(ctx context.Context, dir string, opts ...Option) (*Containerd, error)
 		startTimeout: 30 * time.Second,
 		killWait:     10 * time.Second,
 		logLevel:     "info",
+		hideCgroup2:  true,
 	}
 	for _, opt := range opts {
 		opt(&o)
@@ -179,13 +194,16 @@ func Start(ctx context.Context, dir string, opts ...Option) (*Containerd, error)
 	logStart, _ := logFile.Seek(0, io.SeekEnd)
 
 	cmd := exec.Command(bin, "--config", configPath)
+	// Own process group: a ^C aimed at kilnd's terminal does not reach the
+	// daemon directly; kilnd decides when it stops.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if o.hideCgroup2 && isHybrid(cgroupRoot) {
+		cmd = hideCgroup2Command(bin, configPath, filepath.Join(cgroupRoot, "unified"))
+	}
 	cmd.Dir = dir
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
 	cmd.Env = o.env
-	// Own process group: a ^C aimed at kilnd's terminal does not reach the
-	// daemon directly; kilnd decides when it stops.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		logFile.Close()
 		return nil, fmt.Errorf("daemon: start %s: %w", bin, err)
@@ -340,6 +358,37 @@ func (c *Containerd) waitReady(ctx context.Context) error {
 		}
 		delay = min(delay*2, 200*time.Millisecond)
 	}
+}
+
+// cgroupRoot is where the host mounts its cgroup hierarchies.
+const cgroupRoot = "/sys/fs/cgroup"
+
+// cgroup2Magic is CGROUP2_SUPER_MAGIC, the f_type statfs reports for cgroup2.
+const cgroup2Magic = 0x63677270
+
+// isHybrid reports whether root holds cgroup v1 hierarchies and a cgroup2
+// mount at root/unified.
+func isHybrid(root string) bool {
+	var st syscall.Statfs_t
+	if syscall.Statfs(root, &st) != nil || st.Type == cgroup2Magic {
+		return false
+	}
+	return syscall.Statfs(filepath.Join(root, "unified"), &st) == nil && st.Type == cgroup2Magic
+}
+
+// hideCgroup2Command returns a command that runs containerd in a new mount
+// namespace (Go makes every mount in it private before exec) after a lazy
+// unmount of the cgroup2 mount at unified. If the unmount fails, containerd
+// still starts, with a warning in its log.
+func hideCgroup2Command(bin, configPath, unified string) *exec.Cmd {
+	// unified is a fixed path without quotes or shell metacharacters.
+	script := `umount -l '` + unified + `' || echo "kiln: could not hide ` + unified + ` from containerd" >&2; exec "$0" "$@"`
+	cmd := exec.Command("/bin/sh", "-c", script, bin, "--config", configPath)
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Setpgid:      true,
+		Unshareflags: syscall.CLONE_NEWNS,
+	}
+	return cmd
 }
 
 // stopStale stops a daemon that an earlier process started with the same

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -218,4 +219,51 @@ func TestStartHonoursContext(t *testing.T) {
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Start = %v, want DeadlineExceeded", err)
 	}
+}
+
+// TestHideCgroup2: on a hybrid cgroup host the daemon's mount namespace has
+// no cgroup2 mount by default, the host's still has it, and
+// WithHideCgroup2(false) keeps the host's view.
+func TestHideCgroup2(t *testing.T) {
+	requireContainerd(t)
+	if !isHybrid(cgroupRoot) {
+		t.Skip("not a hybrid cgroup host")
+	}
+	unified := filepath.Join(cgroupRoot, "unified")
+	for _, hide := range []bool{true, false} {
+		t.Run(fmt.Sprintf("hide=%v", hide), func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+			defer cancel()
+			c, err := Start(ctx, shortDir(t), WithHideCgroup2(hide))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Stop(ctx)
+			if got := hasMount(t, c.Pid(), unified); got == hide {
+				t.Errorf("daemon sees %s: %v, want %v", unified, got, !hide)
+			}
+			if !hasMount(t, os.Getpid(), unified) {
+				t.Errorf("host lost %s", unified)
+			}
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", c.Pid()))
+			if arg0, _, _ := strings.Cut(string(b), "\x00"); err != nil || filepath.Base(arg0) != "containerd" {
+				t.Errorf("daemon cmdline %q, %v", b, err)
+			}
+		})
+	}
+}
+
+// hasMount reports whether process pid sees a mount at path.
+func hasMount(t *testing.T, pid int, path string) bool {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && f[4] == path {
+			return true
+		}
+	}
+	return false
 }

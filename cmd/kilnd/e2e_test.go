@@ -55,11 +55,12 @@ func runMain(m *testing.M) int {
 			{"build", "-race", "-o", filepath.Join(dir, "kilnd"), "."},
 			{"build", "-o", filepath.Join(dir, "kiln"), "../kiln"},
 			{"build", "-o", filepath.Join(dir, "probe"), "./testdata/probe"},
+			{"build", "-o", filepath.Join(dir, "kiln-executor"), "../kiln-executor"},
 		}
 		for _, args := range builds {
 			cmd := exec.Command("go", args...)
 			cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
-			if strings.Contains(args[len(args)-1], "probe") {
+			if pkg := args[len(args)-1]; strings.Contains(pkg, "probe") || strings.Contains(pkg, "executor") {
 				cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 			}
 			if out, err := cmd.CombinedOutput(); err != nil {

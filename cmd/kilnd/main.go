@@ -35,6 +35,10 @@ type config struct {
 	shutdownTimeout time.Duration
 	startTimeout    time.Duration
 	logLevel        string
+	queueDepth      int
+	memoryBudget    int64
+	stemCells       map[string]int
+	executorBinary  string
 }
 
 func main() {
@@ -58,8 +62,22 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 30*time.Second, "bound on finishing in-flight calls at SIGTERM")
 	fs.DurationVar(&c.startTimeout, "start-timeout", 10*time.Second, "bound on a container becoming ready")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log `level`: debug, info, warn, error")
+	fs.IntVar(&c.queueDepth, "queue-depth", 1000, "calls that may wait for a container, per function")
+	budget := fs.String("memory-budget", "75%", "sum of container memory limits the node allows: `SIZE` (512Mi, 16G, bytes) or a percentage of RAM")
+	stems := fs.String("stem-cells", "", "frozen generic containers to keep per runtime, as `RUNTIME=N[,...]` (e.g. go=2)")
+	fs.StringVar(&c.executorBinary, "executor-binary", "", "static stem cell executor `binary` (default: kiln-executor beside kilnd)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
+	}
+	var err error
+	if c.memoryBudget, err = parseBudget(*budget); err != nil {
+		return c, fmt.Errorf("--memory-budget %q: %v", *budget, err)
+	}
+	if c.stemCells, err = parseStemCells(*stems); err != nil {
+		return c, fmt.Errorf("--stem-cells %q: %v", *stems, err)
+	}
+	if c.queueDepth < 0 {
+		return c, fmt.Errorf("--queue-depth %d: must not be negative", c.queueDepth)
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments: %v", fs.Args())
@@ -171,16 +189,39 @@ func run(args []string, stderr io.Writer) error {
 	if err := os.MkdirAll(runDir, 0o755); err != nil {
 		return fmt.Errorf("run dir: %w", err)
 	}
-	p, err := pool.New(driver, runDir, pool.WithLogger(log), pool.WithStartTimeout(cfg.startTimeout))
-	if err != nil {
-		return err
+	popts := []pool.Option{
+		pool.WithLogger(log),
+		pool.WithStartTimeout(cfg.startTimeout),
+		pool.WithQueueDepth(cfg.queueDepth),
+		pool.WithMemoryBudget(cfg.memoryBudget),
 	}
-	if n, err := p.RemoveOrphans(ctx); err != nil {
+	for runtime, n := range cfg.stemCells {
+		exe := cfg.executorBinary
+		if exe == "" {
+			self, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			exe = filepath.Join(filepath.Dir(self), "kiln-executor")
+		}
+		spec, err := agent.PrepareStemCells(cfg.dataDir, runtime, exe, n)
+		if err != nil {
+			return err
+		}
+		popts = append(popts, pool.WithStemCells(spec))
+	}
+	// Remove what an earlier run left before any container of this run
+	// starts (stem cells start with the pool).
+	if n, err := pool.RemoveAll(ctx, driver); err != nil {
 		log.Warn("remove containers of an earlier run", "removed", n, "err", err)
 	} else if n > 0 {
 		log.Info("removed containers of an earlier run", "removed", n)
 	}
-
+	p, err := pool.New(driver, runDir, popts...)
+	if err != nil {
+		return err
+	}
+	log.Info("pool ready", "memory_budget", cfg.memoryBudget, "queue_depth", cfg.queueDepth, "stem_cells", cfg.stemCells)
 	a, err := agent.New(ctx, store, p, cfg.dataDir, agent.WithLogger(log), agent.WithMaxBodyBytes(cfg.maxBody))
 	if err != nil {
 		return err

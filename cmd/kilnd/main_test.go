@@ -40,3 +40,36 @@ func TestParseFlags(t *testing.T) {
 		})
 	}
 }
+
+func TestParseBudget(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		want int64
+		ok   bool
+	}{
+		{"0", 0, true}, {"1024", 1024, true}, {"512Mi", 512 << 20, true}, {"2G", 2e9, true}, {"1Gi", 1 << 30, true},
+		{"-1", 0, false}, {"lots", 0, false}, {"150%", 0, false}, {"0%", 0, false}, {"9999999999Ti", 0, false},
+	} {
+		got, err := parseBudget(tt.in)
+		if (err == nil) != tt.ok || (tt.ok && got != tt.want) {
+			t.Errorf("parseBudget(%q) = %d, %v", tt.in, got, err)
+		}
+	}
+	if got, err := parseBudget("75%"); err != nil || got <= 0 {
+		t.Errorf("75%% = %d, %v", got, err)
+	}
+}
+
+func TestParseStemCells(t *testing.T) {
+	if m, err := parseStemCells("go=2"); err != nil || m["go"] != 2 {
+		t.Errorf("go=2: %v %v", m, err)
+	}
+	if m, err := parseStemCells(""); err != nil || len(m) != 0 {
+		t.Errorf("empty: %v %v", m, err)
+	}
+	for _, bad := range []string{"go", "go=x", "go=-1", "go=1000", "cobol=1", "go=1,go=2"} {
+		if _, err := parseStemCells(bad); err == nil {
+			t.Errorf("parseStemCells(%q) accepted", bad)
+		}
+	}
+}

@@ -84,8 +84,13 @@ func Serve(h Handler) {
 
 // Run connects to the agent at socket (DefaultSocket when empty) and serves
 // calls with h until the session ends or ctx is done. It returns nil when the
-// agent closed the session.
+// agent closed the session. The function name it reports is $KILN_FUNCTION.
 func Run(ctx context.Context, socket string, h Handler) error {
+	return RunFunction(ctx, socket, os.Getenv(EnvFunction), h)
+}
+
+// RunFunction is Run reporting the given function name in Ready.
+func RunFunction(ctx context.Context, socket, function string, h Handler) error {
 	if h == nil {
 		return errors.New("nil handler")
 	}
@@ -115,7 +120,7 @@ func Run(ctx context.Context, socket string, h Handler) error {
 		Runtime:  "go",
 		Pid:      int32(os.Getpid()),
 		Version:  version(),
-		Function: os.Getenv(EnvFunction),
+		Function: function,
 	}}}
 	if err := s.send(ready); err != nil {
 		return fmt.Errorf("send ready: %w", err)

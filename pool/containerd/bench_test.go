@@ -3,6 +3,7 @@ package containerd
 import (
 	"context"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 )
@@ -96,4 +97,107 @@ func BenchmarkStats(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkStartInterleaved runs the four variants of BenchmarkStart in turn
+// within each iteration, so that load from other processes on a shared
+// machine hits them alike, and reports each variant's median and p90
+// Start → process running latency in ms.
+//
+//	go test -run '^$' -bench StartInterleaved -benchtime 40x ./pool/containerd/
+func BenchmarkStartInterleaved(b *testing.B) {
+	requireContainerd(b)
+	type variant struct {
+		name    string
+		d       *Driver
+		samples []time.Duration
+	}
+	ctx := context.Background()
+	a := newAgentSocket(b)
+	var vs []*variant
+	for _, rt := range []string{"runc", "crun"} {
+		bin := runtimeBinary(b, rt)
+		for _, group := range []bool{false, true} {
+			v := &variant{name: rt}
+			opts := []Option{WithRuntimeBinary(bin)}
+			if group {
+				v.name += "-group"
+				opts = append(opts, WithShimGroup("ib-"+rt))
+			}
+			v.d = newDriver(b, opts...)
+			if group {
+				anchor := newID("anchor")
+				if err := v.d.Start(ctx, probeSpec(anchor, a, "ready")); err != nil {
+					b.Fatal(err)
+				}
+				a.next(b, waitTimeout)
+				defer v.d.Remove(ctx, anchor)
+			}
+			vs = append(vs, v)
+		}
+	}
+	run := func(v *variant) time.Duration {
+		id := newID("ib")
+		t0 := time.Now()
+		if err := v.d.Start(ctx, probeSpec(id, a, "ready")); err != nil {
+			b.Fatal(err)
+		}
+		a.next(b, waitTimeout)
+		took := time.Since(t0)
+		if err := v.d.Remove(ctx, id); err != nil {
+			b.Fatal(err)
+		}
+		return took
+	}
+	for _, v := range vs {
+		run(v) // warm up
+	}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		for k := range vs {
+			v := vs[(i+k)%len(vs)] // rotate the order too
+			v.samples = append(v.samples, run(v))
+		}
+		i++
+	}
+	for _, v := range vs {
+		slices.Sort(v.samples)
+		n := len(v.samples)
+		b.ReportMetric(ms(v.samples[n/2]), v.name+"-p50-ms")
+		b.ReportMetric(ms(v.samples[n*9/10]), v.name+"-p90-ms")
+	}
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// BenchmarkFreezeThaw measures one Freeze (until the kernel reports FROZEN)
+// and one Thaw of a running container, with the driver's sentinel cgroup
+// frozen.
+func BenchmarkFreezeThaw(b *testing.B) {
+	d := newDriver(b)
+	a := newAgentSocket(b)
+	ctx := context.Background()
+	id := newID("ft")
+	if err := d.Start(ctx, probeSpec(id, a, "ready")); err != nil {
+		b.Fatal(err)
+	}
+	defer d.Remove(ctx, id)
+	a.next(b, waitTimeout)
+	var freeze, thaw time.Duration
+	b.ReportAllocs()
+	for b.Loop() {
+		t0 := time.Now()
+		if err := d.Freeze(ctx, id); err != nil {
+			b.Fatal(err)
+		}
+		t1 := time.Now()
+		if err := d.Thaw(ctx, id); err != nil {
+			b.Fatal(err)
+		}
+		freeze += t1.Sub(t0)
+		thaw += time.Since(t1)
+	}
+	b.ReportMetric(float64(freeze.Nanoseconds())/1000/float64(b.N), "freeze-µs")
+	b.ReportMetric(float64(thaw.Nanoseconds())/1000/float64(b.N), "thaw-µs")
 }

@@ -15,8 +15,16 @@
 // pool.ContainerUID. PrepareRootFS creates them (and a minimal /etc/passwd
 // and /etc/group naming uid 65534).
 //
-// The driver never calls containerd on a per-call path: Stats reads cgroup
-// files directly, and freezing is left to the caller (CgroupPath).
+// The driver never calls containerd on a per-call path: Stats, Freeze, Thaw
+// and Update read and write the container's cgroup files directly, through
+// file descriptors opened once per container. On cgroup v1 the driver keeps
+// an empty sentinel freezer cgroup (/<namespace>/.kiln-freeze-sentinel)
+// FROZEN, which keeps the kernel's freezer switch on so that a freeze or
+// thaw costs microseconds rather than milliseconds; it is never removed.
+//
+// The OCI runtime is crun by default (WithRuntimeBinary): it starts
+// containers about 30% faster than runc here. See agent/daemon's
+// WithHideCgroup2 for the hybrid cgroup hosts crun refuses.
 //
 // Lifecycle of a container as the driver sees it:
 //
@@ -36,6 +44,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -65,6 +74,9 @@ const (
 
 // runtimeName is the containerd runtime every container uses.
 const runtimeName = "io.containerd.runc.v2"
+
+// DefaultRuntimeBinary is the OCI runtime used without WithRuntimeBinary.
+const DefaultRuntimeBinary = "crun"
 
 var (
 	// ErrClosed is returned (wrapped) by every method after Close.
@@ -102,8 +114,16 @@ func WithNamespace(ns string) Option { return func(o *options) { o.namespace = n
 // (default: the shim's, /run/containerd/runc/<namespace>).
 func WithRuncRoot(dir string) Option { return func(o *options) { o.runcRoot = dir } }
 
-// WithRuntimeBinary sets the OCI runtime the runc shim executes, as a name on
-// the daemon's PATH or an absolute path: "runc" (default) or "crun".
+// WithRuntimeBinary sets the OCI runtime the runc shim executes (its
+// BinaryName option), as a name on the daemon's PATH or an absolute path:
+// "crun" (default) or "runc".
+//
+// crun is the default because it brings a container up about 30% faster
+// than runc (BenchmarkStartInterleaved: p50 108 ms against 155 ms on a
+// 2-vCPU VM). crun 1.x refuses hybrid cgroup hosts whose cgroup2 hierarchy
+// holds any controller; a containerd started by agent/daemon hides that
+// mount from itself and its runtimes (daemon.WithHideCgroup2), otherwise
+// use "runc" on such hosts. Start's error says so when it happens.
 func WithRuntimeBinary(name string) Option { return func(o *options) { o.binary = name } }
 
 // WithShimGroup makes every container of this driver share one shim process
@@ -168,6 +188,10 @@ type container struct {
 
 	statsMu sync.Mutex
 	stats   cgroupStats // guarded by statsMu
+
+	freezeMu sync.Mutex
+	freezer  freezer // guarded by freezeMu
+	removed  bool    // guarded by freezeMu: being removed, freezer closed
 }
 
 func (c *container) markExited() { c.exitOnce.Do(func() { close(c.exited) }) }
@@ -179,7 +203,7 @@ func (c *container) markExited() { c.exitOnce.Do(func() { close(c.exited) }) }
 func New(ctx context.Context, address string, opts ...Option) (*Driver, error) {
 	o := options{
 		namespace:   "kiln",
-		binary:      "runc",
+		binary:      DefaultRuntimeBinary,
 		killTimeout: 10 * time.Second,
 		callTimeout: 30 * time.Second,
 		dialTimeout: 10 * time.Second,
@@ -198,7 +222,7 @@ func New(ctx context.Context, address string, opts ...Option) (*Driver, error) {
 		return nil, fmt.Errorf("containerd driver: state dir %q is not absolute", o.stateDir)
 	}
 	if o.binary == "" {
-		o.binary = "runc"
+		o.binary = DefaultRuntimeBinary
 	}
 	client, err := containerd.New(address,
 		containerd.WithDefaultNamespace(o.namespace),
@@ -224,11 +248,9 @@ func New(ctx context.Context, address string, opts ...Option) (*Driver, error) {
 		ctrs:     make(map[string]*container),
 		starting: make(map[string]struct{}),
 	}
-	d.runtimeOpts = &runcoptions.Options{Root: o.runcRoot}
-	if o.binary != "runc" {
-		d.runtimeOpts.BinaryName = o.binary
-	}
+	d.runtimeOpts = &runcoptions.Options{Root: o.runcRoot, BinaryName: o.binary}
 	d.ctx, d.cancel = context.WithCancel(namespaces.WithNamespace(context.WithoutCancel(ctx), o.namespace))
+	d.setupSentinel()
 	return d, nil
 }
 
@@ -265,6 +287,10 @@ func (d *Driver) Close() error {
 		c.statsMu.Lock()
 		c.stats.close()
 		c.statsMu.Unlock()
+		c.freezeMu.Lock()
+		c.freezer.close()
+		c.removed = true
+		c.freezeMu.Unlock()
 	}
 	return d.client.Close()
 }
@@ -407,6 +433,10 @@ func (d *Driver) Start(ctx context.Context, spec pool.ContainerSpec) (err error)
 	}
 	task, err := ctr.NewTask(opCtx, ioCreator)
 	if err != nil {
+		if strings.Contains(err.Error(), "hybrid mode not supported") {
+			return fmt.Errorf("start %q: create task: %w (crun cannot run on this hybrid cgroup host as containerd "+
+				"sees it: start containerd with agent/daemon (WithHideCgroup2) or use WithRuntimeBinary(\"runc\"))", id, err)
+		}
 		return fmt.Errorf("start %q: create task: %w", id, err)
 	}
 	c.task = task
@@ -580,6 +610,9 @@ func (d *Driver) Remove(ctx context.Context, id string) error {
 	if err := d.removeKnown(ctx, c); err != nil {
 		d.mu.Lock()
 		if _, taken := d.ctrs[id]; !taken && !d.closed {
+			c.freezeMu.Lock()
+			c.removed = false
+			c.freezeMu.Unlock()
 			d.ctrs[id] = c
 		}
 		d.mu.Unlock()
@@ -592,6 +625,7 @@ func (d *Driver) Remove(ctx context.Context, id string) error {
 func (d *Driver) removeKnown(ctx context.Context, c *container) error {
 	killCtx, cancel := context.WithTimeout(ctx, d.opts.killTimeout)
 	defer cancel()
+	d.thawForKill(c)
 	select {
 	case <-c.exited:
 	default:
@@ -634,6 +668,7 @@ func (d *Driver) removeLeftover(ctx context.Context, id string) error {
 	if err != nil {
 		return fmt.Errorf("remove %q: load: %w", id, err)
 	}
+	d.thawCgroup(cgroupPath(d.opts.namespace, id))
 	task, err := ctr.Task(ctx, nil)
 	switch {
 	case err == nil:

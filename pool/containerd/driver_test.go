@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/containerd/containerd/namespaces"
 	"github.com/containerd/containerd/oci"
 
+	"github.com/kilnfx/kiln/agent/daemon"
 	"github.com/kilnfx/kiln/pool"
 )
 
@@ -484,5 +486,69 @@ func TestSpec(t *testing.T) {
 	}
 	if !slices.Contains(s.Process.Env, "A=1") {
 		t.Errorf("env = %v", s.Process.Env)
+	}
+}
+
+// TestHostCgroupView: on a hybrid cgroup host, against a containerd that
+// sees the host's cgroup2 mount (daemon.WithHideCgroup2(false)), runc works
+// and crun, when the cgroup2 hierarchy holds controllers, fails with an
+// error that says what to do, leaving nothing behind.
+func TestHostCgroupView(t *testing.T) {
+	requireContainerd(t)
+	var st syscall.Statfs_t
+	if syscall.Statfs("/sys/fs/cgroup/unified", &st) != nil || st.Type != 0x63677270 {
+		t.Skip("not a hybrid cgroup host")
+	}
+	dir, err := os.MkdirTemp("/tmp", "kh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	ctd, err := daemon.Start(ctx, filepath.Join(dir, "d"), daemon.WithHideCgroup2(false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctd.Stop(ctx)
+	open := func(rt string) *Driver {
+		d, err := New(ctx, ctd.Address(), WithNamespace(testNamespace), WithRuntimeBinary(rt),
+			WithRuncRoot(filepath.Join(dir, "runc")), WithStateDir(filepath.Join(dir, "state")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { d.Close() })
+		return d
+	}
+	a := newAgentSocket(t)
+
+	runc := open(runtimeBinary(t, "runc"))
+	id := newID("hostview-runc")
+	if err := runc.Start(ctx, probeSpec(id, a, "ready")); err != nil {
+		t.Fatal(err)
+	}
+	if got := a.next(t, waitTimeout); got != "ready uid=65534" {
+		t.Errorf("probe said %q", got)
+	}
+	if err := runc.Remove(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+
+	ctl, _ := os.ReadFile("/sys/fs/cgroup/unified/cgroup.controllers")
+	if len(strings.TrimSpace(string(ctl))) == 0 {
+		return
+	}
+	crun := open(runtimeBinary(t, "crun"))
+	id = newID("hostview-crun")
+	err = crun.Start(ctx, probeSpec(id, a, "ready"))
+	if err == nil {
+		crun.Remove(ctx, id)
+		t.Fatal("crun started on a hybrid host with cgroup2 controllers; drop this test's expectation")
+	}
+	if !strings.Contains(err.Error(), "WithHideCgroup2") {
+		t.Errorf("error lacks the hint: %v", err)
+	}
+	if listed(t, crun, id) {
+		t.Error("failed Start left the container")
 	}
 }

@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -61,6 +60,12 @@ func runTests(m *testing.M) int {
 	}
 	rootFS = filepath.Join(dir, "rootfs")
 
+	// KILN_TEST_CONTAINERD names the socket of a running containerd to use
+	// instead of starting a private one.
+	if addr := os.Getenv("KILN_TEST_CONTAINERD"); addr != "" {
+		daemonAddr = addr
+		return m.Run()
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	d, err := daemon.Start(ctx, filepath.Join(dir, "d"))
@@ -84,7 +89,7 @@ func buildRootFS(dir string) error {
 	}
 	gobin, err := exec.LookPath("go")
 	if err != nil {
-		gobin = filepath.Join(runtime.GOROOT(), "bin", "go")
+		return fmt.Errorf("build probe: %w", err)
 	}
 	cmd := exec.Command(gobin, "build", "-trimpath", "-o", filepath.Join(dir, "probe"), "./testdata/probe")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
@@ -96,37 +101,15 @@ func buildRootFS(dir string) error {
 
 // runtimeBinary returns the OCI runtime to pass to WithRuntimeBinary for
 // name, skipping tb when it is not installed (failing with CI=true).
-//
-// crun (1.8) refuses hybrid cgroup hosts whose v2 hierarchy holds any
-// controller ("cgroups in hybrid mode not supported"), as this kind of VM
-// has (hugetlb). There it runs through a wrapper that hides the v2 mount in
-// a private mount namespace, so crun sees a plain v1 host; the wrapper adds
-// an unshare and a shell to every crun call, which counts against crun in
-// the benchmarks.
 func runtimeBinary(tb testing.TB, name string) string {
 	tb.Helper()
-	path, err := lookPathBin(name)
-	if err != nil {
+	if _, err := lookPathBin(name); err != nil {
 		if os.Getenv("CI") == "true" {
 			tb.Fatal(err)
 		}
 		tb.Skip(err)
 	}
-	if name != "crun" {
-		return name
-	}
-	ctl, err := os.ReadFile("/sys/fs/cgroup/unified/cgroup.controllers")
-	if err != nil || len(bytes.TrimSpace(ctl)) == 0 {
-		return name
-	}
-	wrapper := filepath.Join(testDir, "crun-hybrid")
-	script := "#!/bin/sh\n" +
-		"exec unshare -m --propagation private sh -c 'umount -l /sys/fs/cgroup/unified 2>/dev/null; exec " + path + " \"$@\"' crun \"$@\"\n"
-	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
-		tb.Fatal(err)
-	}
-	tb.Logf("crun on a hybrid cgroup host with v2 controllers (%s): using %s", bytes.TrimSpace(ctl), wrapper)
-	return wrapper
+	return name
 }
 
 func lookPathBin(name string) (string, error) {

@@ -1,20 +1,30 @@
-// Package fake is a pool.Driver for tests: each "container" is a goroutine
-// running the Go SDK's executor in-process against the container's socket, so
-// tests exercise the real executor protocol without containerd.
+// Package fake is a pool.Driver and a pool.Clock for tests. Each fake
+// "container" is a goroutine running kiln's real executor code in-process
+// against the container's socket (the Go SDK, or the stem cell executor when
+// the spec names no function), so tests exercise the real executor protocol
+// without containerd.
 package fake
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"sort"
 	"sync"
+	"sync/atomic"
 
 	"github.com/kilnfx/kiln/executor/sdk"
+	"github.com/kilnfx/kiln/executor/stem"
 	"github.com/kilnfx/kiln/pool"
+	pb "github.com/kilnfx/kiln/proto/executorpb"
 )
 
-// Driver is a fake pool.Driver. The zero value is not usable; use New.
+// ErrFrozen is what a handler call returns when it reaches a frozen fake
+// container: the pool forgot to thaw it.
+var ErrFrozen = errors.New("fake: call reached a frozen container")
+
+// Driver is a fake pool.Driver. Use New.
 type Driver struct {
 	handler sdk.Handler
 
@@ -26,12 +36,18 @@ type Driver struct {
 	// FailStart, when set, is returned by Start.
 	FailStart error
 	starts    int
+	thaws     int
+	freezes   int
 }
 
 type container struct {
-	spec   pool.ContainerSpec
-	cancel context.CancelFunc
-	exited chan struct{}
+	spec    pool.ContainerSpec
+	cancel  context.CancelFunc
+	exited  chan struct{}
+	frozen  atomic.Bool
+	memory  atomic.Int64
+	loaded  atomic.Pointer[string] // function a stem cell became
+	handler sdk.Handler
 }
 
 var _ pool.Driver = (*Driver)(nil)
@@ -54,28 +70,53 @@ func (d *Driver) Start(ctx context.Context, spec pool.ContainerSpec) error {
 	d.starts++
 	runCtx, cancel := context.WithCancel(context.Background())
 	c := &container{spec: spec, cancel: cancel, exited: make(chan struct{})}
+	c.memory.Store(spec.MemoryBytes)
+	c.handler = func(ctx context.Context, req *sdk.Request) (*sdk.Response, error) {
+		if c.frozen.Load() {
+			return nil, ErrFrozen
+		}
+		return d.handler(ctx, req)
+	}
 	d.containers[spec.ID] = c
+	socket := filepath.Join(spec.SocketDir, pool.SocketName)
 	go func() {
 		defer close(c.exited)
 		if d.NoDial {
 			<-runCtx.Done()
 			return
 		}
-		err := sdk.Run(runCtx, filepath.Join(spec.SocketDir, pool.SocketName), d.handler)
-		if err != nil && spec.Stderr != nil {
+		var err error
+		if spec.Function == "" {
+			err = stem.Run(runCtx, socket, "go", func(init *pb.Init) error {
+				name := init.Env["KILN_FUNCTION"]
+				c.loaded.Store(&name)
+				return sdk.RunFunction(runCtx, socket, name, c.handler)
+			})
+		} else {
+			err = sdk.RunFunction(runCtx, socket, spec.Function, c.handler)
+		}
+		if err != nil && spec.Stderr != nil && runCtx.Err() == nil {
 			fmt.Fprintln(spec.Stderr, "executor:", err)
 		}
 	}()
 	return nil
 }
 
-// Exited implements pool.Driver.
-func (d *Driver) Exited(id string) (<-chan struct{}, error) {
+func (d *Driver) get(id string) (*container, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	c, ok := d.containers[id]
 	if !ok {
 		return nil, fmt.Errorf("%s: %w", id, pool.ErrContainerNotFound)
+	}
+	return c, nil
+}
+
+// Exited implements pool.Driver.
+func (d *Driver) Exited(id string) (<-chan struct{}, error) {
+	c, err := d.get(id)
+	if err != nil {
+		return nil, err
 	}
 	return c.exited, nil
 }
@@ -112,25 +153,76 @@ func (d *Driver) List(ctx context.Context) ([]string, error) {
 
 // Stats implements pool.Driver.
 func (d *Driver) Stats(ctx context.Context, id string) (pool.Stats, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if _, ok := d.containers[id]; !ok {
-		return pool.Stats{}, fmt.Errorf("%s: %w", id, pool.ErrContainerNotFound)
+	if _, err := d.get(id); err != nil {
+		return pool.Stats{}, err
 	}
 	return pool.Stats{MemoryBytes: 1 << 20, MemoryPeakBytes: 1 << 20}, nil
+}
+
+// Freeze implements pool.Driver.
+func (d *Driver) Freeze(ctx context.Context, id string) error {
+	c, err := d.get(id)
+	if err != nil {
+		return err
+	}
+	c.frozen.Store(true)
+	d.mu.Lock()
+	d.freezes++
+	d.mu.Unlock()
+	return nil
+}
+
+// Thaw implements pool.Driver.
+func (d *Driver) Thaw(ctx context.Context, id string) error {
+	c, err := d.get(id)
+	if err != nil {
+		return err
+	}
+	c.frozen.Store(false)
+	d.mu.Lock()
+	d.thaws++
+	d.mu.Unlock()
+	return nil
+}
+
+// Update implements pool.Driver.
+func (d *Driver) Update(ctx context.Context, id string, memoryBytes, cpuMillis int64) error {
+	c, err := d.get(id)
+	if err != nil {
+		return err
+	}
+	c.memory.Store(memoryBytes)
+	return nil
+}
+
+// Frozen reports whether the container is frozen, and whether it exists.
+func (d *Driver) Frozen(id string) (frozen, ok bool) {
+	c, err := d.get(id)
+	if err != nil {
+		return false, false
+	}
+	return c.frozen.Load(), true
+}
+
+// Memory returns the container's memory limit.
+func (d *Driver) Memory(id string) int64 {
+	c, err := d.get(id)
+	if err != nil {
+		return 0
+	}
+	return c.memory.Load()
 }
 
 // Crash makes the container's executor exit, as a process that dies. It
 // reports whether the container existed.
 func (d *Driver) Crash(id string) bool {
-	d.mu.Lock()
-	c, ok := d.containers[id]
-	d.mu.Unlock()
-	if ok {
-		c.cancel()
-		<-c.exited
+	c, err := d.get(id)
+	if err != nil {
+		return false
 	}
-	return ok
+	c.cancel()
+	<-c.exited
+	return true
 }
 
 // Starts returns how many containers were started.

@@ -355,6 +355,150 @@ func (x *Error) GetClass() string {
 	return ""
 }
 
+// Container is one of a function's containers, as GET
+// /v1/functions/{name}/containers lists them.
+type Container struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// state: creating, starting, ready, busy, frozen, thawing, specializing,
+	// stopping.
+	State    string                 `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	Created  *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=created,proto3" json:"created,omitempty"`
+	LastUsed *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=last_used,json=lastUsed,proto3" json:"last_used,omitempty"`
+	// active is the number of calls running in it.
+	Active int32 `protobuf:"varint,5,opt,name=active,proto3" json:"active,omitempty"`
+	// calls is the number of calls it has served.
+	Calls int64 `protobuf:"varint,6,opt,name=calls,proto3" json:"calls,omitempty"`
+	// memory_bytes is its current memory use, from its cgroup.
+	MemoryBytes   int64 `protobuf:"varint,7,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Container) Reset() {
+	*x = Container{}
+	mi := &file_kiln_v1_functions_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Container) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Container) ProtoMessage() {}
+
+func (x *Container) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_functions_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Container.ProtoReflect.Descriptor instead.
+func (*Container) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_functions_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Container) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Container) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *Container) GetCreated() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Created
+	}
+	return nil
+}
+
+func (x *Container) GetLastUsed() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastUsed
+	}
+	return nil
+}
+
+func (x *Container) GetActive() int32 {
+	if x != nil {
+		return x.Active
+	}
+	return 0
+}
+
+func (x *Container) GetCalls() int64 {
+	if x != nil {
+		return x.Calls
+	}
+	return 0
+}
+
+func (x *Container) GetMemoryBytes() int64 {
+	if x != nil {
+		return x.MemoryBytes
+	}
+	return 0
+}
+
+// ContainerList is the answer to a listing of containers.
+type ContainerList struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Containers    []*Container           `protobuf:"bytes,1,rep,name=containers,proto3" json:"containers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ContainerList) Reset() {
+	*x = ContainerList{}
+	mi := &file_kiln_v1_functions_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ContainerList) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ContainerList) ProtoMessage() {}
+
+func (x *ContainerList) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_functions_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ContainerList.ProtoReflect.Descriptor instead.
+func (*ContainerList) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_functions_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ContainerList) GetContainers() []*Container {
+	if x != nil {
+		return x.Containers
+	}
+	return nil
+}
+
 var File_kiln_v1_functions_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_functions_proto_rawDesc = "" +
@@ -388,7 +532,19 @@ const file_kiln_v1_functions_proto_rawDesc = "" +
 	"\tfunctions\x18\x01 \x03(\v2\x11.kiln.v1.FunctionR\tfunctions\"3\n" +
 	"\x05Error\x12\x14\n" +
 	"\x05error\x18\x01 \x01(\tR\x05error\x12\x14\n" +
-	"\x05class\x18\x02 \x01(\tR\x05classB-Z+github.com/kilnfx/kiln/proto/kiln/v1;kilnv1b\x06proto3"
+	"\x05class\x18\x02 \x01(\tR\x05class\"\xf1\x01\n" +
+	"\tContainer\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
+	"\x05state\x18\x02 \x01(\tR\x05state\x124\n" +
+	"\acreated\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\acreated\x127\n" +
+	"\tlast_used\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\blastUsed\x12\x16\n" +
+	"\x06active\x18\x05 \x01(\x05R\x06active\x12\x14\n" +
+	"\x05calls\x18\x06 \x01(\x03R\x05calls\x12!\n" +
+	"\fmemory_bytes\x18\a \x01(\x03R\vmemoryBytes\"C\n" +
+	"\rContainerList\x122\n" +
+	"\n" +
+	"containers\x18\x01 \x03(\v2\x12.kiln.v1.ContainerR\n" +
+	"containersB-Z+github.com/kilnfx/kiln/proto/kiln/v1;kilnv1b\x06proto3"
 
 var (
 	file_kiln_v1_functions_proto_rawDescOnce sync.Once
@@ -402,30 +558,35 @@ func file_kiln_v1_functions_proto_rawDescGZIP() []byte {
 	return file_kiln_v1_functions_proto_rawDescData
 }
 
-var file_kiln_v1_functions_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_kiln_v1_functions_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_kiln_v1_functions_proto_goTypes = []any{
 	(*FunctionSpec)(nil),          // 0: kiln.v1.FunctionSpec
 	(*Function)(nil),              // 1: kiln.v1.Function
 	(*FunctionList)(nil),          // 2: kiln.v1.FunctionList
 	(*Error)(nil),                 // 3: kiln.v1.Error
-	nil,                           // 4: kiln.v1.FunctionSpec.EnvEntry
-	(*durationpb.Duration)(nil),   // 5: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
+	(*Container)(nil),             // 4: kiln.v1.Container
+	(*ContainerList)(nil),         // 5: kiln.v1.ContainerList
+	nil,                           // 6: kiln.v1.FunctionSpec.EnvEntry
+	(*durationpb.Duration)(nil),   // 7: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
 }
 var file_kiln_v1_functions_proto_depIdxs = []int32{
-	5, // 0: kiln.v1.FunctionSpec.timeout:type_name -> google.protobuf.Duration
-	4, // 1: kiln.v1.FunctionSpec.env:type_name -> kiln.v1.FunctionSpec.EnvEntry
-	5, // 2: kiln.v1.FunctionSpec.freeze_after:type_name -> google.protobuf.Duration
-	5, // 3: kiln.v1.FunctionSpec.idle_timeout:type_name -> google.protobuf.Duration
-	0, // 4: kiln.v1.Function.spec:type_name -> kiln.v1.FunctionSpec
-	6, // 5: kiln.v1.Function.created:type_name -> google.protobuf.Timestamp
-	6, // 6: kiln.v1.Function.updated:type_name -> google.protobuf.Timestamp
-	1, // 7: kiln.v1.FunctionList.functions:type_name -> kiln.v1.Function
-	8, // [8:8] is the sub-list for method output_type
-	8, // [8:8] is the sub-list for method input_type
-	8, // [8:8] is the sub-list for extension type_name
-	8, // [8:8] is the sub-list for extension extendee
-	0, // [0:8] is the sub-list for field type_name
+	7,  // 0: kiln.v1.FunctionSpec.timeout:type_name -> google.protobuf.Duration
+	6,  // 1: kiln.v1.FunctionSpec.env:type_name -> kiln.v1.FunctionSpec.EnvEntry
+	7,  // 2: kiln.v1.FunctionSpec.freeze_after:type_name -> google.protobuf.Duration
+	7,  // 3: kiln.v1.FunctionSpec.idle_timeout:type_name -> google.protobuf.Duration
+	0,  // 4: kiln.v1.Function.spec:type_name -> kiln.v1.FunctionSpec
+	8,  // 5: kiln.v1.Function.created:type_name -> google.protobuf.Timestamp
+	8,  // 6: kiln.v1.Function.updated:type_name -> google.protobuf.Timestamp
+	1,  // 7: kiln.v1.FunctionList.functions:type_name -> kiln.v1.Function
+	8,  // 8: kiln.v1.Container.created:type_name -> google.protobuf.Timestamp
+	8,  // 9: kiln.v1.Container.last_used:type_name -> google.protobuf.Timestamp
+	4,  // 10: kiln.v1.ContainerList.containers:type_name -> kiln.v1.Container
+	11, // [11:11] is the sub-list for method output_type
+	11, // [11:11] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_functions_proto_init() }
@@ -439,7 +600,7 @@ func file_kiln_v1_functions_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kiln_v1_functions_proto_rawDesc), len(file_kiln_v1_functions_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

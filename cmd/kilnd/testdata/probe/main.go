@@ -68,6 +68,9 @@ func handle(ctx context.Context, req *sdk.Request) (*sdk.Response, error) {
 		os.Exit(3)
 	case "panic":
 		panic("probe panicked")
+	case "nap":
+		time.Sleep(200 * time.Millisecond)
+		return &sdk.Response{Body: []byte("napped")}, nil
 	case "sleep":
 		select {
 		case <-time.After(10 * time.Second):

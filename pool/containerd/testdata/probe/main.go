@@ -3,6 +3,7 @@
 //	probe report   write a report to stdout, "END", dial the agent socket, sleep
 //	probe exit     the same report, then exit with status 3
 //	probe ready    dial the agent socket at once, then sleep (benchmarks)
+//	probe busy     dial the agent socket at once, then spin on the CPU
 //
 // The root filesystem is read-only and /kiln is mounted read-only, so the
 // report goes to stdout, which the test captures.
@@ -27,9 +28,13 @@ func main() {
 	if len(os.Args) > 1 {
 		mode = os.Args[1]
 	}
-	if mode == "ready" {
+	switch mode {
+	case "ready":
 		dial("ready")
 		sleep()
+	case "busy":
+		dial("busy")
+		spin()
 	}
 	fmt.Fprintln(os.Stderr, "probe: hello stderr")
 	w := bufio.NewWriter(os.Stdout)
@@ -86,5 +91,13 @@ func result(err error) string {
 func sleep() {
 	for {
 		time.Sleep(time.Hour)
+	}
+}
+
+var sink int
+
+func spin() {
+	for i := 0; ; i++ {
+		sink = i
 	}
 }

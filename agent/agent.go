@@ -15,14 +15,12 @@ import (
 	"sync"
 	"time"
 
-	"github.com/google/uuid"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/kilnfx/kiln/datastore"
 	"github.com/kilnfx/kiln/pool"
-	pb "github.com/kilnfx/kiln/proto/executorpb"
 	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
 )
 
@@ -39,14 +37,23 @@ type Agent struct {
 
 	deployMu sync.Mutex // serialises Deploy and Delete
 
+	usage    UsageSink
+	node     string
+	classify func(error) (status int, class string)
+	metrics  *Metrics
+
+	keysMu sync.RWMutex
+	keys   map[[32]byte]string // SHA-256 of valid API keys → tenant
+
 	mu        sync.RWMutex
 	functions map[string]*function
 }
 
 // function is the cached, ready-to-run form of a deployed function.
 type function struct {
-	record  *kilnv1.Function
-	timeout time.Duration
+	record     *kilnv1.Function
+	timeout    time.Duration
+	requireKey bool
 	pool    *pool.Function
 }
 
@@ -58,6 +65,24 @@ func WithLogger(l *slog.Logger) Option { return func(a *Agent) { a.log = l } }
 
 // WithMaxBodyBytes sets the request body limit (default DefaultMaxBodyBytes).
 func WithMaxBodyBytes(n int) Option { return func(a *Agent) { a.maxBody = n } }
+
+// WithUsageSink makes the agent write every call's usage record to s
+// (default: none, metering off).
+func WithUsageSink(s UsageSink) Option { return func(a *Agent) { a.usage = s } }
+
+// WithNode names the node in usage records (default: the host name).
+func WithNode(name string) Option { return func(a *Agent) { a.node = name } }
+
+// WithErrorClassifier sets how the status and error class of a failed call
+// are derived for its usage record and metrics; the API edge's mapping
+// (api.HTTPStatus) is the one to pass. The default answers 500 "internal".
+func WithErrorClassifier(f func(error) (status int, class string)) Option {
+	return func(a *Agent) { a.classify = f }
+}
+
+// WithMetrics sets where the agent counts calls (default: a private,
+// unexported set).
+func WithMetrics(m *Metrics) Option { return func(a *Agent) { a.metrics = m } }
 
 // New returns an Agent storing functions in store, running them in p, and
 // keeping their code under dataDir/functions. It loads the functions store
@@ -77,6 +102,15 @@ func New(ctx context.Context, store *datastore.Store, p *pool.Pool, dataDir stri
 	for _, opt := range opts {
 		opt(a)
 	}
+	if a.node == "" {
+		a.node, _ = os.Hostname()
+	}
+	if a.classify == nil {
+		a.classify = func(error) (int, string) { return 500, "internal" }
+	}
+	if a.metrics == nil {
+		a.metrics = NewMetrics(nil)
+	}
 	if err := os.MkdirAll(a.functionsDir, 0o755); err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
@@ -91,6 +125,9 @@ func New(ctx context.Context, store *datastore.Store, p *pool.Pool, dataDir stri
 			continue
 		}
 		a.functions[r.Name] = fn
+	}
+	if err := a.loadKeys(ctx); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
 	}
 	a.removeStaleCode()
 	for _, fn := range a.functions {
@@ -129,8 +166,9 @@ func (a *Agent) newFunction(rec *kilnv1.Function, rootfs string) *function {
 	}
 	sort.Strings(env)
 	return &function{
-		record:  rec,
-		timeout: s.Timeout.AsDuration(),
+		record:     rec,
+		timeout:    s.Timeout.AsDuration(),
+		requireKey: s.RequireKey,
 		pool: &pool.Function{
 			Name:          rec.Name,
 			Revision:      containerKey(rec.Revision, s),
@@ -307,117 +345,6 @@ func (a *Agent) Containers(ctx context.Context, name string) ([]*kilnv1.Containe
 		out = append(out, kc)
 	}
 	return out, nil
-}
-
-// Call is one invocation as an API edge hands it to the agent.
-type Call struct {
-	// Function is the function's name.
-	Function string
-	// Trigger names the edge: "http", "grpc" or "grpc-stream".
-	Trigger string
-	// Method, Path and Query describe the HTTP request, when there is one.
-	Method, Path, Query string
-	// Headers are passed to the function.
-	Headers []*pb.Header
-	// Body is the request body; the agent does not keep it after Invoke.
-	Body []byte
-}
-
-// Result is the outcome of a call that reached the function.
-type Result struct {
-	// CallID is the call's id (a UUIDv7).
-	CallID string
-	// Start says how the container was obtained: warm, thawed, stem, cold.
-	Start string
-	// Status is the function's HTTP status.
-	Status int
-	// Headers and Body are the function's answer.
-	Headers []*pb.Header
-	Body    []byte
-	// FunctionError is the handler's error message, if it failed.
-	FunctionError string
-	// Exec is the handler's run time as the executor measured it.
-	Exec time.Duration
-}
-
-// Invoke runs one call of a function and returns the function's answer. A
-// handler error is not an error of Invoke: it is reported in the Result.
-// Errors wrap one of the agent's error classes: ErrNotFound,
-// ErrPayloadTooLarge, ErrDeadlineExceeded (the function's timeout or ctx's
-// deadline passed), ErrExecutorFailed, ErrUnavailable.
-func (a *Agent) Invoke(ctx context.Context, call *Call) (*Result, error) {
-	fn, err := a.lookup(call.Function)
-	if err != nil {
-		return nil, err
-	}
-	if len(call.Body) > a.maxBody {
-		return nil, fmt.Errorf("%w: body of %d bytes is over the %d byte limit", ErrPayloadTooLarge, len(call.Body), a.maxBody)
-	}
-	id, err := uuid.NewV7()
-	if err != nil {
-		return nil, fmt.Errorf("call id: %w", err)
-	}
-	res := &Result{CallID: id.String()}
-	ctx, cancel := context.WithTimeout(ctx, fn.timeout)
-	defer cancel()
-	c, kind, err := a.pool.Acquire(ctx, fn.pool)
-	if err != nil {
-		return res, a.callError(ctx, fn, err)
-	}
-	res.Start = kind.String()
-	deadline, _ := ctx.Deadline()
-	out, err := c.Invoke(ctx, &pb.Invoke{
-		CallId:           res.CallID,
-		DeadlineUnixNano: deadline.UnixNano(),
-		Headers:          call.Headers,
-		Body:             call.Body,
-		Method:           call.Method,
-		Path:             call.Path,
-		Query:            call.Query,
-	})
-	if err == nil && ctx.Err() != nil {
-		// The answer came at or after the deadline (a handler that
-		// returned on ctx.Done): the call still ran out of time.
-		err = ctx.Err()
-	}
-	if errors.Is(err, context.DeadlineExceeded) {
-		// A function past its timeout may be stuck: kill its container
-		// and let the pool replace it.
-		a.pool.Discard(c)
-	} else {
-		a.pool.Release(c)
-	}
-	if err != nil {
-		return res, a.callError(ctx, fn, err)
-	}
-	res.Status = int(out.Status)
-	if res.Status == 0 {
-		res.Status = 200
-	}
-	res.Headers = out.Headers
-	res.Body = out.Body
-	res.FunctionError = out.Error
-	res.Exec = time.Duration(out.ExecNs)
-	return res, nil
-}
-
-// callError maps a pool error to the agent's error classes.
-func (a *Agent) callError(ctx context.Context, fn *function, err error) error {
-	switch {
-	case errors.Is(err, pool.ErrQueueFull), errors.Is(err, pool.ErrQueueTimeout):
-		return fmt.Errorf("%w: function %q: %v", ErrResourceExhausted, fn.record.Name, err)
-	case errors.Is(err, pool.ErrNoCapacity):
-		return fmt.Errorf("%w: function %q: %v", ErrUnavailable, fn.record.Name, err)
-	case errors.Is(err, context.DeadlineExceeded) || errors.Is(ctx.Err(), context.DeadlineExceeded):
-		return fmt.Errorf("%w: function %q did not answer within %v", ErrDeadlineExceeded, fn.record.Name, fn.timeout)
-	case errors.Is(err, context.Canceled):
-		return fmt.Errorf("%w: call cancelled", ErrUnavailable)
-	case errors.Is(err, pool.ErrClosed):
-		return fmt.Errorf("%w: %v", ErrUnavailable, err)
-	case errors.Is(err, pool.ErrExecutorFailed):
-		return fmt.Errorf("%w: function %q: %v", ErrExecutorFailed, fn.record.Name, err)
-	}
-	return fmt.Errorf("%w: function %q: %v", ErrExecutorFailed, fn.record.Name, err)
 }
 
 // Close stops every container. In-flight calls fail with ErrUnavailable.

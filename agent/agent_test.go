@@ -43,18 +43,31 @@ type env struct {
 // test binary itself serves as the function's code: it is an ELF file.
 func newEnv(t *testing.T) *env {
 	t.Helper()
+	e := &env{driver: fake.New(handler), dir: shortDir(t), code: selfExe(t)}
+	e.open(t)
+	return e
+}
+
+// shortDir returns a temporary directory with a path short enough for the
+// unix sockets under it.
+func shortDir(t *testing.T) string {
+	t.Helper()
 	dir, err := os.MkdirTemp("/tmp", "ka")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// selfExe returns the test binary's path: an ELF file to deploy as code.
+func selfExe(t *testing.T) string {
+	t.Helper()
 	code, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{driver: fake.New(handler), dir: dir, code: code}
-	e.open(t)
-	return e
+	return code
 }
 
 func (e *env) open(t *testing.T) {

@@ -23,4 +23,6 @@ var (
 	ErrExecutorFailed = errors.New("executor failed")
 	// ErrPayloadTooLarge: the request body is over the limit.
 	ErrPayloadTooLarge = errors.New("payload too large")
+	// ErrCancelled: the caller went away before the call finished.
+	ErrCancelled = errors.New("cancelled")
 )

@@ -28,12 +28,15 @@ var errorClasses = []errorClass{
 	{agent.ErrDeadlineExceeded, "deadline_exceeded", http.StatusGatewayTimeout, codes.DeadlineExceeded, false},
 	{agent.ErrExecutorFailed, "executor_failure", http.StatusBadGateway, codes.Unavailable, false},
 	{agent.ErrPayloadTooLarge, "payload_too_large", http.StatusRequestEntityTooLarge, codes.ResourceExhausted, false},
+	// 499: the caller closed the request (nginx's convention); nobody
+	// reads this answer, but the usage record keeps it.
+	{agent.ErrCancelled, "cancelled", 499, codes.Canceled, false},
 }
 
 var internalClass = errorClass{name: "internal", http: http.StatusInternalServerError, grpc: codes.Internal}
 
 // ClassFunctionError is the class of a call whose handler failed.
-const ClassFunctionError = "function_error"
+const ClassFunctionError = agent.ClassFunctionError
 
 // classify returns the class of err.
 func classify(err error) errorClass {

@@ -1,19 +1,604 @@
 package api
 
 import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/kilnfx/kiln/agent"
+	pb "github.com/kilnfx/kiln/proto/executorpb"
+	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
 )
 
-// NewGRPCServer returns kiln's public gRPC server with the standard health
-// service (SERVING) and server reflection registered.
-func NewGRPCServer(opts ...grpc.ServerOption) (*grpc.Server, *health.Server) {
-	srv := grpc.NewServer(opts...)
-	hs := health.NewServer()
-	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	healthpb.RegisterHealthServer(srv, hs)
-	reflection.Register(srv)
-	return srv, hs
+// Trailer metadata keys kiln sets on a failed unary Invoke, so that a client
+// can tell kiln's own errors (which carry a class) from transport errors.
+const (
+	// GRPCTrailerCallID holds the call's id when kiln accepted the call.
+	GRPCTrailerCallID = "kiln-call-id"
+	// GRPCTrailerErrorClass holds the error class, as in the HTTP API.
+	GRPCTrailerErrorClass = "kiln-error-class"
+)
+
+// DefaultStreamMaxInFlight is how many requests of one InvokeStream run at
+// once unless WithStreamMaxInFlight says otherwise.
+const DefaultStreamMaxInFlight = 256
+
+// grpcMsgSlack is what a request message may hold besides its body: the
+// limit on received messages is the body limit plus this.
+const grpcMsgSlack = 64 << 10
+
+// GRPCServer is kiln's public gRPC server: the kiln.v1.Invoker and
+// kiln.v1.Functions services, grpc.health.v1 and server reflection. It is
+// safe for concurrent use.
+type GRPCServer struct {
+	srv    *grpc.Server
+	health *health.Server
+
+	drainOnce sync.Once
+	drain     chan struct{} // closed by GracefulStop and Stop
+}
+
+// GRPCOption configures a GRPCServer.
+type GRPCOption func(*grpcOptions)
+
+type grpcOptions struct {
+	log          *slog.Logger
+	maxInFlight  int
+	serverOpts   []grpc.ServerOption
+	adminToken   string
+	authRequired bool
+	untuned      bool // benchmarks only: grpc-go's defaults instead of kiln's
+}
+
+// WithGRPCAdminToken sets the token that grants the Functions service, as
+// WithAdminToken does for the HTTP API: with required set, every Functions
+// RPC needs "authorization: Bearer TOKEN" metadata; without, RPCs with no
+// credentials are admitted as the admin, which is only safe on loopback.
+// Invocations present a tenant's API key the same way; the admin token
+// there counts as no key.
+func WithGRPCAdminToken(token string, required bool) GRPCOption {
+	return func(o *grpcOptions) { o.adminToken, o.authRequired = token, required }
+}
+
+// WithGRPCLogger sets the server's logger.
+func WithGRPCLogger(l *slog.Logger) GRPCOption { return func(o *grpcOptions) { o.log = l } }
+
+// WithStreamMaxInFlight bounds how many requests of one InvokeStream run at
+// once (default DefaultStreamMaxInFlight); values below 1 mean 1. While a
+// stream has that many in flight the server stops reading it.
+func WithStreamMaxInFlight(n int) GRPCOption {
+	return func(o *grpcOptions) { o.maxInFlight = max(n, 1) }
+}
+
+// WithGRPCServerOptions adds grpc-go server options, applied after kiln's own
+// (see NewGRPCServer), so that they override them.
+func WithGRPCServerOptions(opts ...grpc.ServerOption) GRPCOption {
+	return func(o *grpcOptions) { o.serverOpts = append(o.serverOpts, opts...) }
+}
+
+// tunedServerOptions are kiln's grpc-go server options, chosen by
+// BenchmarkGRPCTuning (grpc_bench_test.go), which compares them with grpc-go's
+// defaults.
+func tunedServerOptions(maxBody int) []grpc.ServerOption {
+	return []grpc.ServerOption{
+		// A request is a body plus a little: refuse larger messages before
+		// reading them. The body limit itself is checked per request.
+		grpc.MaxRecvMsgSize(maxBody + grpcMsgSlack),
+		// Large fixed windows: a body of up to a few MiB goes in one round
+		// trip instead of waiting for BDP estimation to grow the window.
+		// Fixing them turns BDP estimation (and its pings) off.
+		grpc.InitialWindowSize(1 << 20),
+		grpc.InitialConnWindowSize(8 << 20),
+		// Bigger buffers than the 32 KiB default: fewer syscalls for bodies
+		// of tens of KiB, no measured cost for small calls.
+		grpc.ReadBufferSize(64 << 10),
+		grpc.WriteBufferSize(64 << 10),
+		// Let clients keep connections alive with pings every 10s or more,
+		// even with no call open (grpc-go's default closes a client that
+		// pings more often than every 5 minutes).
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
+			MinTime:             10 * time.Second,
+			PermitWithoutStream: true,
+		}),
+		// Find dead clients: their stream's calls are then cancelled.
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			Time:    time.Minute,
+			Timeout: 20 * time.Second,
+		}),
+		// Bound concurrent RPCs per connection (grpc-go allows 2^32):
+		// further ones wait on the client, not in the agent.
+		grpc.MaxConcurrentStreams(1024),
+		// No compression: no compressor is set; calls are small and
+		// latency-bound.
+	}
+}
+
+// NewGRPCServer returns kiln's public gRPC server for a, and its health
+// service (SERVING until GracefulStop or Stop). The grpc-go options are
+// kiln's tuned defaults (received messages are limited to a's body limit
+// plus 64 KiB; flow-control windows, buffers, keepalive, concurrent streams)
+// followed by those of WithGRPCServerOptions.
+func NewGRPCServer(a *agent.Agent, opts ...GRPCOption) (*GRPCServer, *health.Server) {
+	o := grpcOptions{log: slog.Default(), maxInFlight: DefaultStreamMaxInFlight}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	var sopts []grpc.ServerOption
+	if o.untuned {
+		sopts = append(sopts, grpc.MaxRecvMsgSize(a.MaxBodyBytes()+grpcMsgSlack))
+	} else {
+		sopts = tunedServerOptions(a.MaxBodyBytes())
+	}
+	sopts = append(sopts, o.serverOpts...)
+	s := &GRPCServer{
+		srv:    grpc.NewServer(sopts...),
+		health: health.NewServer(),
+		drain:  make(chan struct{}),
+	}
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(s.srv, s.health)
+	kilnv1.RegisterInvokerServer(s.srv, &invokerServer{
+		agent:       a,
+		log:         o.log,
+		maxInFlight: o.maxInFlight,
+		adminToken:  o.adminToken,
+		drain:       s.drain,
+	})
+	kilnv1.RegisterFunctionsServer(s.srv, &functionsServer{agent: a, adminToken: o.adminToken, authRequired: o.authRequired})
+	reflection.Register(s.srv)
+	return s, s.health
+}
+
+// Serve accepts connections on ln until Stop or GracefulStop; it then
+// returns nil.
+func (s *GRPCServer) Serve(ln net.Listener) error { return s.srv.Serve(ln) }
+
+// GracefulStop sets the health status to NOT_SERVING, stops accepting
+// connections and RPCs, makes every InvokeStream stop reading requests,
+// answer those in flight and end with UNAVAILABLE, and waits for every RPC
+// to finish. Calls in flight are not cancelled: bound the wait by calling
+// Stop.
+func (s *GRPCServer) GracefulStop() {
+	s.startDrain()
+	s.srv.GracefulStop()
+}
+
+// Stop closes every connection at once, cancelling every call in flight.
+func (s *GRPCServer) Stop() {
+	s.startDrain()
+	s.srv.Stop()
+}
+
+func (s *GRPCServer) startDrain() {
+	s.drainOnce.Do(func() {
+		s.health.Shutdown()
+		close(s.drain)
+	})
+}
+
+// invokerServer implements kiln.v1.Invoker.
+type invokerServer struct {
+	kilnv1.UnimplementedInvokerServer
+	agent       *agent.Agent
+	log         *slog.Logger
+	maxInFlight int
+	adminToken  string
+	drain       <-chan struct{}
+}
+
+// apiKey returns the tenant API key the RPC of ctx presents, or "". The
+// admin token is no tenant's key: a call with it is anonymous.
+func (s *invokerServer) apiKey(ctx context.Context) string {
+	k := grpcBearer(ctx)
+	if s.adminToken != "" && agent.TokenEqual(k, s.adminToken) {
+		return ""
+	}
+	return k
+}
+
+// grpcBearer returns the credential of "authorization: Bearer X" metadata.
+func grpcBearer(ctx context.Context) string {
+	for _, v := range metadata.ValueFromIncomingContext(ctx, "authorization") {
+		if len(v) > 7 && strings.EqualFold(v[:7], "bearer ") {
+			return strings.TrimSpace(v[7:])
+		}
+	}
+	return ""
+}
+
+// Invoke implements kiln.v1.Invoker.
+func (s *invokerServer) Invoke(ctx context.Context, req *kilnv1.InvokeRequest) (*kilnv1.InvokeResponse, error) {
+	call := newCall(req, "grpc")
+	call.Received = time.Now()
+	call.Key = s.apiKey(ctx)
+	timeout, err := requestTimeout(req)
+	if err == nil && req.Cancel {
+		err = fmt.Errorf("%w: cancel is for InvokeStream only", agent.ErrInvalidArgument)
+	}
+	if err != nil {
+		id, err := s.agent.Reject(call, err)
+		return nil, s.unaryError(ctx, req, err, id)
+	}
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	res, err := s.agent.Invoke(ctx, call)
+	if err != nil {
+		var id string
+		if res != nil {
+			id = res.CallID
+		}
+		return nil, s.unaryError(ctx, req, err, id)
+	}
+	return newResponse(req.Id, res), nil
+}
+
+// unaryError returns the status error of a failed unary Invoke and sets the
+// trailer saying its class and, when kiln gave it one, the call's id.
+func (s *invokerServer) unaryError(ctx context.Context, req *kilnv1.InvokeRequest, err error, callID string) error {
+	e := s.callError(ctx, req, err)
+	md := metadata.Pairs(GRPCTrailerErrorClass, e.Class)
+	if callID != "" {
+		md.Append(GRPCTrailerCallID, callID)
+	}
+	_ = grpc.SetTrailer(ctx, md)
+	return status.Error(codes.Code(e.Code), e.Message)
+}
+
+// callError turns an error of agent.Invoke for req, run under ctx, into
+// what the client is told, logging kiln's own failures.
+func (s *invokerServer) callError(ctx context.Context, req *kilnv1.InvokeRequest, err error) *kilnv1.InvokeError {
+	c := classify(err)
+	e := &kilnv1.InvokeError{Code: int32(c.grpc), Message: err.Error(), Class: c.name}
+	if errors.Is(ctx.Err(), context.Canceled) {
+		// The client gave up (cancelled the RPC, the stream or the
+		// request): not kiln's failure.
+		e.Code = int32(codes.Canceled)
+		return e
+	}
+	if c.http >= 500 && c.grpc != codes.DeadlineExceeded {
+		s.log.Warn("grpc call failed", "function", req.Function, "code", codes.Code(e.Code).String(), "err", err)
+	}
+	return e
+}
+
+// requestTimeout returns req's timeout, 0 when unset. Errors wrap
+// agent.ErrInvalidArgument.
+func requestTimeout(req *kilnv1.InvokeRequest) (time.Duration, error) {
+	if req.Timeout == nil {
+		return 0, nil
+	}
+	if err := req.Timeout.CheckValid(); err != nil {
+		return 0, fmt.Errorf("%w: timeout: %v", agent.ErrInvalidArgument, err)
+	}
+	d := req.Timeout.AsDuration()
+	if d < 0 {
+		return 0, fmt.Errorf("%w: timeout %v is negative", agent.ErrInvalidArgument, d)
+	}
+	return d, nil
+}
+
+// grpcError returns err as a gRPC status error with the code of its class.
+func grpcError(err error) error {
+	if err == nil {
+		return nil
+	}
+	return status.Error(GRPCCode(err), err.Error())
+}
+
+// newCall returns the agent's call for req. Headers are copied into one
+// allocation.
+func newCall(req *kilnv1.InvokeRequest, trigger string) *agent.Call {
+	call := &agent.Call{
+		Function: req.Function,
+		Trigger:  trigger,
+		Method:   req.Method,
+		Path:     req.Path,
+		Query:    req.Query,
+		Body:     req.Body,
+	}
+	if n := len(req.Headers); n > 0 {
+		hs := make([]pb.Header, n)
+		call.Headers = make([]*pb.Header, n)
+		for i, h := range req.Headers {
+			hs[i].Key, hs[i].Value = h.Key, h.Value
+			call.Headers[i] = &hs[i]
+		}
+	}
+	return call
+}
+
+// newResponse returns the answer to request id from the agent's result.
+// Headers that are the transport's business or kiln's own (X-Kiln-*) are
+// dropped, as on the HTTP edge.
+func newResponse(id uint64, res *agent.Result) *kilnv1.InvokeResponse {
+	r := &kilnv1.InvokeResponse{
+		Id:            id,
+		CallId:        res.CallID,
+		Status:        int32(res.Status),
+		Body:          res.Body,
+		Start:         startKind(res.Start),
+		FunctionError: res.FunctionError,
+		Exec:          durationpb.New(res.Exec),
+	}
+	if n := len(res.Headers); n > 0 {
+		hs := make([]kilnv1.Header, n)
+		r.Headers = make([]*kilnv1.Header, 0, n)
+		for i, h := range res.Headers {
+			if skipHeaderString(h.Key) {
+				continue
+			}
+			hs[i].Key, hs[i].Value = h.Key, h.Value
+			r.Headers = append(r.Headers, &hs[i])
+		}
+	}
+	return r
+}
+
+func startKind(s string) kilnv1.Start {
+	switch s {
+	case "warm":
+		return kilnv1.Start_START_WARM
+	case "thawed":
+		return kilnv1.Start_START_THAWED
+	case "stem":
+		return kilnv1.Start_START_STEM
+	case "cold":
+		return kilnv1.Start_START_COLD
+	}
+	return kilnv1.Start_START_UNSPECIFIED
+}
+
+// InvokeStream implements kiln.v1.Invoker.
+//
+// The handler's goroutine only waits: a receiver goroutine reads requests and
+// starts one goroutine per call, holding one of maxInFlight slots from
+// before its read until the call's answer is sent, so that the stream is
+// not read while every slot is taken. Sends are serialised by a mutex. The
+// handler returns once the receiver stopped (client half-close, cancel,
+// broken stream) or the server drains, and every call started has been
+// answered; later sends are dropped.
+func (s *invokerServer) InvokeStream(stream kilnv1.Invoker_InvokeStreamServer) error {
+	st := &invokeStream{
+		srv:       s,
+		stream:    stream,
+		ctx:       stream.Context(),
+		key:       s.apiKey(stream.Context()),
+		slots:     make(chan struct{}, s.maxInFlight),
+		inflight:  make(map[uint64]context.CancelFunc),
+		accepting: true,
+		recvDone:  make(chan struct{}),
+	}
+	go st.receive()
+	var err error
+	select {
+	case <-st.recvDone:
+		err = st.recvErr
+	case <-s.drain:
+		st.mu.Lock()
+		st.accepting = false
+		st.mu.Unlock()
+		err = status.Error(codes.Unavailable, "kiln is shutting down: requests not answered on this stream may be retried on a new connection")
+	}
+	st.calls.Wait()
+	st.sendMu.Lock()
+	st.ended = true
+	st.sendMu.Unlock()
+	return err
+}
+
+// invokeStream is the server's state of one InvokeStream.
+type invokeStream struct {
+	srv    *invokerServer
+	stream kilnv1.Invoker_InvokeStreamServer
+	ctx    context.Context // the stream's: ends when the client cancels
+	key    string          // the tenant API key the stream presents
+	slots  chan struct{}   // one per request between read and answer
+
+	sendMu sync.Mutex
+	ended  bool // the handler returned: drop sends
+
+	mu        sync.Mutex
+	inflight  map[uint64]context.CancelFunc // by request id
+	accepting bool                          // false once draining
+	calls     sync.WaitGroup                // calls started; Add under mu while accepting
+
+	recvErr  error         // why the receiver stopped; nil for a half-close
+	recvDone chan struct{} // closed when the receiver stopped
+}
+
+// receive reads requests until the stream ends, dispatching each.
+func (st *invokeStream) receive() {
+	defer close(st.recvDone)
+	for {
+		select {
+		case st.slots <- struct{}{}:
+		case <-st.ctx.Done():
+			st.recvErr = status.FromContextError(st.ctx.Err()).Err()
+			return
+		}
+		req, err := st.stream.Recv()
+		if err != nil {
+			<-st.slots
+			if err != io.EOF {
+				st.recvErr = err
+			}
+			return
+		}
+		st.dispatch(req)
+	}
+}
+
+// dispatch starts req's call, or answers it at once when it cannot run. It
+// holds a slot, which the call (or dispatch) releases.
+func (st *invokeStream) dispatch(req *kilnv1.InvokeRequest) {
+	if req.Cancel {
+		st.mu.Lock()
+		cancel := st.inflight[req.Id]
+		st.mu.Unlock()
+		if cancel != nil {
+			cancel()
+		}
+		<-st.slots
+		return
+	}
+	call := newCall(req, "grpc-stream")
+	call.Received = time.Now()
+	call.Key = st.key
+	timeout, err := requestTimeout(req)
+	if err != nil {
+		st.refuse(req, call, err)
+		return
+	}
+	st.mu.Lock()
+	if !st.accepting {
+		st.mu.Unlock()
+		st.refuse(req, call, fmt.Errorf("%w: kiln is shutting down: retry on a new connection", agent.ErrUnavailable))
+		return
+	}
+	if _, dup := st.inflight[req.Id]; dup {
+		st.mu.Unlock()
+		st.refuse(req, call, fmt.Errorf("%w: request id %d is already in flight on this stream", agent.ErrInvalidArgument, req.Id))
+		return
+	}
+	var (
+		ctx    context.Context
+		cancel context.CancelFunc
+	)
+	if timeout > 0 {
+		ctx, cancel = context.WithTimeout(st.ctx, timeout)
+	} else {
+		ctx, cancel = context.WithCancel(st.ctx)
+	}
+	st.inflight[req.Id] = cancel
+	st.calls.Add(1)
+	st.mu.Unlock()
+	go st.run(ctx, cancel, req, call)
+}
+
+// run runs one call and sends its answer.
+func (st *invokeStream) run(ctx context.Context, cancel context.CancelFunc, req *kilnv1.InvokeRequest, call *agent.Call) {
+	defer st.calls.Done()
+	res, err := st.srv.agent.Invoke(ctx, call)
+	var resp *kilnv1.InvokeResponse
+	if err != nil {
+		resp = &kilnv1.InvokeResponse{Id: req.Id, Error: st.srv.callError(ctx, req, err)}
+		if res != nil {
+			resp.CallId = res.CallID
+		}
+	} else {
+		resp = newResponse(req.Id, res)
+	}
+	// Forget the id before answering: a client may reuse it as soon as it
+	// has the answer.
+	st.mu.Lock()
+	delete(st.inflight, req.Id)
+	st.mu.Unlock()
+	cancel()
+	st.send(resp)
+	<-st.slots
+}
+
+// refuse answers req with err without running it, records the refusal, and
+// releases req's slot.
+func (st *invokeStream) refuse(req *kilnv1.InvokeRequest, call *agent.Call, err error) {
+	id, err := st.srv.agent.Reject(call, err)
+	st.send(&kilnv1.InvokeResponse{Id: req.Id, CallId: id, Error: st.srv.callError(st.ctx, req, err)})
+	<-st.slots
+}
+
+// send sends resp unless the handler returned. A failed send means the
+// stream is broken; the receiver sees it too, so the error is dropped.
+func (st *invokeStream) send(resp *kilnv1.InvokeResponse) {
+	st.sendMu.Lock()
+	defer st.sendMu.Unlock()
+	if st.ended {
+		return
+	}
+	_ = st.stream.Send(resp)
+}
+
+// functionsServer implements kiln.v1.Functions.
+type functionsServer struct {
+	kilnv1.UnimplementedFunctionsServer
+	agent        *agent.Agent
+	adminToken   string
+	authRequired bool
+}
+
+// admin returns nil when the RPC of ctx comes from the admin, and an
+// UNAUTHENTICATED status error otherwise.
+func (s *functionsServer) admin(ctx context.Context) error {
+	tok := grpcBearer(ctx)
+	switch {
+	case tok == "" && !s.authRequired:
+		return nil
+	case tok == "":
+		return status.Error(codes.Unauthenticated, "this API needs a token (authorization: Bearer TOKEN)")
+	case s.adminToken != "" && agent.TokenEqual(tok, s.adminToken):
+		return nil
+	}
+	return status.Error(codes.Unauthenticated, "this API needs the admin token")
+}
+
+// Deploy implements kiln.v1.Functions.
+func (s *functionsServer) Deploy(ctx context.Context, req *kilnv1.DeployRequest) (*kilnv1.Function, error) {
+	if err := s.admin(ctx); err != nil {
+		return nil, err
+	}
+	fn, err := s.agent.Deploy(ctx, req.Name, req.Spec)
+	return fn, grpcError(err)
+}
+
+// Get implements kiln.v1.Functions.
+func (s *functionsServer) Get(ctx context.Context, req *kilnv1.GetFunctionRequest) (*kilnv1.Function, error) {
+	if err := s.admin(ctx); err != nil {
+		return nil, err
+	}
+	if err := agent.ValidateName(req.Name); err != nil {
+		return nil, grpcError(err)
+	}
+	fn, err := s.agent.Get(ctx, req.Name)
+	return fn, grpcError(err)
+}
+
+// List implements kiln.v1.Functions.
+func (s *functionsServer) List(ctx context.Context, _ *kilnv1.ListFunctionsRequest) (*kilnv1.FunctionList, error) {
+	if err := s.admin(ctx); err != nil {
+		return nil, err
+	}
+	fns, err := s.agent.List(ctx)
+	if err != nil {
+		return nil, grpcError(err)
+	}
+	return &kilnv1.FunctionList{Functions: fns}, nil
+}
+
+// Delete implements kiln.v1.Functions.
+func (s *functionsServer) Delete(ctx context.Context, req *kilnv1.DeleteFunctionRequest) (*kilnv1.DeleteFunctionResponse, error) {
+	if err := s.admin(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.agent.Delete(ctx, req.Name); err != nil {
+		return nil, grpcError(err)
+	}
+	return &kilnv1.DeleteFunctionResponse{}, nil
 }

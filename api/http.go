@@ -11,10 +11,12 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"strings"
 	"time"
 
 	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttpadaptor"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
@@ -36,9 +38,12 @@ const bodySlack = 8 << 20
 
 // HTTPServer serves kiln's HTTP API over fasthttp.
 type HTTPServer struct {
-	agent *agent.Agent
-	log   *slog.Logger
-	srv   *fasthttp.Server
+	agent        *agent.Agent
+	log          *slog.Logger
+	srv          *fasthttp.Server
+	metrics      fasthttp.RequestHandler
+	adminToken   string
+	authRequired bool
 }
 
 // HTTPOption configures an HTTPServer.
@@ -46,6 +51,19 @@ type HTTPOption func(*HTTPServer)
 
 // WithHTTPLogger sets the server's logger.
 func WithHTTPLogger(l *slog.Logger) HTTPOption { return func(s *HTTPServer) { s.log = l } }
+
+// WithAdminToken sets the token that grants the management API. With
+// required set, every /v1/ request needs it (or, for usage and calls, a
+// tenant's API key); without, requests with no credentials are admitted as
+// the admin, which is only safe on loopback.
+func WithAdminToken(token string, required bool) HTTPOption {
+	return func(s *HTTPServer) { s.adminToken, s.authRequired = token, required }
+}
+
+// WithMetricsHandler serves h (a Prometheus handler) at GET /metrics.
+func WithMetricsHandler(h http.Handler) HTTPOption {
+	return func(s *HTTPServer) { s.metrics = fasthttpadaptor.NewFastHTTPHandler(h) }
+}
 
 // NewHTTPServer returns a server of a's API. Request bodies over the agent's
 // limit are refused with 413.
@@ -96,7 +114,19 @@ func (s *HTTPServer) handle(ctx *fasthttp.RequestCtx) {
 	case bytes.HasPrefix(path, prefixFunction):
 		s.invoke(ctx, path[len(prefixFunction):])
 	case bytes.HasPrefix(path, prefixFunctions):
-		s.functions(ctx, string(path[len(prefixFunctions):]))
+		if s.admin(ctx) {
+			s.functions(ctx, string(path[len(prefixFunctions):]))
+		}
+	case bytes.HasPrefix(path, prefixKeys):
+		if s.admin(ctx) {
+			s.keys(ctx, string(path[len(prefixKeys):]))
+		}
+	case bytes.HasPrefix(path, prefixUsage):
+		s.usage(ctx)
+	case bytes.HasPrefix(path, prefixCalls):
+		s.calls(ctx, string(path[len(prefixCalls):]))
+	case string(path) == "/metrics" && s.metrics != nil:
+		s.metrics(ctx)
 	case string(path) == "/healthz" || string(path) == "/readyz":
 		ctx.SetContentType("text/plain")
 		ctx.SetBodyString("ok\n")
@@ -114,6 +144,8 @@ func (s *HTTPServer) invoke(ctx *fasthttp.RequestCtx, rest []byte) {
 	call := &agent.Call{
 		Function: string(name),
 		Trigger:  "http",
+		Received: ctx.Time(),
+		Key:      s.apiKey(ctx),
 		Method:   string(ctx.Method()),
 		Path:     string(sub),
 		Query:    string(ctx.URI().QueryString()),
@@ -270,10 +302,21 @@ func (s *HTTPServer) writeError(ctx *fasthttp.RequestCtx, err error) {
 // handleParseError answers requests fasthttp could not read.
 func (s *HTTPServer) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 	if errors.Is(err, fasthttp.ErrBodyTooLarge) {
-		s.writeError(ctx, fmt.Errorf("%w: body is over the %d byte limit", agent.ErrPayloadTooLarge, s.agent.MaxBodyBytes()))
-		return
+		err = fmt.Errorf("%w: body is over the %d byte limit", agent.ErrPayloadTooLarge, s.agent.MaxBodyBytes())
+	} else {
+		err = fmt.Errorf("%w: cannot read request: %v", agent.ErrInvalidArgument, err)
 	}
-	s.writeError(ctx, fmt.Errorf("%w: cannot read request: %v", agent.ErrInvalidArgument, err))
+	// A call refused this early still gets its usage record.
+	path := ctx.Path()
+	for _, prefix := range [][]byte{prefixInvoke, prefixFunction} {
+		if rest, ok := bytes.CutPrefix(path, prefix); ok {
+			name, _, _ := bytes.Cut(rest, []byte("/"))
+			id, rerr := s.agent.Reject(&agent.Call{Function: string(name), Trigger: "http", Received: ctx.Time()}, err)
+			ctx.Response.Header.Set(HeaderCallID, id)
+			err = rerr
+		}
+	}
+	s.writeError(ctx, err)
 }
 
 var jsonOptions = protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: false}

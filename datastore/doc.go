@@ -1,6 +1,8 @@
 // Package datastore is kiln's SQLite store: the schema and its migrations,
-// and the function registry. Later migrations add the usage journal, call
-// records, rollups and API keys.
+// the function registry, and metering: one row per call, per-minute usage
+// rollups, and usage reports. The usage journal that feeds them lives in
+// package datastore/journal; the api_keys table is there for the API's
+// authentication.
 //
 // # Storage
 //
@@ -42,6 +44,33 @@
 // than this code knows is refused with [ErrSchemaTooNew], so an old binary
 // never writes to a schema it does not understand. To change the schema,
 // append a step with the next version; never edit a released one.
+//
+// # Usage records
+//
+// Every call yields a [UsageRecord]. The agent appends it to the usage
+// journal before it answers (that append is what makes the call
+// acknowledged); an [Ingester] reads the journal through the narrow
+// [UsageSource] interface and, one immediate transaction per batch of up to
+// 1000 records:
+//
+//   - inserts the records into calls, keyed by call id, ignoring ids already
+//     there;
+//   - adds the records it did insert, and only those, to usage_rollup: one
+//     row per (UTC minute, function, tenant, status, start kind) with the
+//     count, sums of run, total and queue time, GB-seconds, CPU time, bytes
+//     in and out, and a run-time histogram (4 log-scale buckets per power
+//     of two from about 1 µs to about 73 min, see histogram.go); and the
+//     same to usage_rollup_hour and usage_rollup_day, per UTC hour and day;
+//   - stores in ingest_position the journal position the batch reached.
+//
+// Because the position moves in the same transaction as the rows, a crash
+// at any point neither loses nor double-counts a record. [Store.GetCall] and
+// [Store.ListCalls] read raw calls; [Store.Report] reads only the rollups,
+// each part of its range from the coarsest level that fits, merging
+// histograms for percentiles, so it stays fast over millions of calls and
+// still covers calls that [Store.PruneCalls] has deleted. Histograms are
+// merged inside SQLite by kiln_hist_merge, a function registered on every
+// connection (driver.go).
 //
 // # Errors and concurrency
 //

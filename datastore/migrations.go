@@ -33,6 +33,109 @@ CREATE TABLE functions (
 ) STRICT;
 `,
 	},
+	{
+		version: 2,
+		name:    "calls",
+		// One row per call, from UsageRecord. No CHECK constraints: a row
+		// the journal holds must never be refused. Durations are
+		// nanoseconds.
+		sql: `
+CREATE TABLE calls (
+	call_id            TEXT    NOT NULL PRIMARY KEY,
+	function           TEXT    NOT NULL,
+	revision           TEXT    NOT NULL,
+	tenant             TEXT    NOT NULL,
+	trigger            TEXT    NOT NULL,
+	received_ns        INTEGER NOT NULL,  -- unix nanoseconds, UTC
+	queue_ns           INTEGER NOT NULL,
+	start              TEXT    NOT NULL,  -- warm | thawed | stem | cold | ''
+	init_ns            INTEGER NOT NULL,
+	run_ns             INTEGER NOT NULL,
+	total_ns           INTEGER NOT NULL,
+	cpu_user_ns        INTEGER NOT NULL,
+	cpu_system_ns      INTEGER NOT NULL,
+	memory_peak_bytes  INTEGER NOT NULL,
+	memory_limit_bytes INTEGER NOT NULL,
+	shared             INTEGER NOT NULL,  -- 0 or 1
+	bytes_in           INTEGER NOT NULL,
+	bytes_out          INTEGER NOT NULL,
+	status             INTEGER NOT NULL,
+	error_class        TEXT    NOT NULL,
+	container_id       TEXT    NOT NULL,
+	node               TEXT    NOT NULL
+) STRICT;
+CREATE INDEX calls_function_received ON calls (function, received_ns);
+CREATE INDEX calls_tenant_received   ON calls (tenant, received_ns);
+CREATE INDEX calls_received          ON calls (received_ns);
+`,
+	},
+	{
+		version: 3,
+		name:    "usage_rollup",
+		// Sums of the calls ingested, kept when raw calls are pruned: per
+		// UTC minute in usage_rollup, and the same per hour and per day so
+		// that reports over long ranges read few rows. hist is the run-time
+		// histogram (histogram.go).
+		sql: rollupTableSQL("usage_rollup", "minute_ns", "start of the UTC minute") +
+			rollupTableSQL("usage_rollup_hour", "hour_ns", "start of the UTC hour") +
+			rollupTableSQL("usage_rollup_day", "day_ns", "start of the UTC day"),
+	},
+	{
+		version: 4,
+		name:    "ingest_position",
+		// The journal position up to which calls and rollups hold every
+		// record; written in the same transaction as those rows.
+		sql: `
+CREATE TABLE ingest_position (
+	id          INTEGER NOT NULL PRIMARY KEY CHECK (id = 1),
+	segment     INTEGER NOT NULL,
+	byte_offset INTEGER NOT NULL,
+	updated_ns  INTEGER NOT NULL  -- unix nanoseconds, UTC
+) STRICT;
+`,
+	},
+	{
+		version: 5,
+		name:    "api_keys",
+		sql: `
+CREATE TABLE api_keys (
+	id         TEXT    NOT NULL PRIMARY KEY,
+	tenant     TEXT    NOT NULL,
+	key_sha256 BLOB    NOT NULL UNIQUE,  -- SHA-256 of the key; the key itself is never stored
+	created_ns INTEGER NOT NULL,         -- unix nanoseconds, UTC
+	revoked_ns INTEGER                   -- NULL while the key is valid
+) STRICT;
+CREATE INDEX api_keys_tenant ON api_keys (tenant);
+`,
+	},
+}
+
+// rollupTableSQL is the schema of one rollup table, keyed by the start of
+// its time bucket in column col. The three rollup tables differ only in
+// their names. Migration 3 is built from it: never change its output; a
+// later schema change is a new step with its own SQL.
+func rollupTableSQL(table, col, what string) string {
+	return fmt.Sprintf(`
+CREATE TABLE %[1]s (
+	%[2]s  INTEGER NOT NULL,  -- %[3]s, unix nanoseconds
+	function    TEXT    NOT NULL,
+	tenant      TEXT    NOT NULL,
+	status      INTEGER NOT NULL,
+	start       TEXT    NOT NULL,
+	count       INTEGER NOT NULL,
+	run_ns      INTEGER NOT NULL,
+	total_ns    INTEGER NOT NULL,
+	queue_ns    INTEGER NOT NULL,
+	gb_seconds  REAL    NOT NULL,
+	cpu_ns      INTEGER NOT NULL,  -- user + system
+	bytes_in    INTEGER NOT NULL,
+	bytes_out   INTEGER NOT NULL,
+	hist        BLOB    NOT NULL,
+	PRIMARY KEY (%[2]s, function, tenant, status, start)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX %[1]s_function ON %[1]s (function, %[2]s);
+CREATE INDEX %[1]s_tenant   ON %[1]s (tenant, %[2]s);
+`, table, col, what)
 }
 
 // schemaMigrationsTable records each applied step. It is created outside the

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/mattn/go-sqlite3" // also registers the "sqlite3" driver
+	"github.com/mattn/go-sqlite3"
 )
 
 // ErrNotFound is wrapped, with the key looked for, by every method that
@@ -52,7 +52,7 @@ func open(ctx context.Context, path string, migs []migration) (*Store, error) {
 		return nil, fmt.Errorf("datastore: open %q: %w", path, err)
 	}
 
-	write, err := sql.Open("sqlite3", dsn(abs, url.Values{
+	write, err := sql.Open(driverName, dsn(abs, url.Values{
 		"_txlock": {"immediate"},
 	}))
 	if err != nil {
@@ -75,7 +75,7 @@ func open(ctx context.Context, path string, migs []migration) (*Store, error) {
 
 	// The read handle is opened only once the file exists in WAL mode with
 	// its schema in place.
-	read, err := sql.Open("sqlite3", dsn(abs, url.Values{
+	read, err := sql.Open(driverName, dsn(abs, url.Values{
 		"_query_only": {"1"},
 	}))
 	if err != nil {

@@ -17,12 +17,6 @@ import (
 	pb "github.com/kilnfx/kiln/proto/executorpb"
 )
 
-// gate holds calls whose body is "hold" until released.
-var gate = struct {
-	sync.Mutex
-	ch chan struct{}
-}{ch: make(chan struct{})}
-
 func echo(ctx context.Context, req *sdk.Request) (*sdk.Response, error) {
 	switch string(req.Body) {
 	case "panic":

@@ -116,7 +116,7 @@ failed, answered with a status of 400 or more, or kiln could not call it.`,
 			if err != nil {
 				return usageError{err}
 			}
-			cl, err := c.client(cmd)
+			invoke, err := c.invoker(cmd)
 			if err != nil {
 				return err
 			}
@@ -128,9 +128,9 @@ failed, answered with a status of 400 or more, or kiln could not call it.`,
 					return fmt.Errorf("reading standard input: %w", err)
 				}
 			}
-			res, err := cl.Invoke(cmd.Context(), name, body, header)
+			res, err := invoke(cmd.Context(), name, body, header)
 			if err != nil {
-				return fmt.Errorf("invoke %s: %w", name, c.agentError(cmd, err))
+				return fmt.Errorf("invoke %s: %w", name, err)
 			}
 			if _, err := c.stdout.Write(res.Body); err != nil {
 				return err
@@ -146,6 +146,7 @@ failed, answered with a status of 400 or more, or kiln could not call it.`,
 	}
 	cmd.Flags().StringVarP(&data, "data", "d", "", "request body (default: standard input)")
 	cmd.Flags().StringArrayVarP(&headers, "header", "H", nil, "request header KEY:VALUE (repeatable)")
+	addGRPCFlags(cmd)
 	return cmd
 }
 

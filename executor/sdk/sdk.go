@@ -26,6 +26,7 @@ import (
 	"os"
 	"runtime/debug"
 	"sync"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -210,6 +211,8 @@ func (s *session) run(ctx context.Context, inv *pb.Invoke) (res *pb.Result) {
 			req.Header[h.Key] = append(req.Header[h.Key], h.Value)
 		}
 	}
+	var before syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &before)
 	start := time.Now()
 	defer func() {
 		if p := recover(); p != nil {
@@ -221,6 +224,7 @@ func (s *session) run(ctx context.Context, inv *pb.Invoke) (res *pb.Result) {
 			}
 			fmt.Fprintf(os.Stderr, "kiln: call %s: handler panicked: %v\n%s", inv.CallId, p, debug.Stack())
 		}
+		usage(res, &before)
 	}()
 	resp, err := s.handler(ctx, req)
 	res = &pb.Result{CallId: inv.CallId, ExecNs: time.Since(start).Nanoseconds()}
@@ -240,6 +244,18 @@ func (s *session) run(ctx context.Context, inv *pb.Invoke) (res *pb.Result) {
 		}
 	}
 	return res
+}
+
+// usage fills res's CPU and memory figures from the process's resource
+// usage now and before the call.
+func usage(res *pb.Result, before *syscall.Rusage) {
+	var after syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &after) != nil {
+		return
+	}
+	res.CpuUserNs = after.Utime.Nano() - before.Utime.Nano()
+	res.CpuSysNs = after.Stime.Nano() - before.Stime.Nano()
+	res.MaxRssBytes = after.Maxrss << 10 // kilobytes on Linux
 }
 
 func version() string {

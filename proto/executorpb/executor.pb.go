@@ -567,7 +567,14 @@ type Result struct {
 	// exec_ns is the handler's run time as measured by the executor.
 	ExecNs int64 `protobuf:"varint,5,opt,name=exec_ns,json=execNs,proto3" json:"exec_ns,omitempty"`
 	// error is set when the handler returned an error or panicked.
-	Error         string `protobuf:"bytes,6,opt,name=error,proto3" json:"error,omitempty"`
+	Error string `protobuf:"bytes,6,opt,name=error,proto3" json:"error,omitempty"`
+	// cpu_user_ns and cpu_sys_ns are the CPU time the executor's process
+	// used while the handler ran (getrusage); exact when the container runs
+	// one call at a time.
+	CpuUserNs int64 `protobuf:"varint,7,opt,name=cpu_user_ns,json=cpuUserNs,proto3" json:"cpu_user_ns,omitempty"`
+	CpuSysNs  int64 `protobuf:"varint,8,opt,name=cpu_sys_ns,json=cpuSysNs,proto3" json:"cpu_sys_ns,omitempty"`
+	// max_rss_bytes is the process's peak resident set size so far.
+	MaxRssBytes   int64 `protobuf:"varint,9,opt,name=max_rss_bytes,json=maxRssBytes,proto3" json:"max_rss_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -642,6 +649,27 @@ func (x *Result) GetError() string {
 		return x.Error
 	}
 	return ""
+}
+
+func (x *Result) GetCpuUserNs() int64 {
+	if x != nil {
+		return x.CpuUserNs
+	}
+	return 0
+}
+
+func (x *Result) GetCpuSysNs() int64 {
+	if x != nil {
+		return x.CpuSysNs
+	}
+	return 0
+}
+
+func (x *Result) GetMaxRssBytes() int64 {
+	if x != nil {
+		return x.MaxRssBytes
+	}
+	return 0
 }
 
 // Cancel tells the executor the caller gave up on a call; its handler sees
@@ -882,14 +910,18 @@ const file_executor_proto_rawDesc = "" +
 	"\x04body\x18\x04 \x01(\fR\x04body\x12\x16\n" +
 	"\x06method\x18\x05 \x01(\tR\x06method\x12\x12\n" +
 	"\x04path\x18\x06 \x01(\tR\x04path\x12\x14\n" +
-	"\x05query\x18\a \x01(\tR\x05query\"\xb0\x01\n" +
+	"\x05query\x18\a \x01(\tR\x05query\"\x92\x02\n" +
 	"\x06Result\x12\x17\n" +
 	"\acall_id\x18\x01 \x01(\tR\x06callId\x12\x16\n" +
 	"\x06status\x18\x02 \x01(\x05R\x06status\x122\n" +
 	"\aheaders\x18\x03 \x03(\v2\x18.kiln.executor.v1.HeaderR\aheaders\x12\x12\n" +
 	"\x04body\x18\x04 \x01(\fR\x04body\x12\x17\n" +
 	"\aexec_ns\x18\x05 \x01(\x03R\x06execNs\x12\x14\n" +
-	"\x05error\x18\x06 \x01(\tR\x05error\"!\n" +
+	"\x05error\x18\x06 \x01(\tR\x05error\x12\x1e\n" +
+	"\vcpu_user_ns\x18\a \x01(\x03R\tcpuUserNs\x12\x1c\n" +
+	"\n" +
+	"cpu_sys_ns\x18\b \x01(\x03R\bcpuSysNs\x12\"\n" +
+	"\rmax_rss_bytes\x18\t \x01(\x03R\vmaxRssBytes\"!\n" +
 	"\x06Cancel\x12\x17\n" +
 	"\acall_id\x18\x01 \x01(\tR\x06callId\"W\n" +
 	"\x03Log\x12\x16\n" +

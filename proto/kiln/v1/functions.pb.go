@@ -56,7 +56,11 @@ type FunctionSpec struct {
 	// idle_timeout is the idle time before a container is stopped (default 10m).
 	IdleTimeout *durationpb.Duration `protobuf:"bytes,11,opt,name=idle_timeout,json=idleTimeout,proto3" json:"idle_timeout,omitempty"`
 	// cpu_millis is the CPU quota in millicores (default 0: unlimited).
-	CpuMillis     int32 `protobuf:"varint,12,opt,name=cpu_millis,json=cpuMillis,proto3" json:"cpu_millis,omitempty"`
+	CpuMillis int32 `protobuf:"varint,12,opt,name=cpu_millis,json=cpuMillis,proto3" json:"cpu_millis,omitempty"`
+	// require_key makes calls need an API key (Authorization: Bearer KEY);
+	// without it the function is public, and a key, when given, only names
+	// the tenant the call is billed to.
+	RequireKey    bool `protobuf:"varint,13,opt,name=require_key,json=requireKey,proto3" json:"require_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -173,6 +177,13 @@ func (x *FunctionSpec) GetCpuMillis() int32 {
 		return x.CpuMillis
 	}
 	return 0
+}
+
+func (x *FunctionSpec) GetRequireKey() bool {
+	if x != nil {
+		return x.RequireKey
+	}
+	return false
 }
 
 // Function is a deployed function.
@@ -503,7 +514,7 @@ var File_kiln_v1_functions_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_functions_proto_rawDesc = "" +
 	"\n" +
-	"\x17kiln/v1/functions.proto\x12\akiln.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x91\x04\n" +
+	"\x17kiln/v1/functions.proto\x12\akiln.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb2\x04\n" +
 	"\fFunctionSpec\x12\x18\n" +
 	"\aruntime\x18\x01 \x01(\tR\aruntime\x12\x12\n" +
 	"\x04code\x18\x02 \x01(\tR\x04code\x12\x18\n" +
@@ -518,7 +529,9 @@ const file_kiln_v1_functions_proto_rawDesc = "" +
 	" \x01(\v2\x19.google.protobuf.DurationR\vfreezeAfter\x12<\n" +
 	"\fidle_timeout\x18\v \x01(\v2\x19.google.protobuf.DurationR\vidleTimeout\x12\x1d\n" +
 	"\n" +
-	"cpu_millis\x18\f \x01(\x05R\tcpuMillis\x1a6\n" +
+	"cpu_millis\x18\f \x01(\x05R\tcpuMillis\x12\x1f\n" +
+	"\vrequire_key\x18\r \x01(\bR\n" +
+	"requireKey\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd1\x01\n" +

@@ -1,0 +1,253 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/kilnfx/kiln/datastore"
+	"github.com/kilnfx/kiln/pool"
+	pb "github.com/kilnfx/kiln/proto/executorpb"
+)
+
+// Call is one invocation as an API edge hands it to the agent.
+type Call struct {
+	// Function is the function's name.
+	Function string
+	// Trigger names the edge: "http", "grpc" or "grpc-stream".
+	Trigger string
+	// Key is the API key the caller presented, or empty. A function with
+	// require_key needs a valid one; for a public function a key only names
+	// the tenant billed, and a wrong key is refused all the same.
+	Key string
+	// Received is when the edge received the call; zero means now.
+	Received time.Time
+	// Method, Path and Query describe the HTTP request, when there is one.
+	Method, Path, Query string
+	// Headers are passed to the function.
+	Headers []*pb.Header
+	// Body is the request body; the agent does not keep it after Invoke.
+	Body []byte
+}
+
+// Result is the outcome of a call.
+type Result struct {
+	// CallID is the call's id (a UUIDv7).
+	CallID string
+	// Start says how the container was obtained: warm, thawed, stem, cold;
+	// empty when the call never got one.
+	Start string
+	// Status is the function's HTTP status.
+	Status int
+	// Headers and Body are the function's answer.
+	Headers []*pb.Header
+	Body    []byte
+	// FunctionError is the handler's error message, if it failed.
+	FunctionError string
+	// Exec is the handler's run time as the executor measured it.
+	Exec time.Duration
+}
+
+// UsageSink receives the usage record of every call. Append returns nil
+// only once the record is as durable as the sink promises (the journal:
+// written to the kernel, so it survives the agent being killed). It is
+// called concurrently and must not keep r.
+type UsageSink interface {
+	Append(r *datastore.UsageRecord) error
+}
+
+var recordPool = sync.Pool{New: func() any { return new(datastore.UsageRecord) }}
+
+// Invoke runs one call of a function and returns the function's answer. A
+// handler error is not an error of Invoke: it is reported in the Result.
+// Errors wrap one of the agent's error classes: ErrNotFound,
+// ErrInvalidArgument, ErrPayloadTooLarge, ErrResourceExhausted (queue full
+// or the call waited its whole timeout), ErrDeadlineExceeded, ErrUnavailable
+// (no capacity, shutting down, or the usage record could not be written),
+// ErrExecutorFailed.
+//
+// Every call, failed and rejected ones included, leaves exactly one usage
+// record in the agent's UsageSink before Invoke returns; if the record
+// cannot be written the call fails with ErrUnavailable rather than be
+// answered unrecorded.
+func (a *Agent) Invoke(ctx context.Context, call *Call) (*Result, error) {
+	received := call.Received
+	if received.IsZero() {
+		received = time.Now()
+	}
+	rec := recordPool.Get().(*datastore.UsageRecord)
+	*rec = datastore.UsageRecord{}
+	res, err := a.invoke(ctx, call, rec)
+	err = a.meter(call, received, rec, res, err)
+	recordPool.Put(rec)
+	return res, err
+}
+
+func (a *Agent) invoke(ctx context.Context, call *Call, rec *datastore.UsageRecord) (*Result, error) {
+	id, err := uuid.NewV7()
+	if err != nil {
+		return nil, fmt.Errorf("call id: %w", err)
+	}
+	res := &Result{CallID: id.String()}
+	rec.CallID = res.CallID
+	fn, err := a.lookup(call.Function)
+	if err != nil {
+		return res, err
+	}
+	rec.Revision = fn.record.Revision
+	rec.MemoryLimitBytes = fn.pool.MemoryBytes
+	if call.Key != "" {
+		tenant, err := a.Authenticate(call.Key)
+		if err != nil {
+			return res, err
+		}
+		rec.Tenant = tenant
+	} else if fn.requireKey {
+		return res, fmt.Errorf("%w: function %q needs an API key (Authorization: Bearer KEY)", ErrUnauthenticated, fn.record.Name)
+	}
+	if len(call.Body) > a.maxBody {
+		return res, fmt.Errorf("%w: body of %d bytes is over the %d byte limit", ErrPayloadTooLarge, len(call.Body), a.maxBody)
+	}
+	ctx, cancel := context.WithTimeout(ctx, fn.timeout)
+	defer cancel()
+	t0 := time.Now()
+	c, kind, err := a.pool.Acquire(ctx, fn.pool)
+	waited := time.Since(t0)
+	if err != nil {
+		rec.QueueWait = waited
+		return res, a.callError(ctx, fn, err)
+	}
+	res.Start = kind.String()
+	rec.Start = res.Start
+	rec.ContainerID = c.ID()
+	if kind == pool.StartWarm {
+		rec.QueueWait = waited
+	} else {
+		rec.InitTime = waited
+	}
+	deadline, _ := ctx.Deadline()
+	out, err := c.Invoke(ctx, &pb.Invoke{
+		CallId:           res.CallID,
+		DeadlineUnixNano: deadline.UnixNano(),
+		Headers:          call.Headers,
+		Body:             call.Body,
+		Method:           call.Method,
+		Path:             call.Path,
+		Query:            call.Query,
+	})
+	rec.Shared = fn.pool.Concurrency > 1
+	if err == nil && !time.Now().Before(deadline) {
+		// The answer came at or after the deadline (a handler that
+		// returned on ctx.Done, whose timer may fire a hair before ours):
+		// the call still ran out of time.
+		err = context.DeadlineExceeded
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		// A function past its timeout may be stuck: kill its container
+		// and let the pool replace it.
+		a.pool.Discard(c)
+	} else {
+		a.pool.Release(c)
+	}
+	if err != nil {
+		return res, a.callError(ctx, fn, err)
+	}
+	res.Status = int(out.Status)
+	if res.Status == 0 {
+		res.Status = 200
+	}
+	res.Headers = out.Headers
+	res.Body = out.Body
+	res.FunctionError = out.Error
+	res.Exec = time.Duration(out.ExecNs)
+	rec.RunTime = res.Exec
+	rec.CPUUser = time.Duration(out.CpuUserNs)
+	rec.CPUSystem = time.Duration(out.CpuSysNs)
+	rec.MemoryPeakBytes = out.MaxRssBytes
+	return res, nil
+}
+
+// meter completes rec from the call's outcome, writes it to the usage sink
+// and updates the metrics. It returns the error the caller must answer
+// with: err, or ErrUnavailable when the record could not be written.
+func (a *Agent) meter(call *Call, received time.Time, rec *datastore.UsageRecord, res *Result, err error) error {
+	rec.ReceivedAt = received
+	rec.TotalTime = time.Since(received)
+	rec.Function = truncate(call.Function, 63)
+	rec.Trigger = call.Trigger
+	rec.Node = a.node
+	rec.BytesIn = int64(len(call.Body))
+	if err != nil {
+		rec.Status, rec.ErrorClass = a.classify(err)
+	} else {
+		rec.Status = res.Status
+		rec.BytesOut = int64(len(res.Body))
+		if res.FunctionError != "" {
+			rec.ErrorClass = ClassFunctionError
+		}
+	}
+	a.metrics.observe(rec)
+	if a.usage == nil {
+		return err
+	}
+	if rec.CallID == "" {
+		// No id could be made: record the call under a fresh one anyway.
+		rec.CallID = uuid.NewString()
+	}
+	if werr := a.usage.Append(rec); werr != nil {
+		a.log.Error("usage record not written; failing the call", "call", rec.CallID, "err", werr)
+		return fmt.Errorf("%w: cannot record usage: %v", ErrUnavailable, werr)
+	}
+	return err
+}
+
+// Reject records a call an edge refused before handing it to Invoke (no or
+// a bad API key, an unreadable request) and returns the call's id. err is
+// the refusal, wrapping one of the agent's error classes.
+func (a *Agent) Reject(call *Call, err error) (string, error) {
+	rec := recordPool.Get().(*datastore.UsageRecord)
+	*rec = datastore.UsageRecord{}
+	defer recordPool.Put(rec)
+	rec.CallID = uuid.NewString()
+	if id, e := uuid.NewV7(); e == nil {
+		rec.CallID = id.String()
+	}
+	received := call.Received
+	if received.IsZero() {
+		received = time.Now()
+	}
+	return rec.CallID, a.meter(call, received, rec, nil, err)
+}
+
+// ClassFunctionError is the error class of a call whose handler failed.
+const ClassFunctionError = "function_error"
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
+// callError maps a pool error to the agent's error classes.
+func (a *Agent) callError(ctx context.Context, fn *function, err error) error {
+	switch {
+	case errors.Is(err, pool.ErrQueueFull), errors.Is(err, pool.ErrQueueTimeout):
+		return fmt.Errorf("%w: function %q: %v", ErrResourceExhausted, fn.record.Name, err)
+	case errors.Is(err, pool.ErrNoCapacity):
+		return fmt.Errorf("%w: function %q: %v", ErrUnavailable, fn.record.Name, err)
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(ctx.Err(), context.DeadlineExceeded):
+		return fmt.Errorf("%w: function %q did not answer within %v", ErrDeadlineExceeded, fn.record.Name, fn.timeout)
+	case errors.Is(err, context.Canceled):
+		return fmt.Errorf("%w: call cancelled", ErrCancelled)
+	case errors.Is(err, pool.ErrClosed):
+		return fmt.Errorf("%w: %v", ErrUnavailable, err)
+	case errors.Is(err, pool.ErrExecutorFailed):
+		return fmt.Errorf("%w: function %q: %v", ErrExecutorFailed, fn.record.Name, err)
+	}
+	return fmt.Errorf("%w: function %q: %v", ErrExecutorFailed, fn.record.Name, err)
+}

@@ -61,11 +61,11 @@ check: setup ## gofmt, go vet, staticcheck, generated-code drift, layering
 	  rm -rf $$tmp
 	@./scripts/check-layering.sh
 
-bench: build ## run the benchmark harness and regenerate docs/BENCHMARKS.md
-	$(GO) run ./bench/cmd/kiln-bench -out bench/results -report docs/BENCHMARKS.md
+bench: build ## every benchmark scenario (about 10 min, root, containerd): rewrites docs/BENCHMARKS.md and docs/bench/*.png
+	$(GO) run ./bench/cmd/kiln-bench -make "make bench" -out bench/results -report docs/BENCHMARKS.md
 
-bench-quick: build ## a short run of the benchmark harness
-	$(GO) run ./bench/cmd/kiln-bench -quick -out bench/results -report docs/BENCHMARKS.md
+bench-quick: build ## a look at the benchmarks in under a minute: bench/results/quick.md, docs untouched
+	$(GO) run ./bench/cmd/kiln-bench -quick -make "make bench-quick" -out bench/results -report bench/results/quick.md
 
 clean: ## remove build output
 	rm -rf bin

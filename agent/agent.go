@@ -54,7 +54,7 @@ type function struct {
 	record     *kilnv1.Function
 	timeout    time.Duration
 	requireKey bool
-	pool    *pool.Function
+	pool       *pool.Function
 }
 
 // Option configures an Agent.
@@ -346,6 +346,22 @@ func (a *Agent) Containers(ctx context.Context, name string) ([]*kilnv1.Containe
 	}
 	return out, nil
 }
+
+// Logs returns the recent output of the named function's containers, or an
+// error wrapping ErrNotFound for an unknown function. The ring is empty until
+// a container of the function has written something.
+func (a *Agent) Logs(name string) (*LogRing, error) {
+	if _, err := a.lookup(name); err != nil {
+		return nil, err
+	}
+	return a.pool.Logs(name), nil
+}
+
+// LogRing is a function's recent output; see pool.LogRing.
+type LogRing = pool.LogRing
+
+// LogLine is one line of a function's output.
+type LogLine = pool.LogLine
 
 // Close stops every container. In-flight calls fail with ErrUnavailable.
 func (a *Agent) Close(ctx context.Context) error {

@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -44,6 +45,8 @@ type HTTPServer struct {
 	metrics      fasthttp.RequestHandler
 	adminToken   string
 	authRequired bool
+	done         chan struct{} // closed by Shutdown: ends followed log streams
+	closeDone    sync.Once
 }
 
 // HTTPOption configures an HTTPServer.
@@ -68,7 +71,7 @@ func WithMetricsHandler(h http.Handler) HTTPOption {
 // NewHTTPServer returns a server of a's API. Request bodies over the agent's
 // limit are refused with 413.
 func NewHTTPServer(a *agent.Agent, opts ...HTTPOption) *HTTPServer {
-	s := &HTTPServer{agent: a, log: slog.Default()}
+	s := &HTTPServer{agent: a, log: slog.Default(), done: make(chan struct{})}
 	for _, opt := range opts {
 		opt(s)
 	}
@@ -94,7 +97,10 @@ func (s *HTTPServer) Serve(ln net.Listener) error { return s.srv.Serve(ln) }
 
 // Shutdown stops accepting connections and waits, bounded by ctx, for the
 // requests in flight to finish.
-func (s *HTTPServer) Shutdown(ctx context.Context) error { return s.srv.ShutdownWithContext(ctx) }
+func (s *HTTPServer) Shutdown(ctx context.Context) error {
+	s.closeDone.Do(func() { close(s.done) })
+	return s.srv.ShutdownWithContext(ctx)
+}
 
 // Handler returns the request handler, for in-process use in tests and
 // benchmarks.
@@ -226,6 +232,10 @@ func (s *HTTPServer) functions(ctx *fasthttp.RequestCtx, rest string) {
 	name, ok := strings.CutPrefix(rest, "/")
 	if name, ok := strings.CutSuffix(name, "/containers"); ok && !strings.Contains(name, "/") {
 		s.containers(ctx, name)
+		return
+	}
+	if name, ok := strings.CutSuffix(name, "/logs"); ok && !strings.Contains(name, "/") {
+		s.logs(ctx, name)
 		return
 	}
 	if !ok || strings.Contains(name, "/") {

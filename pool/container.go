@@ -62,7 +62,8 @@ type Container struct {
 	sess        atomic.Pointer[session]
 	function    atomic.Pointer[string]
 
-	calls atomic.Int64 // calls served
+	calls   atomic.Int64 // calls served
+	logRing atomic.Pointer[LogRing]
 
 	// freezeMu orders freezer writes: a thaw never overtakes the freeze it
 	// undoes.

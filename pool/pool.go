@@ -22,6 +22,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -123,6 +124,7 @@ type Pool struct {
 	stemStarting map[string]int
 	memoryUsed   int64
 	all          map[string]*Container // every container not yet removed
+	logs         map[string]*LogRing   // output of each function's containers; "" for stem cells
 
 	counters counters
 }
@@ -198,6 +200,7 @@ func New(driver Driver, runDir string, opts ...Option) (*Pool, error) {
 		stems:        make(map[string][]*Container),
 		stemStarting: make(map[string]int),
 		all:          make(map[string]*Container),
+		logs:         make(map[string]*LogRing),
 	}
 	for _, s := range o.stems {
 		if s.Runtime == "" || s.RootFS == "" || len(s.Args) == 0 || s.Count < 0 {
@@ -741,7 +744,11 @@ func (p *Pool) start(ctx context.Context, idPrefix, runtime string, spec Contain
 	if spec.Function != "" {
 		spec.Env = append(spec.Env, "KILN_FUNCTION="+spec.Function)
 	}
-	spec.Stdout, spec.Stderr = c.logs, c.logs
+	p.mu.Lock()
+	c.logRing.Store(p.logRingLocked(spec.Function))
+	p.mu.Unlock()
+	spec.Stdout = io.MultiWriter(c.logs, &lineWriter{c: c, stream: "stdout"})
+	spec.Stderr = io.MultiWriter(c.logs, &lineWriter{c: c, stream: "stderr"})
 	t0 := time.Now()
 	c.expectReady.Store(true)
 	if err := p.driver.Start(ctx, spec); err != nil {
@@ -969,6 +976,9 @@ func (p *Pool) load(ctx context.Context, fn *Function, c *Container) error {
 		env[k] = v
 	}
 	env["KILN_FUNCTION"] = fn.Name
+	p.mu.Lock()
+	c.logRing.Store(p.logRingLocked(fn.Name))
+	p.mu.Unlock()
 	old := c.sess.Load()
 	if old == nil {
 		return fmt.Errorf("%w: stem cell has no session", ErrExecutorFailed)
@@ -979,11 +989,11 @@ func (p *Pool) load(ctx context.Context, fn *Function, c *Container) error {
 	}
 	c.expectReady.Store(true)
 	err = old.send(&pb.AgentMsg{Msg: &pb.AgentMsg_Init{Init: &pb.Init{
-		Function:  fn.Name,
-		Revision:  fn.Revision,
-		CodePath:  ExecutorDir + "/code/handler",
-		Handler:   "handler",
-		Env:       env,
+		Function: fn.Name,
+		Revision: fn.Revision,
+		CodePath: ExecutorDir + "/code/handler",
+		Handler:  "handler",
+		Env:      env,
 	}}})
 	if err != nil {
 		c.expectReady.Store(false)
@@ -1005,6 +1015,7 @@ func (p *Pool) RemoveFunction(ctx context.Context, name string) error {
 	p.mu.Lock()
 	s := p.sets[name]
 	delete(p.sets, name)
+	delete(p.logs, name)
 	var victims []*Container
 	if s != nil {
 		for _, w := range s.waiters {

@@ -101,7 +101,7 @@ func (bearerToken) RequireTransportSecurity() bool { return false }
 type GRPCOption func(*grpcOptions)
 
 // WithDialOptions adds grpc-go dial options, applied after the client's own
-// (plaintext transport, windows and buffers matching the server's,
+// (plaintext transport, flow-control windows matching the server's,
 // keepalive pings every 30s while calls are open, answers up to 256 MiB), so
 // that they override them.
 func WithDialOptions(opts ...grpc.DialOption) GRPCOption {
@@ -125,10 +125,10 @@ func NewGRPC(target string, opts ...GRPCOption) (*GRPCClient, error) {
 	}
 	dial := append([]grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		// Fixed large windows, as the server's (see api's
+		// tunedServerOptions for the measurements).
 		grpc.WithInitialWindowSize(1 << 20),
 		grpc.WithInitialConnWindowSize(8 << 20),
-		grpc.WithReadBufferSize(64 << 10),
-		grpc.WithWriteBufferSize(64 << 10),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvMsg)),
 		grpc.WithUserAgent("kiln-client"),
@@ -336,9 +336,10 @@ func (s *Stream) Invoke(ctx context.Context, name string, body []byte) (*kilnv1.
 	return s.Do(ctx, &kilnv1.InvokeRequest{Function: name, Body: body})
 }
 
-// Do sends req on the stream and returns its answer. Do sets req.Id and,
-// when ctx has a deadline, req.Timeout; req must not be changed until Do
-// returns. A function's failure is a normal answer with FunctionError set;
+// Do sends req on the stream and returns its answer. Do sets req.Id, clears
+// req.Cancel and, when ctx has a deadline, sets req.Timeout; req must not be
+// changed until Do returns. A function's failure is a normal answer with
+// FunctionError set;
 // kiln's refusal of this call is a *GRPCError (the answer is returned too);
 // the stream's end is a gRPC status error, or one wrapping ErrStreamClosed
 // after Close. Do waits, bounded by ctx, while the stream has its maximum

@@ -55,7 +55,8 @@ type InvokerClient interface {
 	//
 	// The server runs a bounded number of a stream's requests at once (256 by
 	// default); while that many are in flight it stops reading the stream, so
-	// a client that sends without reading is held back by HTTP/2 flow control.
+	// a client that sends without reading is held back by HTTP/2 flow control
+	// (cancel requests, too, wait their turn).
 	// Closing the send side ends the stream once every request is answered;
 	// cancelling the stream cancels every call in flight. When the server
 	// shuts down it stops reading, answers the requests in flight, and ends
@@ -121,7 +122,8 @@ type InvokerServer interface {
 	//
 	// The server runs a bounded number of a stream's requests at once (256 by
 	// default); while that many are in flight it stops reading the stream, so
-	// a client that sends without reading is held back by HTTP/2 flow control.
+	// a client that sends without reading is held back by HTTP/2 flow control
+	// (cancel requests, too, wait their turn).
 	// Closing the send side ends the stream once every request is answered;
 	// cancelling the stream cancels every call in flight. When the server
 	// shuts down it stops reading, answers the requests in flight, and ends

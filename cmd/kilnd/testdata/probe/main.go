@@ -68,6 +68,10 @@ func handle(ctx context.Context, req *sdk.Request) (*sdk.Response, error) {
 		os.Exit(3)
 	case "panic":
 		panic("probe panicked")
+	case "print":
+		fmt.Println("probe says hello", req.ID)
+		fmt.Fprintln(os.Stderr, "probe warns", req.ID)
+		return &sdk.Response{Body: []byte(req.ID)}, nil
 	case "nap":
 		time.Sleep(200 * time.Millisecond)
 		return &sdk.Response{Body: []byte("napped")}, nil

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -276,4 +277,32 @@ func TestTenantsSeeOnlyTheirUsage(t *testing.T) {
 func readFile(p string) (string, error) {
 	b, err := os.ReadFile(p)
 	return string(b), err
+}
+
+// TestDashboardMetricsExist checks that every kiln metric the Grafana
+// dashboard charts is exported.
+func TestDashboardMetricsExist(t *testing.T) {
+	k := sharedKilnd(t)
+	k.deploy(t, "probe-dash", probeSpec(nil))
+	if r := k.do(t, "POST", "/invoke/probe-dash", []byte("x")); r.status != 202 {
+		t.Fatal(r.status)
+	}
+	b, err := os.ReadFile("../../deploy/grafana/kiln-dashboard.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics := string(k.do(t, "GET", "/metrics", nil).body)
+	for _, name := range regexp.MustCompile(`kiln_[a-z_]+`).FindAllString(string(b), -1) {
+		if name == "kiln_queued_calls" || name == "kiln_node" {
+			continue // only exported while calls wait
+		}
+		if !strings.Contains(metrics, "\n"+name) {
+			t.Errorf("the dashboard charts %s, which /metrics lacks", name)
+		}
+	}
+	for _, name := range []string{"go_goroutines", "process_resident_memory_bytes"} {
+		if !strings.Contains(metrics, "\n"+name) {
+			t.Errorf("/metrics lacks %s", name)
+		}
+	}
 }

@@ -295,3 +295,23 @@ func TestDelete(t *testing.T) {
 		t.Errorf("code dir left behind: %v", err)
 	}
 }
+
+func TestCallerDeadlineKeepsContainer(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	if _, err := e.agent.Deploy(ctx, "echo", e.spec()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.agent.Invoke(ctx, &agent.Call{Function: "echo"}); err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if _, err := e.agent.Invoke(short, &agent.Call{Function: "echo", Body: []byte("sleep")}); !errors.Is(err, agent.ErrDeadlineExceeded) {
+		t.Fatalf("err = %v, want deadline exceeded", err)
+	}
+	res, err := e.agent.Invoke(ctx, &agent.Call{Function: "echo"})
+	if err != nil || res.Start == "cold" {
+		t.Fatalf("after a caller's deadline: %+v %v, want the same container", res, err)
+	}
+}

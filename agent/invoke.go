@@ -112,7 +112,8 @@ func (a *Agent) invoke(ctx context.Context, call *Call, rec *datastore.UsageReco
 	if len(call.Body) > a.maxBody {
 		return res, fmt.Errorf("%w: body of %d bytes is over the %d byte limit", ErrPayloadTooLarge, len(call.Body), a.maxBody)
 	}
-	ctx, cancel := context.WithTimeout(ctx, fn.timeout)
+	timeoutAt := time.Now().Add(fn.timeout)
+	ctx, cancel := context.WithDeadline(ctx, timeoutAt)
 	defer cancel()
 	t0 := time.Now()
 	c, kind, err := a.pool.Acquire(ctx, fn.pool)
@@ -146,9 +147,10 @@ func (a *Agent) invoke(ctx context.Context, call *Call, rec *datastore.UsageReco
 		// the call still ran out of time.
 		err = context.DeadlineExceeded
 	}
-	if errors.Is(err, context.DeadlineExceeded) {
-		// A function past its timeout may be stuck: kill its container
-		// and let the pool replace it.
+	if errors.Is(err, context.DeadlineExceeded) && !deadline.Before(timeoutAt) {
+		// A function past its own timeout may be stuck: kill its
+		// container and let the pool replace it. A caller's shorter
+		// deadline only cancels the call (the executor was told).
 		a.pool.Discard(c)
 	} else {
 		a.pool.Release(c)

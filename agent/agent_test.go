@@ -315,3 +315,35 @@ func TestCallerDeadlineKeepsContainer(t *testing.T) {
 		t.Fatalf("after a caller's deadline: %+v %v, want the same container", res, err)
 	}
 }
+
+func TestGoFunctionsGetOnePByDefault(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	s := e.spec()
+	if _, err := e.agent.Deploy(ctx, "one", s); err != nil {
+		t.Fatal(err)
+	}
+	s2 := e.spec()
+	s2.CpuMillis = 2000
+	if _, err := e.agent.Deploy(ctx, "two", s2); err != nil {
+		t.Fatal(err)
+	}
+	s3 := e.spec()
+	s3.Env = map[string]string{"GOMAXPROCS": "4"}
+	if _, err := e.agent.Deploy(ctx, "own", s3); err != nil {
+		t.Fatal(err)
+	}
+	for fn, want := range map[string]string{"one": "GOMAXPROCS=1", "two": "GOMAXPROCS=2", "own": "GOMAXPROCS=4"} {
+		if _, err := e.agent.Invoke(ctx, &agent.Call{Function: fn}); err != nil {
+			t.Fatal(err)
+		}
+		cs := e.pool.Containers(fn)
+		if len(cs) != 1 {
+			t.Fatalf("%s: %d containers", fn, len(cs))
+		}
+		env := strings.Join(e.driver.Env(cs[0].ID), " ")
+		if !strings.Contains(env, want) || strings.Count(env, "GOMAXPROCS=") != 1 {
+			t.Errorf("%s: env %q, want %s once", fn, env, want)
+		}
+	}
+}

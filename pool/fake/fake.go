@@ -240,3 +240,12 @@ func (d *Driver) Adopt(id string) {
 	close(exited)
 	d.containers[id] = &container{cancel: func() {}, exited: exited}
 }
+
+// Env returns the environment the container was started with.
+func (d *Driver) Env(id string) []string {
+	c, err := d.get(id)
+	if err != nil {
+		return nil
+	}
+	return c.spec.Env
+}

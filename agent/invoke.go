@@ -62,6 +62,12 @@ type UsageSink interface {
 
 var recordPool = sync.Pool{New: func() any { return new(datastore.UsageRecord) }}
 
+func init() {
+	// Call ids come from a buffered pool of randomness instead of a
+	// getrandom(2) per call.
+	uuid.EnableRandPool()
+}
+
 // Invoke runs one call of a function and returns the function's answer. A
 // handler error is not an error of Invoke: it is reported in the Result.
 // Errors wrap one of the agent's error classes: ErrNotFound,

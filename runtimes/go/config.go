@@ -47,6 +47,8 @@ type Config struct {
 	CPU int64 `yaml:"cpu"`
 	// Env is added to the function's environment.
 	Env map[string]string `yaml:"env"`
+	// RequireKey makes calls need a tenant's API key.
+	RequireKey bool `yaml:"require_key"`
 }
 
 // LoadConfig reads and validates the kiln.yaml at path. Unknown keys,
@@ -139,6 +141,7 @@ func (c Config) spec() (*kilnv1.FunctionSpec, error) {
 	if s.CpuMillis, err = int32Of("cpu", "millicores", c.CPU); err != nil {
 		return nil, err
 	}
+	s.RequireKey = c.RequireKey
 	if s.MinWarm, err = count("min_warm", c.MinWarm); err != nil {
 		return nil, err
 	}

@@ -159,3 +159,14 @@ func FuzzParseConfig(f *testing.F) {
 		}
 	})
 }
+
+func TestConfigRequireKey(t *testing.T) {
+	c, err := ParseConfig([]byte("name: f\nruntime: go\nrequire_key: true\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := c.Spec("/bin/f")
+	if err != nil || !s.RequireKey {
+		t.Fatalf("spec = %v, %v", s, err)
+	}
+}

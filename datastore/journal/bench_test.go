@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/HdrHistogram/hdrhistogram-go"
+
 	"github.com/kilnfx/kiln/datastore"
 )
 
@@ -19,6 +21,24 @@ func BenchmarkAppend(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkAppendLatency reports the distribution of single appends:
+// p50-ns and p99-ns beside the mean.
+func BenchmarkAppendLatency(b *testing.B) {
+	j := openJournal(b, b.TempDir())
+	r := record(rand.New(rand.NewPCG(1, 1)), 1)
+	h := hdrhistogram.New(1, int64(time.Second), 3)
+	b.ReportAllocs()
+	for b.Loop() {
+		t0 := time.Now()
+		if err := j.Append(&r); err != nil {
+			b.Fatal(err)
+		}
+		_ = h.RecordValue(int64(time.Since(t0)))
+	}
+	b.ReportMetric(float64(h.ValueAtQuantile(50)), "p50-ns")
+	b.ReportMetric(float64(h.ValueAtQuantile(99)), "p99-ns")
 }
 
 // BenchmarkAppendParallel appends from GOMAXPROCS goroutines at once.

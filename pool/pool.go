@@ -951,6 +951,7 @@ func (p *Pool) specialize(s *set, fn *Function, c *Container) {
 }
 
 func (p *Pool) load(ctx context.Context, fn *Function, c *Container) error {
+	t0 := time.Now()
 	c.freezeMu.Lock()
 	err := p.driver.Thaw(ctx, c.id)
 	c.freezeMu.Unlock()
@@ -967,6 +968,7 @@ func (p *Pool) load(ctx context.Context, fn *Function, c *Container) error {
 			return fmt.Errorf("load code: %w", err)
 		}
 	}
+	tCode := time.Now()
 	if err := p.driver.Update(ctx, c.id, fn.MemoryBytes, fn.CPUMillis); err != nil {
 		return fmt.Errorf("%w: set limits: %v", ErrExecutorFailed, err)
 	}
@@ -999,12 +1001,15 @@ func (p *Pool) load(ctx context.Context, fn *Function, c *Container) error {
 		c.expectReady.Store(false)
 		return fmt.Errorf("%w: send Init: %v", ErrExecutorFailed, err)
 	}
+	tInit := time.Now()
 	if err := c.waitReady(ctx, p.startTimeout); err != nil {
 		return err
 	}
 	if got := c.sess.Load().ready.Function; got != fn.Name {
 		return fmt.Errorf("%w: specialised executor says it serves %q, want %q", ErrExecutorFailed, got, fn.Name)
 	}
+	p.log.Debug("stem cell specialised", "function", fn.Name, "container", c.id,
+		"thaw_and_code", tCode.Sub(t0), "limits", tInit.Sub(tCode), "init_to_ready", time.Since(tInit))
 	return nil
 }
 

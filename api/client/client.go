@@ -1,8 +1,14 @@
 // Package client is a Go client of kiln's HTTP API: function management under
-// /v1/functions and calls through /invoke/{name}.
+// /v1/functions (with each function's containers and logs), calls through
+// /invoke/{name}, tenant API keys under /v1/keys, and metering under
+// /v1/usage and /v1/calls.
 //
-// Management requests and answers are the kiln.v1 messages as JSON (protojson
-// with the proto field names). An error answered by kiln itself, as opposed to
+// Function requests and answers are the kiln.v1 messages as JSON (protojson
+// with the proto field names); keys, usage and calls are the plain JSON types
+// of this package ([Key], [UsageReport], [Call]). Every request carries the
+// token of [WithToken], if any, as "Authorization: Bearer TOKEN": the admin
+// token for the management API, or a tenant's API key, which may read that
+// tenant's usage and calls. An error answered by kiln itself, as opposed to
 // by a function, is returned as an *APIError:
 //
 //	fn, err := c.Get(ctx, "hello")
@@ -15,6 +21,7 @@
 package client
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -23,6 +30,7 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 
 	"google.golang.org/protobuf/encoding/protojson"
@@ -217,6 +225,90 @@ func (c *Client) Delete(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodDelete, "/v1/functions/"+name, nil, nil)
 }
 
+// Containers returns the containers of the function name, in the agent's
+// order. A function that does not exist is an *APIError of class
+// ClassNotFound.
+func (c *Client) Containers(ctx context.Context, name string) ([]*kilnv1.Container, error) {
+	if err := validName(name); err != nil {
+		return nil, err
+	}
+	list := new(kilnv1.ContainerList)
+	if err := c.do(ctx, http.MethodGet, "/v1/functions/"+name+"/containers", nil, list); err != nil {
+		return nil, err
+	}
+	return list.GetContainers(), nil
+}
+
+// Logs returns the recent output of the function name's containers: text
+// lines "TIME CONTAINER STREAM: TEXT", oldest first. tail is the number of
+// recent lines, 0 for all the agent keeps, negative for the agent's default
+// (100). With follow the body stays open and yields new lines as the
+// function writes them, until ctx is cancelled, the body is closed or the
+// agent stops; the agent's keep-alive empty lines are left out, and a
+// Timeout of the http.Client of WithHTTPClient cuts it too. The caller must
+// close the body. A function that does not exist is an *APIError of class
+// ClassNotFound.
+func (c *Client) Logs(ctx context.Context, name string, tail int, follow bool) (io.ReadCloser, error) {
+	if err := validName(name); err != nil {
+		return nil, err
+	}
+	q := url.Values{}
+	if tail >= 0 {
+		q.Set("tail", strconv.Itoa(tail))
+	}
+	if follow {
+		q.Set("follow", "1")
+	}
+	req, err := c.newRequest(ctx, http.MethodGet, "/v1/functions/"+name+"/logs", q, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Accept", "text/plain")
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		defer resp.Body.Close()
+		return nil, readAPIError(resp)
+	}
+	return &logReader{body: resp.Body, r: bufio.NewReader(resp.Body)}, nil
+}
+
+// logReader is a log body without its empty keep-alive lines.
+type logReader struct {
+	body io.Closer
+	r    *bufio.Reader
+	line []byte // the rest of the current line, not yet read
+	err  error  // the error after line
+	mid  bool   // line is the start or middle of a line longer than r's buffer
+}
+
+// Read implements io.Reader: it returns the bytes of at most one line, so
+// that a followed line is seen as soon as it comes.
+func (l *logReader) Read(p []byte) (int, error) {
+	for len(l.line) == 0 {
+		if l.err != nil {
+			return 0, l.err
+		}
+		line, err := l.r.ReadSlice('\n')
+		cont := l.mid
+		l.mid = errors.Is(err, bufio.ErrBufferFull)
+		if l.mid {
+			err = nil // a long line: pass it on in pieces
+		} else if !cont && len(bytes.TrimRight(line, "\r\n")) == 0 {
+			line = nil // keep-alive
+		}
+		l.line, l.err = line, err
+	}
+	n := copy(p, l.line)
+	l.line = l.line[n:]
+	return n, nil
+}
+
+// Close implements io.Closer.
+func (l *logReader) Close() error { return l.body.Close() }
+
 // Invoke calls the function name with body and header and returns its answer.
 // A function's answer is never an error, whatever its status: a failed call
 // has InvokeResult.FunctionError set. Errors from kiln itself (unknown
@@ -226,7 +318,7 @@ func (c *Client) Invoke(ctx context.Context, name string, body []byte, header ht
 	if err := validName(name); err != nil {
 		return nil, err
 	}
-	req, err := c.newRequest(ctx, http.MethodPost, "/invoke/"+name, body)
+	req, err := c.newRequest(ctx, http.MethodPost, "/invoke/"+name, nil, body)
 	if err != nil {
 		return nil, err
 	}
@@ -259,7 +351,7 @@ func (c *Client) Invoke(ctx context.Context, name string, body []byte, header ht
 // do sends a management request with a JSON body (none when nil) and decodes
 // a successful answer into out (ignored when nil).
 func (c *Client) do(ctx context.Context, method, path string, body []byte, out proto.Message) error {
-	req, err := c.newRequest(ctx, method, path, body)
+	req, err := c.newRequest(ctx, method, path, nil, body)
 	if err != nil {
 		return err
 	}
@@ -292,9 +384,15 @@ func (c *Client) do(ctx context.Context, method, path string, body []byte, out p
 	return nil
 }
 
-func (c *Client) newRequest(ctx context.Context, method, path string, body []byte) (*http.Request, error) {
+// newRequest returns a request of path (unescaped, below the base URL) with
+// the query (none when nil) and the body (none when nil), carrying the
+// client's User-Agent and token. Every request of the Client is made here.
+func (c *Client) newRequest(ctx context.Context, method, path string, query url.Values, body []byte) (*http.Request, error) {
 	u := *c.base
 	u.Path += path
+	if len(query) > 0 {
+		u.RawQuery = query.Encode()
+	}
 	var r io.Reader
 	if body != nil {
 		r = bytes.NewReader(body)

@@ -52,7 +52,7 @@ func (c *cli) invoker(cmd *cobra.Command) (invokeFunc, error) {
 		}, nil
 	}
 	addr := c.grpcAddr(cmd)
-	cl, err := client.NewGRPC(addr)
+	cl, err := client.NewGRPC(addr, client.WithGRPCToken(c.resolveToken(cmd).token))
 	if err != nil {
 		return nil, usageError{fmt.Errorf("--grpc-addr or $%s: %w", envGRPC, err)}
 	}

@@ -1,16 +1,24 @@
 // Command kiln is kiln's command line: it creates Go functions from a
 // template, builds and deploys them, calls them, lists and removes them,
-// talking to the kiln agent's HTTP API.
+// shows their containers and logs, reports usage and single calls, and
+// manages tenant API keys, talking to the kiln agent's HTTP API.
 //
 //	kiln init --runtime go hello     # a function in ./hello
 //	kiln deploy hello                # build it and deploy it
 //	echo world | kiln invoke hello   # Hello, world
 //	kiln list
+//	kiln ps hello                    # its containers
+//	kiln logs -f hello               # its output, as it comes
+//	kiln usage --from 24h --group-by function
+//	kiln calls --function hello --limit 20
+//	kiln keys create --tenant acme
 //	kiln rm hello
 //
 // The agent is found at --agent, else $KILN_AGENT, else
-// http://127.0.0.1:8080. kiln exits 1 on any error, with the message on
-// stderr.
+// http://127.0.0.1:8080. Requests carry a bearer token from --token, else
+// $KILN_TOKEN, else the agent's admin token file --data-dir/admin.token
+// (/var/lib/kiln/admin.token), if readable. kiln exits 1 on any error, with
+// the message on stderr.
 package main
 
 import (
@@ -18,12 +26,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"net/url"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/debug"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -36,6 +47,14 @@ const (
 	defaultAgent = "http://127.0.0.1:8080"
 	// envAgent names the environment variable holding the agent's URL.
 	envAgent = "KILN_AGENT"
+	// envToken names the environment variable holding the bearer token.
+	envToken = "KILN_TOKEN"
+	// defaultDataDir is the agent's data directory when --data-dir is not
+	// given (kilnd's default).
+	defaultDataDir = "/var/lib/kiln"
+	// adminTokenFile is the name, in the data directory, of the agent's
+	// admin token (agent.AdminTokenFile).
+	adminTokenFile = "admin.token"
 )
 
 func main() {
@@ -50,9 +69,20 @@ type cli struct {
 	stdin          io.Reader
 	stdout, stderr io.Writer
 	getenv         func(string) string
+	// now is the clock of relative times and ages; nil is time.Now.
+	now func() time.Time
 
-	// agent is the --agent flag.
-	agent string
+	// agent, token and dataDir are the flags --agent, --token and
+	// --data-dir.
+	agent, token, dataDir string
+}
+
+// clock returns the current time.
+func (c *cli) clock() time.Time {
+	if c.now != nil {
+		return c.now()
+	}
+	return time.Now()
 }
 
 // usageError is a mistake in the command line (as opposed to a failure
@@ -98,23 +128,15 @@ func (c *cli) rootCmd() *cobra.Command {
 		Use:   "kiln",
 		Short: "Build, deploy and call kiln functions",
 		Long: `kiln creates Go functions from a template, builds and deploys them to a
-kiln agent, calls them, lists them and removes them.
+kiln agent, calls them, lists them and removes them; it shows their
+containers and logs, reports usage and single calls, and manages tenants'
+API keys.
 
-The agent is found at --agent, else $KILN_AGENT, else ` + defaultAgent + `.`,
-		// Runnable only to reject unknown commands as usage errors.
-		Args: func(cmd *cobra.Command, args []string) error {
-			if len(args) == 0 {
-				return nil
-			}
-			msg := fmt.Sprintf("unknown command %q", args[0])
-			if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
-				msg += fmt.Sprintf(" (did you mean %s?)", strings.Join(s, ", "))
-			}
-			return usageError{errors.New(msg)}
-		},
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return cmd.Help()
-		},
+The agent is found at --agent, else $KILN_AGENT, else ` + defaultAgent + `.
+Requests carry the bearer token --token, else $KILN_TOKEN, else the agent's
+admin token read from --data-dir/admin.token when that file is readable: the
+management API needs the admin token when the agent runs with auth, and a
+tenant's API key may read that tenant's usage and calls.`,
 		SilenceErrors:              true,
 		SilenceUsage:               true,
 		SuggestionsMinimumDistance: 2,
@@ -122,15 +144,89 @@ The agent is found at --agent, else $KILN_AGENT, else ` + defaultAgent + `.`,
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
 		return usageError{err}
 	})
+	groupCmd(root)
 	root.PersistentFlags().StringVar(&c.agent, "agent", defaultAgent, "URL of the kiln agent (overrides $"+envAgent+")")
+	root.PersistentFlags().StringVar(&c.token, "token", "", "bearer token: the admin token or a tenant's API key (overrides $"+envToken+" and the admin token file)")
+	root.PersistentFlags().StringVar(&c.dataDir, "data-dir", defaultDataDir, "the agent's data directory, where the admin token file "+adminTokenFile+" is read")
 	root.AddCommand(
 		c.initCmd(),
 		c.deployCmd(),
 		c.invokeCmd(),
 		c.listCmd(),
 		c.rmCmd(),
+		c.psCmd(),
+		c.logsCmd(),
+		c.usageCmd(),
+		c.callsCmd(),
+		c.keysCmd(),
 	)
 	return root
+}
+
+// groupCmd makes cmd a command that only groups subcommands: alone it
+// prints its help, and an unknown subcommand is a usage error.
+func groupCmd(cmd *cobra.Command) *cobra.Command {
+	if cmd.SuggestionsMinimumDistance <= 0 {
+		cmd.SuggestionsMinimumDistance = 2
+	}
+	// Runnable only to reject unknown commands as usage errors.
+	cmd.Args = func(cmd *cobra.Command, args []string) error {
+		if len(args) == 0 {
+			return nil
+		}
+		msg := fmt.Sprintf("unknown command %q", args[0])
+		if cmd.HasParent() {
+			msg += " for " + cmd.CommandPath()
+		}
+		if s := closest(args[0], cmd.SuggestionsFor(args[0])); len(s) > 0 {
+			msg += fmt.Sprintf(" (did you mean %s?)", strings.Join(s, ", "))
+		}
+		return usageError{errors.New(msg)}
+	}
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		return cmd.Help()
+	}
+	return cmd
+}
+
+// closest keeps the suggestions for typed that start with it, or else those
+// nearest to it in edit distance, so that "lst" suggests list but not ps.
+func closest(typed string, suggestions []string) []string {
+	best, out := -1, []string(nil)
+	for _, s := range suggestions {
+		d := editDistance(strings.ToLower(typed), strings.ToLower(s))
+		if strings.HasPrefix(strings.ToLower(s), strings.ToLower(typed)) {
+			d = 0
+		}
+		switch {
+		case best < 0 || d < best:
+			best, out = d, []string{s}
+		case d == best:
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// editDistance is the Levenshtein distance of a and b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
 
 // args wraps a cobra argument check so that its errors are usage errors.
@@ -155,21 +251,70 @@ func (c *cli) agentURL(cmd *cobra.Command) string {
 	return c.agent
 }
 
-// client returns a client of the agent.
+// tokenSource is where a bearer token came from.
+type tokenSource struct {
+	token string
+	// from says where the token came from, or why there is none.
+	from string
+	// fileErr is why the admin token file could not be read, when that
+	// was not for its absence.
+	fileErr error
+}
+
+// resolveToken finds the bearer token: --token when given (even empty,
+// which sends none), else $KILN_TOKEN, else the admin token file in the data
+// directory. A missing or unreadable file means no token.
+func (c *cli) resolveToken(cmd *cobra.Command) tokenSource {
+	if f := cmd.Flag("token"); f != nil && f.Changed {
+		return tokenSource{token: c.token, from: "--token"}
+	}
+	if v := c.getenv(envToken); v != "" {
+		return tokenSource{token: v, from: "$" + envToken}
+	}
+	dir := c.dataDir
+	if dir == "" {
+		dir = defaultDataDir
+	}
+	path := filepath.Join(dir, adminTokenFile)
+	b, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return tokenSource{from: path}
+	case err != nil:
+		return tokenSource{from: path, fileErr: err}
+	}
+	return tokenSource{token: strings.TrimSpace(string(b)), from: path}
+}
+
+// client returns a client of the agent, sending the bearer token of
+// resolveToken.
 func (c *cli) client(cmd *cobra.Command) (*client.Client, error) {
 	u := c.agentURL(cmd)
-	cl, err := client.New(u, client.WithUserAgent("kiln-cli"))
+	cl, err := client.New(u, client.WithUserAgent("kiln-cli"), client.WithToken(c.resolveToken(cmd).token))
 	if err != nil {
 		return nil, usageError{fmt.Errorf("--agent or $%s: %w", envAgent, err)}
 	}
 	return cl, nil
 }
 
-// agentError makes a transport error say which agent could not be reached.
+// agentError makes a transport error say which agent could not be reached,
+// and a refused or missing token say where the token came from.
 func (c *cli) agentError(cmd *cobra.Command, err error) error {
 	var ue *url.Error
 	if errors.As(err, &ue) && !errors.Is(err, context.Canceled) {
 		return fmt.Errorf("cannot reach the kiln agent at %s (see --agent and $%s): %w", c.agentURL(cmd), envAgent, ue.Err)
+	}
+	var ae *client.APIError
+	if errors.As(err, &ae) && (ae.Class == client.ClassUnauthenticated || ae.Status == http.StatusUnauthorized) {
+		ts := c.resolveToken(cmd)
+		switch {
+		case ts.token != "":
+			return fmt.Errorf("%w; the token sent came from %s", err, ts.from)
+		case ts.fileErr != nil:
+			return fmt.Errorf("%w; no token was sent (--token, $%s, or %v)", err, envToken, ts.fileErr)
+		default:
+			return fmt.Errorf("%w; no token was sent (--token, $%s, or the file %s)", err, envToken, ts.from)
+		}
 	}
 	return err
 }

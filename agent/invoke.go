@@ -244,6 +244,8 @@ func truncate(s string, n int) string {
 // callError maps a pool error to the agent's error classes.
 func (a *Agent) callError(ctx context.Context, fn *function, err error) error {
 	switch {
+	case errors.Is(ctx.Err(), context.Canceled):
+		return fmt.Errorf("%w: the caller went away", ErrCancelled)
 	case errors.Is(err, pool.ErrQueueFull), errors.Is(err, pool.ErrQueueTimeout):
 		return fmt.Errorf("%w: function %q: %v", ErrResourceExhausted, fn.record.Name, err)
 	case errors.Is(err, pool.ErrNoCapacity):

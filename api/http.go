@@ -47,6 +47,7 @@ type HTTPServer struct {
 	authRequired bool
 	done         chan struct{} // closed by Shutdown: ends followed log streams
 	closeDone    sync.Once
+	disconnects  *disconnectWatcher // nil: client disconnects are not noticed
 }
 
 // HTTPOption configures an HTTPServer.
@@ -72,6 +73,11 @@ func WithMetricsHandler(h http.Handler) HTTPOption {
 // limit are refused with 413.
 func NewHTTPServer(a *agent.Agent, opts ...HTTPOption) *HTTPServer {
 	s := &HTTPServer{agent: a, log: slog.Default(), done: make(chan struct{})}
+	if w, err := newDisconnectWatcher(); err == nil {
+		s.disconnects = w
+	} else {
+		s.log.Warn("client disconnects will not cancel calls", "err", err)
+	}
 	for _, opt := range opts {
 		opt(s)
 	}
@@ -166,7 +172,15 @@ func (s *HTTPServer) invoke(ctx *fasthttp.RequestCtx, rest []byte) {
 	}
 	// The call outlives a server shutdown signal: in-flight calls finish
 	// within the shutdown bound, and the function's timeout bounds each one.
-	res, err := s.agent.Invoke(context.WithoutCancel(ctx), call)
+	// A client that closes its connection cancels its call.
+	callCtx := context.WithoutCancel(ctx)
+	if s.disconnects != nil {
+		var cancel context.CancelFunc
+		callCtx, cancel = context.WithCancel(callCtx)
+		unwatch := s.disconnects.watch(ctx.Conn(), cancel)
+		defer func() { unwatch(); cancel() }()
+	}
+	res, err := s.agent.Invoke(callCtx, call)
 	if res != nil && res.CallID != "" {
 		ctx.Response.Header.Set(HeaderCallID, res.CallID)
 		if res.Start != "" {

@@ -2,6 +2,9 @@ package main
 
 import (
 	"bufio"
+	"encoding/json"
+	"fmt"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -61,4 +64,43 @@ func TestFunctionLogs(t *testing.T) {
 			t.Fatalf("followed stream never showed %q", want)
 		}
 	}
+}
+
+// TestHTTPClientGoneCancelsCall closes the client's connection while the
+// call runs: the handler sees ctx.Done(), the call is recorded as
+// cancelled (499), and the container keeps serving.
+func TestHTTPClientGoneCancelsCall(t *testing.T) {
+	k := sharedKilnd(t)
+	k.deploy(t, "probe-gone", probeSpec(nil))
+	if r := k.do(t, "POST", "/invoke/probe-gone", []byte("warm")); r.status != 202 {
+		t.Fatal(r.status)
+	}
+	conn, err := net.Dial("tcp", strings.TrimPrefix(k.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(conn, "POST /invoke/probe-gone HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nsleep")
+	time.Sleep(300 * time.Millisecond) // let the call start
+	conn.Close()
+	waitFor(t, "the handler to see the cancel", func() bool {
+		return strings.Contains(string(k.do(t, "GET", "/v1/functions/probe-gone/logs", nil).body), "probe sleep cancelled")
+	})
+	if r := k.do(t, "POST", "/invoke/probe-gone", []byte("x")); r.status != 202 || r.header.Get("X-Kiln-Start") == "cold" {
+		t.Errorf("after a client left: %d start=%q, want the same container", r.status, r.header.Get("X-Kiln-Start"))
+	}
+	waitFor(t, "the cancelled call's record", func() bool {
+		var out struct {
+			Calls []struct {
+				Status     int    `json:"status"`
+				ErrorClass string `json:"error_class"`
+			}
+		}
+		_ = json.Unmarshal(k.do(t, "GET", "/v1/calls?function=probe-gone", nil).body, &out)
+		for _, c := range out.Calls {
+			if c.Status == 499 && c.ErrorClass == "cancelled" {
+				return true
+			}
+		}
+		return false
+	})
 }

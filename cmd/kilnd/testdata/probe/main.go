@@ -79,6 +79,7 @@ func handle(ctx context.Context, req *sdk.Request) (*sdk.Response, error) {
 		select {
 		case <-time.After(10 * time.Second):
 		case <-ctx.Done():
+			fmt.Println("probe sleep cancelled", req.ID, ctx.Err())
 		}
 		return &sdk.Response{Body: []byte("slept")}, nil
 	}

@@ -73,3 +73,13 @@ func TestParseStemCells(t *testing.T) {
 		}
 	}
 }
+
+func TestParseGOMAXPROCS(t *testing.T) {
+	var out bytes.Buffer
+	if _, err := parseFlags([]string{"--gomaxprocs", "-2"}, &out); err == nil {
+		t.Error("--gomaxprocs -2 accepted")
+	}
+	if c, err := parseFlags([]string{"--gomaxprocs", "3"}, &out); err != nil || c.gomaxprocs != 3 {
+		t.Errorf("--gomaxprocs 3: %v %v", c.gomaxprocs, err)
+	}
+}

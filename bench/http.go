@@ -1,32 +1,66 @@
 package bench
 
 import (
+	"bytes"
+	"context"
 	"fmt"
 	"net"
 	"time"
 
 	"github.com/valyala/fasthttp"
+
+	"github.com/kilnfx/kiln/executor/sdk"
 )
 
-// Floor is the in-process echo server every figure is divided by: the same
-// echo handler as the benchmark function, behind fasthttp on loopback, with
-// no container and no agent.
+// HeaderStart is the answer header saying how kiln started a call.
+const HeaderStart = "X-Kiln-Start"
+
+// Floor is the in-process HTTP server every HTTP figure is divided by: the
+// benchmark functions' own handlers behind fasthttp on loopback, in the
+// harness's process, with no agent and no container. It serves POST
+// /{name} for each handler it was given.
 type Floor struct {
 	ln  net.Listener
 	srv *fasthttp.Server
 }
 
-// StartFloor starts the floor server on a free loopback port.
-func StartFloor() (*Floor, error) {
+// StartFloor starts the floor server on a free loopback port, serving each
+// handler at /{name}.
+func StartFloor(handlers map[string]sdk.Handler) (*Floor, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
-	f := &Floor{ln: ln, srv: &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
-		ctx.SetBody(ctx.PostBody())
-	}}}
+	f := &Floor{ln: ln, srv: &fasthttp.Server{Handler: FloorHandler(handlers), NoDefaultContentType: true}}
 	go func() { _ = f.srv.Serve(ln) }()
 	return f, nil
+}
+
+// FloorHandler returns the floor's request handler: the least an HTTP
+// server can do to run an sdk.Handler (no headers passed, no metering).
+func FloorHandler(handlers map[string]sdk.Handler) fasthttp.RequestHandler {
+	byPath := make(map[string]sdk.Handler, len(handlers))
+	for name, h := range handlers {
+		byPath["/"+name] = h
+	}
+	return func(ctx *fasthttp.RequestCtx) {
+		h := byPath[string(ctx.Path())]
+		if h == nil {
+			ctx.SetStatusCode(fasthttp.StatusNotFound)
+			return
+		}
+		resp, err := h(ctx, &sdk.Request{Method: string(ctx.Method()), Body: ctx.PostBody()})
+		switch {
+		case err != nil && (resp == nil || resp.Status == 0):
+			ctx.SetStatusCode(fasthttp.StatusInternalServerError)
+			ctx.SetBodyString(err.Error())
+		case resp != nil:
+			if resp.Status != 0 {
+				ctx.SetStatusCode(resp.Status)
+			}
+			ctx.SetBody(resp.Body)
+		}
+	}
 }
 
 // Addr returns the floor's host:port.
@@ -35,35 +69,70 @@ func (f *Floor) Addr() string { return f.ln.Addr().String() }
 // Close stops the floor server.
 func (f *Floor) Close() error { return f.srv.Shutdown() }
 
-// Sequential sends n POSTs of body to url one after another over one
-// keep-alive connection, after warm warm-up calls that are not recorded. It
-// fails on any status other than want.
-func Sequential(addr, path string, body []byte, warm, n, want int) (*Latencies, error) {
-	c := &fasthttp.HostClient{Addr: addr, MaxConns: 1, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
-	req := fasthttp.AcquireRequest()
-	resp := fasthttp.AcquireResponse()
-	defer fasthttp.ReleaseRequest(req)
-	defer fasthttp.ReleaseResponse(resp)
-	req.SetRequestURI("http://" + addr + path)
-	req.Header.SetMethod(fasthttp.MethodPost)
-	req.SetBody(body)
-	lat := NewLatencies()
-	for i := 0; i < warm+n; i++ {
-		if i == warm {
-			lat.Begin()
-		}
-		t0 := time.Now()
-		if err := c.Do(req, resp); err != nil {
-			return nil, fmt.Errorf("call %d: %w", i, err)
-		}
-		d := time.Since(t0)
-		if resp.StatusCode() != want {
-			return nil, fmt.Errorf("call %d: status %d: %s", i, resp.StatusCode(), resp.Body())
-		}
-		if i >= warm {
-			lat.Record(d)
+// NewHostClient returns a fasthttp client of addr keeping up to conns
+// connections.
+func NewHostClient(addr string, conns int) *fasthttp.HostClient {
+	return &fasthttp.HostClient{
+		Addr:                addr,
+		MaxConns:            conns,
+		ReadTimeout:         60 * time.Second,
+		WriteTimeout:        60 * time.Second,
+		MaxIdleConnDuration: time.Hour,
+		MaxConnWaitTimeout:  60 * time.Second,
+	}
+}
+
+// HTTPTarget returns a Target that POSTs body to path on c and expects
+// status 200. check, when set, verifies each answer's body.
+func HTTPTarget(c *fasthttp.HostClient, path string, body []byte, check func([]byte) error) Target {
+	uri := "http://" + c.Addr + path
+	return func() Call {
+		req := fasthttp.AcquireRequest()
+		resp := fasthttp.AcquireResponse()
+		req.SetRequestURI(uri)
+		req.Header.SetMethod(fasthttp.MethodPost)
+		req.SetBody(body)
+		return func(ctx context.Context) (string, error) {
+			if err := c.Do(req, resp); err != nil {
+				return "", err
+			}
+			if resp.StatusCode() != fasthttp.StatusOK {
+				return "", fmt.Errorf("status %d: %.200s", resp.StatusCode(), resp.Body())
+			}
+			if check != nil {
+				if err := check(resp.Body()); err != nil {
+					return "", err
+				}
+			}
+			return startKind(resp.Header.Peek(HeaderStart)), nil
 		}
 	}
-	lat.End()
-	return lat, nil
+}
+
+// EchoCheck verifies that an answer is body.
+func EchoCheck(body []byte) func([]byte) error {
+	return func(b []byte) error {
+		if !bytes.Equal(b, body) {
+			return fmt.Errorf("echo answered %.80q, want %.80q", b, body)
+		}
+		return nil
+	}
+}
+
+// startKind returns the X-Kiln-Start value b as a constant string, without
+// allocating for the known ones.
+func startKind(b []byte) string {
+	switch string(b) {
+	case "warm":
+		return "warm"
+	case "thawed":
+		return "thawed"
+	case "stem":
+		return "stem"
+	case "cold":
+		return "cold"
+	case "":
+		return ""
+	}
+	return string(b)
 }

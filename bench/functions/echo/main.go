@@ -3,13 +3,8 @@
 package main
 
 import (
-	"context"
-
+	"github.com/kilnfx/kiln/bench/functions/handlers"
 	"github.com/kilnfx/kiln/executor/sdk"
 )
 
-func handle(ctx context.Context, req *sdk.Request) (*sdk.Response, error) {
-	return &sdk.Response{Body: req.Body}, nil
-}
-
-func main() { sdk.Serve(handle) }
+func main() { sdk.Serve(handlers.Echo) }

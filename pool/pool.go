@@ -101,6 +101,14 @@ type StemSpec struct {
 	MemoryBytes int64
 }
 
+// MaxParallelOps bounds the container starts, and separately the removals,
+// that the pool runs at once.
+const MaxParallelOps = 8
+
+// prewarmRetry is how long the pool waits before trying again to reach a
+// function's min_warm after a start failed.
+const prewarmRetry = time.Second
+
 // Pool owns the node's containers. It is safe for concurrent use.
 type Pool struct {
 	driver       Driver
@@ -111,6 +119,11 @@ type Pool struct {
 	queueDepth   int
 	budget       int64
 	stemSpecs    map[string]StemSpec
+
+	// starts and removals bound the container operations in flight at
+	// once: containerd times out when asked for hundreds together.
+	starts   chan struct{}
+	removals chan struct{}
 
 	bg     context.Context // background work; cancelled by Close
 	cancel context.CancelFunc
@@ -201,6 +214,8 @@ func New(driver Driver, runDir string, opts ...Option) (*Pool, error) {
 		stemStarting: make(map[string]int),
 		all:          make(map[string]*Container),
 		logs:         make(map[string]*LogRing),
+		starts:       make(chan struct{}, MaxParallelOps),
+		removals:     make(chan struct{}, MaxParallelOps),
 	}
 	for _, s := range o.stems {
 		if s.Runtime == "" || s.RootFS == "" || len(s.Args) == 0 || s.Count < 0 {
@@ -671,6 +686,16 @@ func (p *Pool) startFor(s *set, fn *Function, prewarm bool) {
 		p.counters.failures.Add(1)
 		p.log.Warn("container start failed", "function", fn.Name, "err", err)
 		p.failWaitersLocked(s, err)
+		if prewarm && !p.closed {
+			// Try again for min_warm later, not in a tight loop.
+			p.clock.AfterFunc(prewarmRetry, func() {
+				p.mu.Lock()
+				defer p.mu.Unlock()
+				if !p.closed && p.sets[fn.Name] == s {
+					p.ensureWarmLocked(s)
+				}
+			})
+		}
 		return
 	}
 	p.counters.coldStarts.Add(1)
@@ -749,6 +774,13 @@ func (p *Pool) start(ctx context.Context, idPrefix, runtime string, spec Contain
 	p.mu.Unlock()
 	spec.Stdout = io.MultiWriter(c.logs, &lineWriter{c: c, stream: "stdout"})
 	spec.Stderr = io.MultiWriter(c.logs, &lineWriter{c: c, stream: "stderr"})
+	select {
+	case p.starts <- struct{}{}:
+	case <-ctx.Done():
+		c.shutdown(ctx.Err())
+		return nil, ctx.Err()
+	}
+	defer func() { <-p.starts }()
 	t0 := time.Now()
 	c.expectReady.Store(true)
 	if err := p.driver.Start(ctx, spec); err != nil {
@@ -845,6 +877,8 @@ func (p *Pool) stopLocked(c *Container, why string) {
 // stop ends a container's session and removes it through the driver.
 func (p *Pool) stop(c *Container, reason error) {
 	c.shutdown(reason)
+	p.removals <- struct{}{}
+	defer func() { <-p.removals }()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := p.driver.Remove(ctx, c.id); err != nil {

@@ -593,3 +593,30 @@ func eventually(t *testing.T, cond func() bool) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+func TestManyPreforksAndRetryAfterFailure(t *testing.T) {
+	e := newEnv(t)
+	fn := newFn("many")
+	fn.MinWarm = 3 * pool.MaxParallelOps
+	fn.MaxContainers = fn.MinWarm
+	e.pool.Configure(fn)
+	e.pool.Settle()
+	if got := e.states("many"); got[pool.StateFrozen] != fn.MinWarm {
+		t.Fatalf("after min_warm %d: %v", fn.MinWarm, got)
+	}
+
+	e.driver.FailStart = errors.New("runtime busy")
+	other := newFn("other")
+	other.MinWarm = 1
+	e.pool.Configure(other)
+	e.pool.Settle()
+	if got := e.states("other"); len(got) != 0 {
+		t.Fatalf("containers despite failing starts: %v", got)
+	}
+	e.driver.FailStart = nil
+	e.clock.Advance(time.Second)
+	e.pool.Settle()
+	if got := e.states("other"); got[pool.StateFrozen] != 1 {
+		t.Fatalf("min_warm not retried after a failed start: %v", got)
+	}
+}

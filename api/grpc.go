@@ -164,6 +164,7 @@ func NewGRPCServer(a *agent.Agent, opts ...GRPCOption) (*GRPCServer, *health.Ser
 		drain:       s.drain,
 	})
 	kilnv1.RegisterFunctionsServer(s.srv, &functionsServer{agent: a, adminToken: o.adminToken, authRequired: o.authRequired})
+	kilnv1.RegisterUsageServer(s.srv, &usageServer{agent: a, adminToken: o.adminToken, authRequired: o.authRequired})
 	reflection.Register(s.srv)
 	return s, s.health
 }

@@ -152,19 +152,20 @@ func NewGRPCServer(a *agent.Agent, opts ...GRPCOption) (*GRPCServer, *health.Ser
 		health: health.NewServer(),
 		drain:  make(chan struct{}),
 	}
-	for _, name := range []string{"", kilnv1.Invoker_ServiceDesc.ServiceName, kilnv1.Functions_ServiceDesc.ServiceName} {
+	for _, name := range []string{"", kilnv1.Invoker_ServiceDesc.ServiceName, kilnv1.Functions_ServiceDesc.ServiceName, kilnv1.Usage_ServiceDesc.ServiceName} {
 		s.health.SetServingStatus(name, healthpb.HealthCheckResponse_SERVING)
 	}
 	healthpb.RegisterHealthServer(s.srv, s.health)
+	g := gate{agent: a, adminToken: o.adminToken, required: o.authRequired}
 	kilnv1.RegisterInvokerServer(s.srv, &invokerServer{
 		agent:       a,
 		log:         o.log,
 		maxInFlight: o.maxInFlight,
-		adminToken:  o.adminToken,
+		gate:        g,
 		drain:       s.drain,
 	})
-	kilnv1.RegisterFunctionsServer(s.srv, &functionsServer{agent: a, adminToken: o.adminToken, authRequired: o.authRequired})
-	kilnv1.RegisterUsageServer(s.srv, &usageServer{agent: a, adminToken: o.adminToken, authRequired: o.authRequired})
+	kilnv1.RegisterFunctionsServer(s.srv, &functionsServer{agent: a, gate: g})
+	kilnv1.RegisterUsageServer(s.srv, &usageServer{agent: a, gate: g})
 	reflection.Register(s.srv)
 	return s, s.health
 }
@@ -202,18 +203,13 @@ type invokerServer struct {
 	agent       *agent.Agent
 	log         *slog.Logger
 	maxInFlight int
-	adminToken  string
+	gate        gate
 	drain       <-chan struct{}
 }
 
-// apiKey returns the tenant API key the RPC of ctx presents, or "". The
-// admin token is no tenant's key: a call with it is anonymous.
+// apiKey returns the tenant API key the RPC of ctx presents, or "".
 func (s *invokerServer) apiKey(ctx context.Context) string {
-	k := grpcBearer(ctx)
-	if s.adminToken != "" && agent.TokenEqual(k, s.adminToken) {
-		return ""
-	}
-	return k
+	return s.gate.apiKey(grpcBearer(ctx))
 }
 
 // grpcBearer returns the credential of "authorization: Bearer X" metadata.
@@ -543,24 +539,14 @@ func (st *invokeStream) send(resp *kilnv1.InvokeResponse) {
 // functionsServer implements kiln.v1.Functions.
 type functionsServer struct {
 	kilnv1.UnimplementedFunctionsServer
-	agent        *agent.Agent
-	adminToken   string
-	authRequired bool
+	agent *agent.Agent
+	gate  gate
 }
 
 // admin returns nil when the RPC of ctx comes from the admin, and an
 // UNAUTHENTICATED status error otherwise.
 func (s *functionsServer) admin(ctx context.Context) error {
-	tok := grpcBearer(ctx)
-	switch {
-	case tok == "" && !s.authRequired:
-		return nil
-	case tok == "":
-		return status.Error(codes.Unauthenticated, "this API needs a token (authorization: Bearer TOKEN)")
-	case s.adminToken != "" && agent.TokenEqual(tok, s.adminToken):
-		return nil
-	}
-	return status.Error(codes.Unauthenticated, "this API needs the admin token")
+	return grpcError(s.gate.requireAdmin(grpcBearer(ctx)))
 }
 
 // Deploy implements kiln.v1.Functions.

@@ -18,27 +18,17 @@ import (
 // usage API: the admin sees everything, a tenant's key its own calls.
 type usageServer struct {
 	kilnv1.UnimplementedUsageServer
-	agent        *agent.Agent
-	adminToken   string
-	authRequired bool
+	agent *agent.Agent
+	gate  gate
 }
 
-// tenant returns "" for the admin, or the tenant of the caller's key.
+// tenant identifies the caller of the RPC of ctx: the admin, or a tenant.
 func (s *usageServer) tenant(ctx context.Context) (admin bool, tenant string, err error) {
-	tok := grpcBearer(ctx)
-	switch {
-	case tok == "" && !s.authRequired:
-		return true, "", nil
-	case tok == "":
-		return false, "", status.Error(codes.Unauthenticated, "this API needs a token (authorization: Bearer TOKEN)")
-	case s.adminToken != "" && agent.TokenEqual(tok, s.adminToken):
-		return true, "", nil
-	}
-	t, err := s.agent.Authenticate(tok)
+	c, err := s.gate.identify(grpcBearer(ctx))
 	if err != nil {
 		return false, "", grpcError(err)
 	}
-	return false, t, nil
+	return c.admin, c.tenant, nil
 }
 
 // Report implements kiln.v1.Usage.

@@ -39,15 +39,14 @@ const bodySlack = 8 << 20
 
 // HTTPServer serves kiln's HTTP API over fasthttp.
 type HTTPServer struct {
-	agent        *agent.Agent
-	log          *slog.Logger
-	srv          *fasthttp.Server
-	metrics      fasthttp.RequestHandler
-	adminToken   string
-	authRequired bool
-	done         chan struct{} // closed by Shutdown: ends followed log streams
-	closeDone    sync.Once
-	disconnects  *disconnectWatcher // nil: client disconnects are not noticed
+	agent       *agent.Agent
+	log         *slog.Logger
+	srv         *fasthttp.Server
+	metrics     fasthttp.RequestHandler
+	gate        gate
+	done        chan struct{} // closed by Shutdown: ends followed log streams
+	closeDone   sync.Once
+	disconnects *disconnectWatcher // nil: client disconnects are not noticed
 }
 
 // HTTPOption configures an HTTPServer.
@@ -61,7 +60,7 @@ func WithHTTPLogger(l *slog.Logger) HTTPOption { return func(s *HTTPServer) { s.
 // tenant's API key); without, requests with no credentials are admitted as
 // the admin, which is only safe on loopback.
 func WithAdminToken(token string, required bool) HTTPOption {
-	return func(s *HTTPServer) { s.adminToken, s.authRequired = token, required }
+	return func(s *HTTPServer) { s.gate.adminToken, s.gate.required = token, required }
 }
 
 // WithMetricsHandler serves h (a Prometheus handler) at GET /metrics.
@@ -72,7 +71,7 @@ func WithMetricsHandler(h http.Handler) HTTPOption {
 // NewHTTPServer returns a server of a's API. Request bodies over the agent's
 // limit are refused with 413.
 func NewHTTPServer(a *agent.Agent, opts ...HTTPOption) *HTTPServer {
-	s := &HTTPServer{agent: a, log: slog.Default(), done: make(chan struct{})}
+	s := &HTTPServer{agent: a, log: slog.Default(), done: make(chan struct{}), gate: gate{agent: a}}
 	if w, err := newDisconnectWatcher(); err == nil {
 		s.disconnects = w
 	} else {
@@ -157,7 +156,7 @@ func (s *HTTPServer) invoke(ctx *fasthttp.RequestCtx, rest []byte) {
 		Function: string(name),
 		Trigger:  "http",
 		Received: ctx.Time(),
-		Key:      s.apiKey(ctx),
+		Key:      s.gate.apiKey(bearer(ctx)),
 		Method:   string(ctx.Method()),
 		Path:     string(sub),
 		Query:    string(ctx.URI().QueryString()),

@@ -30,54 +30,24 @@ func bearer(ctx *fasthttp.RequestCtx) string {
 	return ""
 }
 
-// apiKey returns the tenant API key a call presents, or "". The admin
-// token is no tenant's key: a call with it is anonymous.
-func (s *HTTPServer) apiKey(ctx *fasthttp.RequestCtx) string {
-	if len(ctx.Request.Header.Peek(fasthttp.HeaderAuthorization)) == 0 {
-		return ""
-	}
-	k := bearer(ctx)
-	if s.adminToken != "" && agent.TokenEqual(k, s.adminToken) {
-		return ""
-	}
-	return k
-}
-
-// caller is who a management request comes from: the admin, or a tenant.
-type caller struct {
-	admin  bool
-	tenant string
-}
-
 // identify authenticates a management request. It answers 401 itself and
 // returns ok=false when the request may not proceed.
 func (s *HTTPServer) identify(ctx *fasthttp.RequestCtx) (caller, bool) {
-	tok := bearer(ctx)
-	switch {
-	case tok == "" && !s.authRequired:
-		return caller{admin: true}, true
-	case tok == "":
-		s.writeError(ctx, fmt.Errorf("%w: this API needs a token (Authorization: Bearer TOKEN)", agent.ErrUnauthenticated))
-		return caller{}, false
-	case s.adminToken != "" && agent.TokenEqual(tok, s.adminToken):
-		return caller{admin: true}, true
-	}
-	tenant, err := s.agent.Authenticate(tok)
+	c, err := s.gate.identify(bearer(ctx))
 	if err != nil {
 		s.writeError(ctx, err)
 		return caller{}, false
 	}
-	return caller{tenant: tenant}, true
+	return c, true
 }
 
 // admin admits only the admin; it answers 401 otherwise.
 func (s *HTTPServer) admin(ctx *fasthttp.RequestCtx) bool {
-	c, ok := s.identify(ctx)
-	if ok && !c.admin {
-		s.writeError(ctx, fmt.Errorf("%w: this API needs the admin token", agent.ErrUnauthenticated))
+	if err := s.gate.requireAdmin(bearer(ctx)); err != nil {
+		s.writeError(ctx, err)
 		return false
 	}
-	return ok
+	return true
 }
 
 // keys serves /v1/keys: POST {"tenant": ...} creates, GET lists, DELETE

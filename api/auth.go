@@ -1,0 +1,59 @@
+package api
+
+import (
+	"fmt"
+
+	"github.com/kilnfx/kiln/agent"
+)
+
+// gate decides who a request comes from, the same way on the HTTP and the
+// gRPC edge. The admin token grants the management API; with required
+// unset a request with no credentials is admitted as the admin, which is
+// only safe on loopback.
+type gate struct {
+	agent      *agent.Agent
+	adminToken string
+	required   bool
+}
+
+// caller is who a management request comes from: the admin, or a tenant.
+type caller struct {
+	admin  bool
+	tenant string
+}
+
+// identify authenticates the bearer credential tok ("" when none was
+// given). Errors wrap agent.ErrUnauthenticated.
+func (g gate) identify(tok string) (caller, error) {
+	switch {
+	case tok == "" && !g.required:
+		return caller{admin: true}, nil
+	case tok == "":
+		return caller{}, fmt.Errorf("%w: this API needs a token (Authorization: Bearer TOKEN)", agent.ErrUnauthenticated)
+	case g.adminToken != "" && agent.TokenEqual(tok, g.adminToken):
+		return caller{admin: true}, nil
+	}
+	tenant, err := g.agent.Authenticate(tok)
+	if err != nil {
+		return caller{}, err
+	}
+	return caller{tenant: tenant}, nil
+}
+
+// requireAdmin admits only the admin.
+func (g gate) requireAdmin(tok string) error {
+	c, err := g.identify(tok)
+	if err == nil && !c.admin {
+		err = fmt.Errorf("%w: this API needs the admin token", agent.ErrUnauthenticated)
+	}
+	return err
+}
+
+// apiKey returns the tenant API key a call presents in tok, or "". The
+// admin token is no tenant's key: a call with it is anonymous.
+func (g gate) apiKey(tok string) string {
+	if g.adminToken != "" && agent.TokenEqual(tok, g.adminToken) {
+		return ""
+	}
+	return tok
+}

@@ -7,6 +7,7 @@ DATA_DIR ?= /var/lib/kiln
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.5.1
 STATICCHECK_VERSION := v0.8.2
+BUF_VERSION := v1.75.0
 GOTEST_FLAGS ?= -race -timeout 30m
 
 .PHONY: help setup build run test unit proto check bench bench-quick clean
@@ -14,9 +15,9 @@ GOTEST_FLAGS ?= -race -timeout 30m
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
 
-setup: ## install what kiln needs (containerd, runc, crun, protoc, gcc, Go tools) when missing
+setup: ## install what kiln needs (containerd, runc, crun, gcc, buf and the Go tools) when missing
 	@need=""; \
-	for c in containerd:containerd ctr:containerd runc:runc crun:crun protoc:protobuf-compiler gcc:gcc; do \
+	for c in containerd:containerd ctr:containerd runc:runc crun:crun gcc:gcc prlimit:util-linux; do \
 	  command -v $${c%%:*} >/dev/null 2>&1 || need="$$need $${c##*:}"; \
 	done; \
 	if [ -n "$$need" ]; then \
@@ -27,6 +28,7 @@ setup: ## install what kiln needs (containerd, runc, crun, protoc, gcc, Go tools
 	@test -x $(TOOLS)/protoc-gen-go || GOBIN=$(TOOLS) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
 	@test -x $(TOOLS)/protoc-gen-go-grpc || GOBIN=$(TOOLS) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
 	@test -x $(TOOLS)/staticcheck || GOBIN=$(TOOLS) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+	@test -x $(TOOLS)/buf || GOBIN=$(TOOLS) $(GO) install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
 
 build: ## build kilnd, kiln-executor (static) and kiln into ./bin
 	$(GO) build -o bin/kilnd ./cmd/kilnd
@@ -43,23 +45,17 @@ test: setup ## run every test: unit tests and the integration tests on a real co
 unit: ## run only the tests that need nothing installed
 	KILN_UNIT_ONLY=1 $(GO) test $(GOTEST_FLAGS) -short ./...
 
-proto: setup ## regenerate the Go code of proto/*.proto (checked in)
-	protoc -I proto --go_out=proto --go_opt=paths=source_relative \
-	  --go-grpc_out=proto --go-grpc_opt=paths=source_relative \
-	  proto/kiln/v1/*.proto
-	protoc -I proto --go_out=proto/executorpb --go_opt=paths=source_relative \
-	  --go-grpc_out=proto/executorpb --go-grpc_opt=paths=source_relative \
-	  proto/executor.proto
+proto: setup ## regenerate the Go code of proto/*.proto (checked in) with the pinned buf and plugins
+	buf generate
 
-check: setup ## gofmt, go vet, staticcheck, generated-code drift, layering
+check: setup ## gofmt, go vet, staticcheck, generated-code drift, go mod tidy drift, layering
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); \
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	staticcheck ./...
-	@tmp=$$(mktemp -d); cp -r proto $$tmp/; $(MAKE) --no-print-directory proto >/dev/null; \
-	  if ! diff -r $$tmp/proto proto >/dev/null; then diff -r $$tmp/proto proto | head -20; rm -rf proto; cp -r $$tmp/proto .; rm -rf $$tmp; echo "generated code is out of date: run make proto and commit"; exit 1; fi; \
-	  rm -rf $$tmp
-	@./scripts/check-layering.sh
+	./scripts/check-proto.sh
+	./scripts/check-tidy.sh
+	./scripts/check-layering.sh
 
 bench: build ## every benchmark scenario (under 10 min; root, containerd): rewrites docs/BENCHMARKS.md and docs/bench/*.png
 	$(GO) run ./bench/cmd/kiln-bench -make "make bench" -out bench/results -report docs/BENCHMARKS.md

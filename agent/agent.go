@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/kilnfx/kiln/agent/bundle"
 	"github.com/kilnfx/kiln/datastore"
 	"github.com/kilnfx/kiln/pool"
 	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
@@ -32,9 +33,11 @@ const DefaultMaxBodyBytes = 6 << 20
 type Agent struct {
 	store        *datastore.Store
 	pool         *pool.Pool
+	dataDir      string
 	functionsDir string
 	log          *slog.Logger
 	maxBody      int
+	codeLimits   bundle.Limits
 
 	deployMu sync.Mutex // serialises Deploy and Delete
 
@@ -67,6 +70,10 @@ func WithLogger(l *slog.Logger) Option { return func(a *Agent) { a.log = l } }
 // WithMaxBodyBytes sets the request body limit (default DefaultMaxBodyBytes).
 func WithMaxBodyBytes(n int) Option { return func(a *Agent) { a.maxBody = n } }
 
+// WithCodeLimits bounds the code archives Deploy accepts (default
+// bundle.DefaultLimits).
+func WithCodeLimits(l bundle.Limits) Option { return func(a *Agent) { a.codeLimits = l } }
+
 // WithUsageSink makes the agent write every call's usage record to s
 // (default: none, metering off).
 func WithUsageSink(s UsageSink) Option { return func(a *Agent) { a.usage = s } }
@@ -95,7 +102,9 @@ func New(ctx context.Context, store *datastore.Store, p *pool.Pool, dataDir stri
 	a := &Agent{
 		store:        store,
 		pool:         p,
+		dataDir:      dataDir,
 		functionsDir: filepath.Join(dataDir, "functions"),
+		codeLimits:   bundle.DefaultLimits,
 		log:          slog.Default(),
 		maxBody:      DefaultMaxBodyBytes,
 		functions:    make(map[string]*function),
@@ -112,7 +121,7 @@ func New(ctx context.Context, store *datastore.Store, p *pool.Pool, dataDir stri
 	if a.metrics == nil {
 		a.metrics = NewMetrics(nil)
 	}
-	if err := os.MkdirAll(a.functionsDir, 0o755); err != nil {
+	if err := os.MkdirAll(a.functionsDir, 0o700); err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
 	records, err := store.ListFunctions(ctx)
@@ -135,6 +144,32 @@ func New(ctx context.Context, store *datastore.Store, p *pool.Pool, dataDir stri
 		p.Configure(fn.pool)
 	}
 	return a, nil
+}
+
+// CodeLimits returns the limits of a deploy's code archive.
+func (a *Agent) CodeLimits() bundle.Limits { return a.codeLimits }
+
+// AdminTokenPath returns the file that holds the admin token.
+func (a *Agent) AdminTokenPath() string { return filepath.Join(a.dataDir, AdminTokenFile) }
+
+// checkLimits refuses a spec whose containers the driver could never start
+// (a CPU quota below the kernel's smallest, an environment over the exec
+// limit), naming the spec's field.
+func (a *Agent) checkLimits(spec *kilnv1.FunctionSpec) error {
+	fn := a.newFunction(&kilnv1.Function{Name: "check", Spec: spec}, "/")
+	err := a.pool.CheckFunction(fn.pool)
+	if err == nil {
+		return nil
+	}
+	var se *pool.SpecError
+	if !errors.As(err, &se) {
+		return fmt.Errorf("%w: spec: %v", ErrInvalidArgument, err)
+	}
+	field := map[string]string{"CPUMillis": "cpu_millis", "Env": "env", "MemoryBytes": "memory_mb", "Args": "handler"}[se.Field]
+	if field == "" {
+		field = "spec"
+	}
+	return fmt.Errorf("%w: %s: %s", ErrInvalidArgument, field, se.Reason)
 }
 
 // MaxBodyBytes returns the request body limit.
@@ -196,10 +231,12 @@ func (a *Agent) newFunction(rec *kilnv1.Function, rootfs string) *function {
 	}
 }
 
-// Deploy validates spec, installs its code, and stores the function under
-// name, replacing an earlier deployment. Containers of an earlier revision or
-// with other limits are stopped. Errors wrap ErrInvalidArgument for a bad
-// name or spec.
+// Deploy validates spec, installs its code (spec.Code, a tar archive), and
+// stores the function under name, replacing an earlier deployment. A spec
+// without code keeps the function's current code. Containers of an earlier
+// revision or with other limits are stopped. Errors wrap ErrInvalidArgument
+// for a bad name, spec or archive, and ErrInsufficientStorage when the disk
+// is full.
 func (a *Agent) Deploy(ctx context.Context, name string, spec *kilnv1.FunctionSpec) (*kilnv1.Function, error) {
 	if err := ValidateName(name); err != nil {
 		return nil, err
@@ -208,11 +245,31 @@ func (a *Agent) Deploy(ctx context.Context, name string, spec *kilnv1.FunctionSp
 	if err != nil {
 		return nil, err
 	}
+	if err := a.checkLimits(spec); err != nil {
+		return nil, err
+	}
+	archive := spec.Code
+	spec.Code = nil // write-only: never stored nor returned
 	a.deployMu.Lock()
 	defer a.deployMu.Unlock()
-	revision, rootfs, err := installCode(a.functionsDir, name, spec.Code, spec.Handler)
-	if err != nil {
-		return nil, err
+	var revision, rootfs string
+	if len(archive) > 0 {
+		revision, rootfs, err = installCode(a.functionsDir, name, archive, spec.Runtime, spec.Handler, a.codeLimits)
+		if err != nil {
+			return nil, err
+		}
+	} else {
+		a.mu.RLock()
+		cur := a.functions[name]
+		a.mu.RUnlock()
+		if cur == nil {
+			return nil, fmt.Errorf("%w: code: required for a new function (a tar archive of its files)", ErrInvalidArgument)
+		}
+		if cur.record.Spec.Runtime != spec.Runtime || cur.record.Spec.Handler != spec.Handler {
+			return nil, fmt.Errorf("%w: code: required when runtime or handler change", ErrInvalidArgument)
+		}
+		revision = cur.record.Revision
+		rootfs = filepath.Join(a.functionsDir, name, revision, "rootfs")
 	}
 	specJSON, err := protojson.Marshal(spec)
 	if err != nil {

@@ -1,11 +1,14 @@
 package agent_test
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
 	"errors"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -36,14 +39,14 @@ type env struct {
 	driver *fake.Driver
 	store  *datastore.Store
 	dir    string
-	code   string
+	code   []byte // the code archive
 }
 
 // newEnv builds an agent over a real SQLite store and the fake driver. The
 // test binary itself serves as the function's code: it is an ELF file.
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	e := &env{driver: fake.New(handler), dir: shortDir(t), code: selfExe(t)}
+	e := &env{driver: fake.New(handler), dir: shortDir(t), code: packExe(t, selfExe(t))}
 	e.open(t)
 	return e
 }
@@ -58,6 +61,30 @@ func shortDir(t *testing.T) string {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	return dir
+}
+
+var (
+	packOnce sync.Once
+	packed   []byte
+	packErr  error
+)
+
+// packExe returns a code archive holding exe as the handler; the test
+// binary is packed once.
+func packExe(t *testing.T, exe string) []byte {
+	t.Helper()
+	// Uncompressed: gunzipping the race-built test binary at every deploy
+	// would cost seconds.
+	packOnce.Do(func() {
+		var b []byte
+		if b, packErr = os.ReadFile(exe); packErr == nil {
+			packed = tarOf(t, "handler", string(b), 0o755)
+		}
+	})
+	if packErr != nil {
+		t.Fatal(packErr)
+	}
+	return packed
 }
 
 // selfExe returns the test binary's path: an ELF file to deploy as code.
@@ -133,11 +160,21 @@ func TestDeployDefaultsAndPersistence(t *testing.T) {
 	}
 }
 
+// tarOf returns a tar archive of one file.
+func tarOf(t *testing.T, name, body string, mode int64) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	if err := tw.WriteHeader(&tar.Header{Name: name, Mode: mode, Size: int64(len(body)), Typeflag: tar.TypeReg}); err != nil {
+		t.Fatal(err)
+	}
+	tw.Write([]byte(body))
+	tw.Close()
+	return buf.Bytes()
+}
+
 func TestDeployRejectsBadSpecs(t *testing.T) {
 	e := newEnv(t)
-	dir := t.TempDir()
-	notExec := filepath.Join(dir, "data")
-	os.WriteFile(notExec, []byte("x"), 0o644)
 	tests := []struct {
 		name  string
 		fname string
@@ -147,11 +184,12 @@ func TestDeployRejectsBadSpecs(t *testing.T) {
 		{"bad name", "Bad", func(*kilnv1.FunctionSpec) {}, "name"},
 		{"no runtime", "f", func(s *kilnv1.FunctionSpec) { s.Runtime = "" }, "runtime"},
 		{"unknown runtime", "f", func(s *kilnv1.FunctionSpec) { s.Runtime = "perl" }, "runtime"},
-		{"no code", "f", func(s *kilnv1.FunctionSpec) { s.Code = "" }, "code"},
-		{"relative code", "f", func(s *kilnv1.FunctionSpec) { s.Code = "bin/fn" }, "code"},
-		{"missing code", "f", func(s *kilnv1.FunctionSpec) { s.Code = "/nonexistent" }, "code"},
-		{"not executable", "f", func(s *kilnv1.FunctionSpec) { s.Code = notExec }, "code"},
-		{"dir without handler", "f", func(s *kilnv1.FunctionSpec) { s.Code = dir }, "handler"},
+		{"no code for a new function", "f", func(s *kilnv1.FunctionSpec) { s.Code = nil }, "code"},
+		{"a path, not an archive", "f", func(s *kilnv1.FunctionSpec) { s.Code = []byte("/etc") }, "code"},
+		{"escaping archive", "f", func(s *kilnv1.FunctionSpec) { s.Code = tarOf(t, "../../etc/x", "x", 0o755) }, "code"},
+		{"not executable", "f", func(s *kilnv1.FunctionSpec) { s.Code = tarOf(t, "handler", "x", 0o644) }, "handler"},
+		{"not ELF", "f", func(s *kilnv1.FunctionSpec) { s.Code = tarOf(t, "handler", "#!/bin/sh", 0o755) }, "ELF"},
+		{"no handler", "f", func(s *kilnv1.FunctionSpec) { s.Code = tarOf(t, "other", "x", 0o755) }, "handler"},
 		{"escaping handler", "f", func(s *kilnv1.FunctionSpec) { s.Handler = "../x" }, "handler"},
 		{"memory", "f", func(s *kilnv1.FunctionSpec) { s.MemoryMb = 1 }, "memory_mb"},
 		{"timeout", "f", func(s *kilnv1.FunctionSpec) { s.Timeout = durationpb.New(-time.Second) }, "timeout"},

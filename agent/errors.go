@@ -23,6 +23,8 @@ var (
 	ErrExecutorFailed = errors.New("executor failed")
 	// ErrPayloadTooLarge: the request body is over the limit.
 	ErrPayloadTooLarge = errors.New("payload too large")
+	// ErrInsufficientStorage: the node's disk is full.
+	ErrInsufficientStorage = errors.New("insufficient storage")
 	// ErrCancelled: the caller went away before the call finished.
 	ErrCancelled = errors.New("cancelled")
 )

@@ -113,6 +113,11 @@ func (a *Agent) loadKeys(ctx context.Context) error {
 	return nil
 }
 
+// InfoFile is the name, in the data dir, of the file in which kilnd records
+// the addresses it serves ({"http": URL, "grpc": ADDR}), so that a data dir
+// says which agent it and its admin token belong to.
+const InfoFile = "agent.json"
+
 // AdminTokenFile is the name, in the data dir, of the file holding the
 // management API's admin token.
 const AdminTokenFile = "admin.token"

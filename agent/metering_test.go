@@ -63,7 +63,7 @@ func newMeteredEnv(t *testing.T) (*env, *sink) {
 	}
 	t.Cleanup(func() { a.Close(context.Background()); store.Close() })
 	e := &env{agent: a, pool: p, driver: d, store: store, dir: dir}
-	e.code = selfExe(t)
+	e.code = packExe(t, selfExe(t))
 	return e, sk
 }
 

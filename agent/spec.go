@@ -62,9 +62,6 @@ func normalizeSpec(spec *kilnv1.FunctionSpec) (*kilnv1.FunctionSpec, error) {
 	default:
 		return nil, bad("runtime", "unknown runtime %q (one of: go)", s.Runtime)
 	}
-	if s.Code == "" {
-		return nil, bad("code", "required: the path of a built function binary or directory")
-	}
 	if s.Handler == "" {
 		s.Handler = DefaultHandler
 	}

@@ -26,7 +26,7 @@ func PrepareStemCells(dataDir, runtime, executor string, count int) (pool.StemSp
 		return pool.StemSpec{}, fmt.Errorf("%w: stem cells: unknown runtime %q (one of: %v)", ErrInvalidArgument, runtime, Runtimes)
 	}
 	if err := checkELF(executor); err != nil {
-		return pool.StemSpec{}, fmt.Errorf("stem cells: executor: %w", err)
+		return pool.StemSpec{}, fmt.Errorf("stem cells: executor %s %w", executor, err)
 	}
 	root := filepath.Join(dataDir, "stems", runtime, "rootfs")
 	if err := os.RemoveAll(root); err != nil {

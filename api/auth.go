@@ -29,7 +29,7 @@ func (g gate) identify(tok string) (caller, error) {
 	case tok == "" && !g.required:
 		return caller{admin: true}, nil
 	case tok == "":
-		return caller{}, fmt.Errorf("%w: this API needs a token (Authorization: Bearer TOKEN)", agent.ErrUnauthenticated)
+		return caller{}, fmt.Errorf("%w: this API needs a token (Authorization: Bearer TOKEN): the admin token, in %s on the agent's host (readable by root; the kiln CLI run as root finds it), or for usage and calls a tenant's API key", agent.ErrUnauthenticated, g.agent.AdminTokenPath())
 	case g.adminToken != "" && agent.TokenEqual(tok, g.adminToken):
 		return caller{admin: true}, nil
 	}
@@ -44,7 +44,7 @@ func (g gate) identify(tok string) (caller, error) {
 func (g gate) requireAdmin(tok string) error {
 	c, err := g.identify(tok)
 	if err == nil && !c.admin {
-		err = fmt.Errorf("%w: this API needs the admin token", agent.ErrUnauthenticated)
+		err = fmt.Errorf("%w: this API needs the admin token (in %s on the agent's host), not a tenant's key", agent.ErrUnauthenticated, g.agent.AdminTokenPath())
 	}
 	return err
 }

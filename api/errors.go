@@ -28,6 +28,7 @@ var errorClasses = []errorClass{
 	{agent.ErrDeadlineExceeded, "deadline_exceeded", http.StatusGatewayTimeout, codes.DeadlineExceeded, false},
 	{agent.ErrExecutorFailed, "executor_failure", http.StatusBadGateway, codes.Unavailable, false},
 	{agent.ErrPayloadTooLarge, "payload_too_large", http.StatusRequestEntityTooLarge, codes.ResourceExhausted, false},
+	{agent.ErrInsufficientStorage, "insufficient_storage", http.StatusInsufficientStorage, codes.ResourceExhausted, true},
 	// 499: the caller closed the request (nginx's convention); nobody
 	// reads this answer, but the usage record keeps it.
 	{agent.ErrCancelled, "cancelled", 499, codes.Canceled, false},

@@ -95,11 +95,12 @@ func WithGRPCServerOptions(opts ...grpc.ServerOption) GRPCOption {
 // tunedServerOptions are kiln's grpc-go server options. The ones for
 // latency were chosen with BenchmarkGRPCInvoke (grpc_bench_test.go), which
 // compares them with grpc-go's defaults and with alternatives.
-func tunedServerOptions(maxBody int) []grpc.ServerOption {
+func tunedServerOptions(maxBody, maxArchive int) []grpc.ServerOption {
 	return []grpc.ServerOption{
-		// A request is a body plus a little: refuse larger messages before
-		// reading them. The body limit itself is checked per request.
-		grpc.MaxRecvMsgSize(maxBody + grpcMsgSlack),
+		// A request is a body, or a deploy's code archive, plus a little:
+		// refuse larger messages before reading them. The body and archive
+		// limits themselves are checked per request.
+		grpc.MaxRecvMsgSize(max(maxBody, maxArchive) + grpcMsgSlack),
 		// Large fixed windows: a body of up to 1 MiB goes without waiting
 		// for a WINDOW_UPDATE or for BDP estimation to grow the window, and
 		// fixing them turns BDP estimation (and its pings) off. Measured
@@ -144,7 +145,7 @@ func NewGRPCServer(a *agent.Agent, opts ...GRPCOption) (*GRPCServer, *health.Ser
 	if o.untuned {
 		sopts = append(sopts, grpc.MaxRecvMsgSize(a.MaxBodyBytes()+grpcMsgSlack))
 	} else {
-		sopts = tunedServerOptions(a.MaxBodyBytes())
+		sopts = tunedServerOptions(a.MaxBodyBytes(), int(a.CodeLimits().ArchiveBytes))
 	}
 	sopts = append(sopts, o.serverOpts...)
 	s := &GRPCServer{

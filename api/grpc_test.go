@@ -50,7 +50,7 @@ type grpcEnv struct {
 	conn      *grpc.ClientConn
 	invoker   kilnv1.InvokerClient
 	functions kilnv1.FunctionsClient
-	code      string
+	code      []byte // the code archive: the test binary as handler
 
 	// The handler's signals: the call id of a "sleep" or "block" call when
 	// it starts and when its ctx ends.
@@ -126,12 +126,8 @@ func newGRPCEnvLimit(tb testing.TB, maxBody int, opts ...GRPCOption) *grpcEnv {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { os.RemoveAll(dir) })
-	code, err := os.Executable()
-	if err != nil {
-		tb.Fatal(err)
-	}
 	e := &grpcEnv{
-		code:    code,
+		code:    selfArchive(tb),
 		started: make(chan string, 1024),
 		ended:   make(chan string, 1024),
 		gate:    make(chan struct{}),
@@ -466,17 +462,21 @@ func TestGRPCStreamBadRequestsDoNotEndIt(t *testing.T) {
 	}
 }
 
-func TestGRPCStreamTooLargeMessageEndsIt(t *testing.T) {
+// A body over the limit, in a message the server still reads (its limit is
+// that of a deploy's code archive), fails that request and not the stream.
+func TestGRPCStreamTooLargeBodyFailsTheRequest(t *testing.T) {
 	e := newGRPCEnv(t)
 	stream, err := e.invoker.InvokeStream(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := stream.Send(&kilnv1.InvokeRequest{Id: 1, Function: "echo", Body: make([]byte, testMaxBody+grpcMsgSlack+1)}); err != nil {
-		t.Fatal(err)
+	resp := streamCall(t, stream, &kilnv1.InvokeRequest{Id: 1, Function: "echo", Body: make([]byte, testMaxBody+grpcMsgSlack+1)})
+	if resp.Error == nil || resp.Error.Class != "payload_too_large" || codes.Code(resp.Error.Code) != codes.ResourceExhausted {
+		t.Fatalf("got %v, want a payload_too_large error", resp)
 	}
-	if _, err := stream.Recv(); status.Code(err) != codes.ResourceExhausted {
-		t.Errorf("got %v, want RESOURCE_EXHAUSTED", err)
+	resp = streamCall(t, stream, &kilnv1.InvokeRequest{Id: 2, Function: "echo", Body: []byte("ok")})
+	if resp.Error != nil || string(resp.Body) != "echo:ok" {
+		t.Errorf("after the large body: %v", resp)
 	}
 }
 

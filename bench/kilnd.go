@@ -20,6 +20,7 @@ import (
 	"github.com/valyala/fasthttp"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/kilnfx/kiln/agent/bundle"
 	"github.com/kilnfx/kiln/api/client"
 	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
 )
@@ -144,14 +145,18 @@ func tail(b []byte, n int) []byte {
 	return b
 }
 
-// Deploy deploys the built function binary code as name with spec (nil:
-// the defaults). It sets spec's runtime and code.
+// Deploy deploys the built function binary code (a host path) as name with
+// spec (nil: the defaults). It sets spec's runtime and code archive.
 func (k *Kilnd) Deploy(ctx context.Context, name, code string, spec *kilnv1.FunctionSpec) error {
 	if spec == nil {
 		spec = &kilnv1.FunctionSpec{}
 	}
-	spec.Runtime, spec.Code = "go", code
-	_, err := k.Client.Deploy(ctx, name, spec)
+	archive, err := bundle.PackBytes("", map[string]string{"handler": code}, 0)
+	if err != nil {
+		return err
+	}
+	spec.Runtime, spec.Code = "go", archive
+	_, err = k.Client.Deploy(ctx, name, spec)
 	return err
 }
 

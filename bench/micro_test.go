@@ -13,6 +13,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/kilnfx/kiln/agent"
+	"github.com/kilnfx/kiln/agent/bundle"
 	"github.com/kilnfx/kiln/api"
 	"github.com/kilnfx/kiln/api/client"
 	"github.com/kilnfx/kiln/bench"
@@ -68,7 +69,11 @@ func newAgent(b *testing.B, h sdk.Handler, spec *kilnv1.FunctionSpec) *agent.Age
 	if spec == nil {
 		spec = &kilnv1.FunctionSpec{}
 	}
-	spec.Runtime, spec.Code = "go", exe
+	archive, err := bundle.PackBytes("", map[string]string{"handler": exe}, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	spec.Runtime, spec.Code = "go", archive
 	if _, err := a.Deploy(ctx, "echo", spec); err != nil {
 		b.Fatal(err)
 	}

@@ -38,6 +38,25 @@ type ContainerSpec struct {
 	Stdout, Stderr io.Writer
 }
 
+// SpecError is a ContainerSpec a Driver could never start: Field names the
+// ContainerSpec field (CPUMillis, Env, Args, MemoryBytes, ...) and Reason
+// says what is wrong with it.
+type SpecError struct {
+	Field, Reason string
+}
+
+func (e *SpecError) Error() string { return e.Field + ": " + e.Reason }
+
+// SpecChecker is a Driver that can tell, before any container is created,
+// whether it could start one from a spec: the kernel's and the runtime's
+// real limits (a CPU quota too small to set, an environment over the exec
+// limit). CheckSpec ignores ID, SocketDir, Stdout and Stderr; a spec it
+// refuses gives an error wrapping a *SpecError. It is safe for concurrent
+// use and touches nothing.
+type SpecChecker interface {
+	CheckSpec(spec ContainerSpec) error
+}
+
 // ExecutorDir is where a container sees its SocketDir.
 const ExecutorDir = "/kiln"
 

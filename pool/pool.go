@@ -254,6 +254,24 @@ type grant struct {
 	err  error
 }
 
+// CheckFunction reports whether the driver could ever start a container of
+// fn, before any is created: an error wrapping a *SpecError names what it
+// would refuse. Drivers that are no SpecChecker accept everything here.
+func (p *Pool) CheckFunction(fn *Function) error {
+	sc, ok := p.driver.(SpecChecker)
+	if !ok {
+		return nil
+	}
+	return sc.CheckSpec(ContainerSpec{
+		Function:    fn.Name,
+		RootFS:      fn.RootFS,
+		Args:        fn.Args,
+		Env:         fn.Env,
+		MemoryBytes: fn.MemoryBytes,
+		CPUMillis:   fn.CPUMillis,
+	})
+}
+
 // Configure registers fn, or its new settings, and starts containers in the
 // background until it has MinWarm. A new Revision stops the containers of
 // the old one (those running calls when the calls end).

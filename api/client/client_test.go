@@ -73,7 +73,7 @@ func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				writeError(w, http.StatusBadRequest, ClassInvalidArgument, err.Error())
 				return
 			}
-			if spec.Code == "" {
+			if len(spec.Code) == 0 {
 				writeError(w, http.StatusBadRequest, ClassInvalidArgument, "spec.code: missing")
 				return
 			}
@@ -148,7 +148,7 @@ func TestManagement(t *testing.T) {
 	}
 	ctx := context.Background()
 
-	spec := &kilnv1.FunctionSpec{Runtime: "go", Code: "/srv/hello/handler", MemoryMb: 128, Timeout: durationpb.New(30 * time.Second)}
+	spec := &kilnv1.FunctionSpec{Runtime: "go", Code: []byte("archive"), MemoryMb: 128, Timeout: durationpb.New(30 * time.Second)}
 	fn, err := c.Deploy(ctx, "hello", spec)
 	if err != nil {
 		t.Fatal(err)
@@ -180,7 +180,7 @@ func TestManagement(t *testing.T) {
 		t.Errorf("Get = %v, want %v", got, fn)
 	}
 
-	if _, err := c.Deploy(ctx, "world", &kilnv1.FunctionSpec{Runtime: "go", Code: "/x"}); err != nil {
+	if _, err := c.Deploy(ctx, "world", &kilnv1.FunctionSpec{Runtime: "go", Code: []byte("archive")}); err != nil {
 		t.Fatal(err)
 	}
 	list, err := c.List(ctx)

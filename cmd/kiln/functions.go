@@ -15,6 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/kilnfx/kiln/agent/bundle"
 	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
 	goruntime "github.com/kilnfx/kiln/runtimes/go"
 )
@@ -57,8 +58,9 @@ func (c *cli) deployCmd() *cobra.Command {
 		Use:   "deploy [DIR]",
 		Short: "Build the function in DIR (default .) and deploy it",
 		Long: `deploy reads DIR/kiln.yaml, builds the function into one static binary
-(DIR/.kiln/build/handler) and deploys it to the agent, which reads the binary
-from that path. Building needs the go command.`,
+(DIR/.kiln/build/handler), packs it into a code archive (at most 64 MiB) and
+sends it to the agent with the function's settings. The agent may be on
+another machine. Building needs the go command.`,
 		Args: args(cobra.MaximumNArgs(1)),
 		RunE: func(cmd *cobra.Command, a []string) error {
 			dir := "."
@@ -82,7 +84,11 @@ from that path. Building needs the go command.`,
 			if err != nil {
 				return err
 			}
-			spec, err := cfg.Spec(bin)
+			archive, err := bundle.PackBytes("", map[string]string{"handler": bin}, bundle.DefaultLimits.ArchiveBytes)
+			if err != nil {
+				return err
+			}
+			spec, err := cfg.Spec(archive)
 			if err != nil {
 				return fmt.Errorf("%s: %w", cfgPath, err)
 			}

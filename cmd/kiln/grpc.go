@@ -67,7 +67,8 @@ func (c *cli) invoker(cmd *cobra.Command) (invokeFunc, error) {
 }
 
 // grpcAddr is the agent's gRPC address: --grpc-addr when given, else
-// $KILN_GRPC, else the default.
+// $KILN_GRPC, else that of the agent an explicit --data-dir belongs to,
+// else the default.
 func (c *cli) grpcAddr(cmd *cobra.Command) string {
 	f := cmd.Flag("grpc-addr")
 	if f.Changed {
@@ -75,6 +76,11 @@ func (c *cli) grpcAddr(cmd *cobra.Command) string {
 	}
 	if v := c.getenv(envGRPC); v != "" {
 		return v
+	}
+	if dir, ok := c.explicitDataDir(cmd); ok {
+		if ai, err := readAgentInfo(dir); err == nil && ai.GRPC != "" {
+			return ai.GRPC
+		}
 	}
 	return f.Value.String()
 }

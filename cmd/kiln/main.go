@@ -30,7 +30,6 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"runtime/debug"
 	"strings"
 	"syscall"
@@ -132,11 +131,13 @@ kiln agent, calls them, lists them and removes them; it shows their
 containers and logs, reports usage and single calls, and manages tenants'
 API keys.
 
-The agent is found at --agent, else $KILN_AGENT, else ` + defaultAgent + `.
-Requests carry the bearer token --token, else $KILN_TOKEN, else the agent's
-admin token read from --data-dir/admin.token when that file is readable: the
-management API needs the admin token when the agent runs with auth, and a
-tenant's API key may read that tenant's usage and calls.`,
+The agent is found at --agent, else $KILN_AGENT, else the agent whose data
+directory --data-dir (or $KILN_DATA_DIR) names, else ` + defaultAgent + `. Requests carry the
+bearer token --token, else $KILN_TOKEN, else that agent's admin token, read
+from its data directory (--data-dir, default ` + defaultDataDir + `, readable by
+root) when the directory belongs to the agent called: the management API
+needs the admin token, and a tenant's API key may read that tenant's usage
+and calls.`,
 		SilenceErrors:              true,
 		SilenceUsage:               true,
 		SuggestionsMinimumDistance: 2,
@@ -147,7 +148,7 @@ tenant's API key may read that tenant's usage and calls.`,
 	groupCmd(root)
 	root.PersistentFlags().StringVar(&c.agent, "agent", defaultAgent, "URL of the kiln agent (overrides $"+envAgent+")")
 	root.PersistentFlags().StringVar(&c.token, "token", "", "bearer token: the admin token or a tenant's API key (overrides $"+envToken+" and the admin token file)")
-	root.PersistentFlags().StringVar(&c.dataDir, "data-dir", defaultDataDir, "the agent's data directory, where the admin token file "+adminTokenFile+" is read")
+	root.PersistentFlags().StringVar(&c.dataDir, "data-dir", defaultDataDir, "the agent's data directory: its admin token file "+adminTokenFile+" is read, and its agent is called when --agent is not given")
 	root.AddCommand(
 		c.initCmd(),
 		c.deployCmd(),
@@ -240,6 +241,7 @@ func args(check cobra.PositionalArgs) cobra.PositionalArgs {
 }
 
 // agentURL is the agent's URL: --agent when given, else $KILN_AGENT, else
+// the agent that an explicit --data-dir belongs to (its agent.json), else
 // the default.
 func (c *cli) agentURL(cmd *cobra.Command) string {
 	if f := cmd.Flag("agent"); f != nil && f.Changed {
@@ -247,6 +249,11 @@ func (c *cli) agentURL(cmd *cobra.Command) string {
 	}
 	if v := c.getenv(envAgent); v != "" {
 		return v
+	}
+	if dir, ok := c.explicitDataDir(cmd); ok {
+		if ai, err := readAgentInfo(dir); err == nil && ai.HTTP != "" {
+			return ai.HTTP
+		}
 	}
 	return c.agent
 }
@@ -262,8 +269,9 @@ type tokenSource struct {
 }
 
 // resolveToken finds the bearer token: --token when given (even empty,
-// which sends none), else $KILN_TOKEN, else the admin token file in the data
-// directory. A missing or unreadable file means no token.
+// which sends none), else $KILN_TOKEN, else the admin token file of the
+// agent the CLI talks to (see tokenFileFor). A missing or unreadable file
+// means no token.
 func (c *cli) resolveToken(cmd *cobra.Command) tokenSource {
 	if f := cmd.Flag("token"); f != nil && f.Changed {
 		return tokenSource{token: c.token, from: "--token"}
@@ -271,11 +279,10 @@ func (c *cli) resolveToken(cmd *cobra.Command) tokenSource {
 	if v := c.getenv(envToken); v != "" {
 		return tokenSource{token: v, from: "$" + envToken}
 	}
-	dir := c.dataDir
-	if dir == "" {
-		dir = defaultDataDir
+	path, why := c.tokenFileFor(cmd, c.agentURL(cmd))
+	if path == "" {
+		return tokenSource{from: why, fileErr: errors.New(why)}
 	}
-	path := filepath.Join(dir, adminTokenFile)
 	b, err := os.ReadFile(path)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
@@ -311,9 +318,9 @@ func (c *cli) agentError(cmd *cobra.Command, err error) error {
 		case ts.token != "":
 			return fmt.Errorf("%w; the token sent came from %s", err, ts.from)
 		case ts.fileErr != nil:
-			return fmt.Errorf("%w; no token was sent (--token, $%s, or %v)", err, envToken, ts.fileErr)
+			return fmt.Errorf("%w; no token was sent: %v (give this agent's token with --token or $%s, or its data directory with --data-dir)", err, ts.fileErr, envToken)
 		default:
-			return fmt.Errorf("%w; no token was sent (--token, $%s, or the file %s)", err, envToken, ts.from)
+			return fmt.Errorf("%w; no token was sent: %s does not exist (give this agent's token with --token or $%s, or its data directory with --data-dir; root can read the token there)", err, ts.from, envToken)
 		}
 	}
 	return err

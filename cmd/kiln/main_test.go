@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/kilnfx/kiln/agent/bundle"
 	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
 )
 
@@ -411,14 +412,78 @@ func TestDeploy(t *testing.T) {
 	}
 	want := &kilnv1.FunctionSpec{
 		Runtime:  "go",
-		Code:     filepath.Join(dir, ".kiln", "build", "handler"),
 		MemoryMb: 128,
 		Timeout:  durationpb.New(30 * time.Second),
 	}
+	archive := fn.Spec.Code
+	fn.Spec.Code = nil
 	if !proto.Equal(fn.Spec, want) {
 		t.Errorf("deployed spec %v, want %v", fn.Spec, want)
 	}
-	if _, err := os.Stat(fn.Spec.Code); err != nil {
-		t.Errorf("code: %v", err)
+	// The archive holds the built binary, and only it, as the handler.
+	unpacked := t.TempDir()
+	if _, err := bundle.Unpack(bytes.NewReader(archive), unpacked, bundle.DefaultLimits); err != nil {
+		t.Fatalf("code archive: %v", err)
+	}
+	built, _ := os.ReadFile(filepath.Join(dir, ".kiln", "build", "handler"))
+	got, err := os.ReadFile(filepath.Join(unpacked, "handler"))
+	if err != nil || len(built) == 0 || !bytes.Equal(got, built) {
+		t.Errorf("archive's handler (%d bytes, %v) is not the built binary (%d bytes)", len(got), err, len(built))
+	}
+	if ents, _ := os.ReadDir(unpacked); len(ents) != 1 {
+		t.Errorf("archive holds %d entries, want 1", len(ents))
+	}
+}
+
+func TestAgentFromDataDir(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, agentInfoFile), []byte(`{"http":"http://127.0.0.1:18080","grpc":"127.0.0.1:19090"}`), 0o600)
+	c := &cli{getenv: func(string) string { return "" }}
+	root := c.rootCmd()
+	root.SetArgs([]string{"--data-dir", dir, "list"})
+	root.ParseFlags([]string{"--data-dir", dir})
+	if got := c.agentURL(root); got != "http://127.0.0.1:18080" {
+		t.Errorf("agentURL = %q, want the data dir's agent", got)
+	}
+	if path, why := c.tokenFileFor(root, "http://127.0.0.1:18080"); path != filepath.Join(dir, adminTokenFile) {
+		t.Errorf("token file = %q (%s)", path, why)
+	}
+
+	// The default data dir's token goes only to the agent it belongs to.
+	c = &cli{getenv: func(string) string { return "" }}
+	root = c.rootCmd()
+	root.ParseFlags(nil)
+	c.dataDir = dir
+	if path, why := c.tokenFileFor(root, "http://127.0.0.1:8080"); path != "" || !strings.Contains(why, "belongs to the agent at http://127.0.0.1:18080, not http://127.0.0.1:8080") {
+		t.Errorf("another agent's token file: %q (%s)", path, why)
+	}
+	if path, _ := c.tokenFileFor(root, "http://localhost:18080"); path != filepath.Join(dir, adminTokenFile) {
+		t.Errorf("own agent's token file: %q", path)
+	}
+	empty := t.TempDir()
+	c.dataDir = empty
+	if path, _ := c.tokenFileFor(root, defaultAgent); path != filepath.Join(empty, adminTokenFile) {
+		t.Errorf("no agent.json, default agent: %q", path)
+	}
+	if path, why := c.tokenFileFor(root, "http://127.0.0.1:9999"); path != "" || why == "" {
+		t.Errorf("no agent.json, other agent: %q", path)
+	}
+}
+
+func TestSameAgent(t *testing.T) {
+	for _, tt := range []struct {
+		recorded, target string
+		want             bool
+	}{
+		{"http://127.0.0.1:8080", "http://127.0.0.1:8080", true},
+		{"http://127.0.0.1:8080", "http://localhost:8080/", true},
+		{"http://0.0.0.0:8080", "http://127.0.0.1:8080", true},
+		{"http://127.0.0.1:8080", "http://127.0.0.1:8081", false},
+		{"http://10.0.0.1:8080", "http://127.0.0.1:8080", false},
+		{"http://[::]:8080", "http://[::1]:8080", true},
+	} {
+		if got := sameAgent(tt.recorded, tt.target); got != tt.want {
+			t.Errorf("sameAgent(%q, %q) = %v", tt.recorded, tt.target, got)
+		}
 	}
 }

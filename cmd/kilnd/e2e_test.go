@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -20,6 +21,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/kilnfx/kiln/agent/bundle"
 )
 
 var (
@@ -222,11 +225,26 @@ type response struct {
 	body   []byte
 }
 
+// do sends a request; one to the management API (/v1/) carries the admin
+// token.
 func (k *kilnd) do(t *testing.T, method, path string, body []byte) response {
+	t.Helper()
+	tok := ""
+	if strings.HasPrefix(path, "/v1/") {
+		tok = k.adminToken(t)
+	}
+	return k.doToken(t, method, path, tok, body)
+}
+
+// doToken sends a request with the bearer token tok ("" sends none).
+func (k *kilnd) doToken(t *testing.T, method, path, tok string, body []byte) response {
 	t.Helper()
 	req, err := http.NewRequest(method, k.url+path, bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -240,13 +258,50 @@ func (k *kilnd) do(t *testing.T, method, path string, body []byte) response {
 	return response{resp.StatusCode, resp.Header, b}
 }
 
+// adminToken returns the admin token kilnd made in its data dir.
+func (k *kilnd) adminToken(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(k.dataDir, "admin.token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// deploy deploys spec as name. A "code" that is a host path (a string) is
+// packed into a code archive with that file as the handler.
 func (k *kilnd) deploy(t *testing.T, name string, spec map[string]any) {
 	t.Helper()
-	b, _ := json.Marshal(spec)
-	r := k.do(t, "PUT", "/v1/functions/"+name, b)
-	if r.status != 200 {
+	if r := k.tryDeploy(t, name, spec); r.status != 200 {
 		t.Fatalf("deploy %s: %d %s", name, r.status, r.body)
 	}
+}
+
+// tryDeploy is deploy that returns the answer, whatever it is.
+func (k *kilnd) tryDeploy(t *testing.T, name string, spec map[string]any) response {
+	t.Helper()
+	if p, ok := spec["code"].(string); ok {
+		spec = maps.Clone(spec)
+		spec["code"] = packFile(t, p)
+	}
+	b, _ := json.Marshal(spec)
+	return k.do(t, "PUT", "/v1/functions/"+name, b)
+}
+
+var packed sync.Map // host path → code archive
+
+// packFile returns a code archive holding the file at path as the handler.
+func packFile(t *testing.T, path string) []byte {
+	t.Helper()
+	if b, ok := packed.Load(path); ok {
+		return b.([]byte)
+	}
+	b, err := bundle.PackBytes("", map[string]string{"handler": path}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	packed.Store(path, b)
+	return b
 }
 
 func (k *kilnd) containers(t *testing.T) []string {

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -155,10 +156,11 @@ func TestBadInput(t *testing.T) {
 		{"spec not json", "PUT", "/v1/functions/x", []byte(`{`), 400, "invalid_argument", "spec"},
 		{"spec bad type", "PUT", "/v1/functions/x", []byte(`{"runtime":"go","memory_mb":"lots"}`), 400, "invalid_argument", "memory_mb"},
 		{"spec unknown field", "PUT", "/v1/functions/x", []byte(`{"runtime":"go","colour":"red"}`), 400, "invalid_argument", "colour"},
-		{"unknown runtime", "PUT", "/v1/functions/x", []byte(`{"runtime":"cobol","code":"/bin/true"}`), 400, "invalid_argument", "runtime"},
-		{"missing code", "PUT", "/v1/functions/x", []byte(`{"runtime":"go","code":"/no/such/file"}`), 400, "invalid_argument", "code"},
-		{"not a binary", "PUT", "/v1/functions/x", []byte(`{"runtime":"go","code":"/etc/passwd"}`), 400, "invalid_argument", "code"},
-		{"memory out of range", "PUT", "/v1/functions/x", []byte(`{"runtime":"go","code":"/bin/true","memory_mb":1}`), 400, "invalid_argument", "memory_mb"},
+		{"unknown runtime", "PUT", "/v1/functions/x", []byte(`{"runtime":"cobol","code":"AAAA"}`), 400, "invalid_argument", "runtime"},
+		{"no code", "PUT", "/v1/functions/x", []byte(`{"runtime":"go"}`), 400, "invalid_argument", "code"},
+		{"code as a host path", "PUT", "/v1/functions/x", []byte(`{"runtime":"go","code":"/etc","handler":"init.d/procps"}`), 400, "invalid_argument", "code"},
+		{"code not base64", "PUT", "/v1/functions/x", []byte(`{"runtime":"go","code":"/no/such/file"}`), 400, "invalid_argument", "code"},
+		{"memory out of range", "PUT", "/v1/functions/x", []byte(`{"runtime":"go","code":"AAAA","memory_mb":1}`), 400, "invalid_argument", "memory_mb"},
 		{"body too large", "POST", "/invoke/probe-bad", bytes.Repeat([]byte("x"), 6<<20+1), 413, "payload_too_large", "limit"},
 		{"delete unknown", "DELETE", "/v1/functions/nope", nil, 404, "not_found", "nope"},
 	}
@@ -177,10 +179,44 @@ func TestBadInput(t *testing.T) {
 			}
 		})
 	}
+	// Specs no container could ever start from are refused at deploy,
+	// naming the field, rather than failing every call.
+	script := filepath.Join(t.TempDir(), "script")
+	os.WriteFile(script, []byte("#!/bin/sh\necho hi\n"), 0o755)
+	for _, tt := range []struct {
+		name    string
+		spec    map[string]any
+		mention string
+	}{
+		{"cpu below the smallest quota", probeSpec(map[string]any{"cpu_millis": 5}), "cpu_millis"},
+		{"cpu of 1", probeSpec(map[string]any{"cpu_millis": 1}), "cpu_millis"},
+		{"env over the exec limit", probeSpec(map[string]any{"env": map[string]string{"BIG": strings.Repeat("x", 200<<10)}}), "env"},
+		{"env over the total exec limit", probeSpec(map[string]any{"env": manyVars(12, 100<<10)}), "env"},
+		{"not an ELF binary", map[string]any{"runtime": "go", "code": script}, "ELF"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := k.tryDeploy(t, "probe-bad-spec", tt.spec)
+			if r.status != 400 || !bytes.Contains(r.body, []byte(tt.mention)) {
+				t.Fatalf("deploy = %d %s, want 400 naming %s", r.status, r.body, tt.mention)
+			}
+		})
+	}
+	if r := k.do(t, "GET", "/v1/functions/probe-bad-spec", nil); r.status != 404 {
+		t.Errorf("a refused spec was stored: %d %s", r.status, r.body)
+	}
 	// Nothing above broke the function.
 	if r := k.do(t, "POST", "/invoke/probe-bad", []byte("ok")); r.status != 202 {
 		t.Fatalf("after bad input = %d %s", r.status, r.body)
 	}
+}
+
+// manyVars returns n environment variables of size bytes each.
+func manyVars(n, size int) map[string]string {
+	m := make(map[string]string, n)
+	for i := range n {
+		m[fmt.Sprintf("V%d", i)] = strings.Repeat("v", size)
+	}
+	return m
 }
 
 func TestFunctionLifecycle(t *testing.T) {
@@ -265,7 +301,9 @@ func TestQuickstart(t *testing.T) {
 	kiln := func(stdin string, args ...string) (string, error) {
 		cmd := exec.Command(filepath.Join(binDir, "kiln"), args...)
 		cmd.Dir = work
-		cmd.Env = append(os.Environ(), "KILN_AGENT="+k.url)
+		// As on the README's machine, where the data dir is the default:
+		// the CLI finds the agent and its admin token from the data dir.
+		cmd.Env = append(os.Environ(), "KILN_DATA_DIR="+k.dataDir)
 		cmd.Stdin = strings.NewReader(stdin)
 		out, err := cmd.CombinedOutput()
 		return string(out), err

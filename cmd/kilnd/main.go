@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -76,7 +77,7 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	budget := fs.String("memory-budget", "75%", "sum of container memory limits the node allows: `SIZE` (512Mi, 16G, bytes) or a percentage of RAM")
 	stems := fs.String("stem-cells", "", "frozen generic containers to keep per runtime, as `RUNTIME=N[,...]` (e.g. go=2)")
 	fs.StringVar(&c.executorBinary, "executor-binary", "", "static stem cell executor `binary` (default: kiln-executor beside kilnd)")
-	fs.BoolVar(&c.auth, "auth", false, "require the admin token (DATA_DIR/admin.token) for the management API even on loopback; always on for a non-loopback --http")
+	fs.BoolVar(&c.auth, "auth", true, "require the admin token (DATA_DIR/admin.token) for the management API; --auth=false admits requests without a token from loopback as the admin (never on a non-loopback address)")
 	fs.IntVar(&c.gomaxprocs, "gomaxprocs", -1, "Ps for kilnd itself: -1 is half the CPUs (at least 1), leaving the rest to containers; 0 keeps Go's default ($GOMAXPROCS, if set, wins)")
 	fs.BoolVar(&c.metering, "metering", true, "record one usage record per call (journal, then SQLite)")
 	fs.DurationVar(&c.retention, "retention", 30*24*time.Hour, "keep raw call records this long (0: forever); rollups are kept")
@@ -158,8 +159,8 @@ func run(args []string, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
-	if err := os.MkdirAll(cfg.dataDir, 0o755); err != nil {
-		return fmt.Errorf("data dir: %w", err)
+	if err := makeDataDir(cfg.dataDir); err != nil {
+		return err
 	}
 
 	// Listen first: a taken port fails fast, before containerd starts.
@@ -325,6 +326,9 @@ func run(args []string, stderr io.Writer) error {
 	)
 	grpcSrv, health := api.NewGRPCServer(a, api.WithGRPCLogger(log),
 		api.WithGRPCAdminToken(token, cfg.auth || !isLoopback(grpcLn.Addr())))
+	if err := writeAgentInfo(cfg.dataDir, httpLn.Addr(), grpcLn.Addr()); err != nil {
+		return err
+	}
 	errc := make(chan error, 2)
 	go func() { errc <- fmt.Errorf("http: %w", httpSrv.Serve(httpLn)) }()
 	go func() { errc <- fmt.Errorf("grpc: %w", grpcSrv.Serve(grpcLn)) }()
@@ -361,6 +365,38 @@ func run(args []string, stderr io.Writer) error {
 	stopIngest()
 	log.Info("stopped")
 	return serveErr
+}
+
+// makeDataDir creates the data directory, or takes an existing one, with
+// mode 0700: it holds the admin token, function code and usage records,
+// none of it for other users.
+func makeDataDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	return nil
+}
+
+// writeAgentInfo records in DATA_DIR/agent.json the addresses this kilnd
+// serves, so that the CLI sends a data dir's admin token only to its own
+// agent.
+func writeAgentInfo(dataDir string, httpAddr, grpcAddr net.Addr) error {
+	b, err := json.Marshal(map[string]string{"http": "http://" + httpAddr.String(), "grpc": grpcAddr.String()})
+	if err != nil {
+		return err
+	}
+	p := filepath.Join(dataDir, agent.InfoFile)
+	tmp := p + ".tmp"
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
+		return fmt.Errorf("agent info: %w", err)
+	}
+	if err := os.Rename(tmp, p); err != nil {
+		return fmt.Errorf("agent info: %w", err)
+	}
+	return nil
 }
 
 // isLoopback reports whether addr only accepts connections from this host.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -24,10 +25,15 @@ type usageRow struct {
 	GBSeconds float64          `json:"gb_seconds"`
 }
 
+// usage asks for a usage report with token: "" sends the admin token, "-"
+// none.
 func (k *kilnd) usage(t *testing.T, query, token string) (int, []usageRow) {
 	t.Helper()
 	req, _ := http.NewRequest("GET", k.url+"/v1/usage?"+query, nil)
-	if token != "" {
+	if token == "" {
+		token = k.adminToken(t)
+	}
+	if token != "-" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
 	resp, err := http.DefaultClient.Do(req)
@@ -135,10 +141,15 @@ func TestTenThousandCallsTenThousandRecords(t *testing.T) {
 	}
 }
 
+// callIDs returns the ids of fn's call records, asked for with token: ""
+// sends the admin token, "-" none.
 func (k *kilnd) callIDs(t *testing.T, fn, token string) map[string]bool {
 	t.Helper()
 	req, _ := http.NewRequest("GET", k.url+"/v1/calls?limit=10000&function="+fn, nil)
-	if token != "" {
+	if token == "" {
+		token = k.adminToken(t)
+	}
+	if token != "-" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
 	resp, err := http.DefaultClient.Do(req)
@@ -198,14 +209,14 @@ func TestKillLosesNoAnsweredCall(t *testing.T) {
 
 func TestTenantsSeeOnlyTheirUsage(t *testing.T) {
 	requireIntegration(t)
-	k := startKilnd(t, shortTempDir(t), "--auth")
+	k := startKilnd(t, shortTempDir(t))
 	tokenBytes, err := readFile(k.dataDir + "/admin.token")
 	if err != nil {
 		t.Fatal(err)
 	}
 	admin := strings.TrimSpace(tokenBytes)
-	if r := k.do(t, "GET", "/v1/functions", nil); r.status != 401 {
-		t.Fatalf("management without token = %d, want 401", r.status)
+	if r := k.doToken(t, "GET", "/v1/functions", "", nil); r.status != 401 || !bytes.Contains(r.body, []byte(filepath.Join(k.dataDir, "admin.token"))) {
+		t.Fatalf("management without token = %d %s, want 401 saying where the token is", r.status, r.body)
 	}
 	authed := func(method, path, token string, body []byte) response {
 		req, _ := http.NewRequest(method, k.url+path, bytes.NewReader(body))
@@ -219,10 +230,7 @@ func TestTenantsSeeOnlyTheirUsage(t *testing.T) {
 		b.ReadFrom(resp.Body)
 		return response{resp.StatusCode, resp.Header, b.Bytes()}
 	}
-	spec, _ := json.Marshal(probeSpec(map[string]any{"require_key": true}))
-	if r := authed("PUT", "/v1/functions/probe-tenant", admin, spec); r.status != 200 {
-		t.Fatalf("deploy = %d %s", r.status, r.body)
-	}
+	k.deploy(t, "probe-tenant", probeSpec(map[string]any{"require_key": true}))
 	keys := map[string]string{}
 	for _, tenant := range []string{"acme", "globex"} {
 		r := authed("POST", "/v1/keys", admin, []byte(fmt.Sprintf(`{"tenant":%q}`, tenant)))

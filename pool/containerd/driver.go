@@ -90,6 +90,7 @@ var (
 )
 
 var _ pool.Driver = (*Driver)(nil)
+var _ pool.SpecChecker = (*Driver)(nil)
 
 // Option configures New.
 type Option func(*options)

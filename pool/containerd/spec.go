@@ -32,44 +32,80 @@ const (
 // mount points of the container's mounts. PrepareRootFS creates them.
 var RequiredDirs = []string{"/proc", "/dev", "/sys", "/tmp", pool.ExecutorDir}
 
+// Limits of the kernel's execve(2) that a container's command line and
+// environment must fit.
+const (
+	// MaxArgStringBytes is MAX_ARG_STRLEN: one argument or KEY=VALUE entry,
+	// its NUL included.
+	MaxArgStringBytes = 32 * 4096
+	// MaxExecBytes bounds the sum of the arguments and environment entries
+	// with their NULs and pointers: a quarter of the 8 MiB stack limit the
+	// container inherits is the kernel's bound, and kiln keeps half of it
+	// for what the executor adds.
+	MaxExecBytes = 1 << 20
+)
+
 // validate checks what Start needs from spec before anything is created.
+// Errors wrap ErrInvalidSpec and a *pool.SpecError.
 func validate(spec pool.ContainerSpec) error {
-	bad := func(format string, args ...any) error {
-		return fmt.Errorf("%w: %s", ErrInvalidSpec, fmt.Sprintf(format, args...))
-	}
 	if err := identifiers.Validate(spec.ID); err != nil {
-		return fmt.Errorf("%w: id: %v", ErrInvalidSpec, err)
-	}
-	if !filepath.IsAbs(spec.RootFS) {
-		return bad("RootFS %q is not an absolute path", spec.RootFS)
+		return fmt.Errorf("%w: %w", ErrInvalidSpec, &pool.SpecError{Field: "ID", Reason: err.Error()})
 	}
 	if !filepath.IsAbs(spec.SocketDir) {
-		return bad("SocketDir %q is not an absolute path", spec.SocketDir)
+		return specError("SocketDir", "%q is not an absolute path", spec.SocketDir)
+	}
+	return checkSpec(spec)
+}
+
+// CheckSpec implements pool.SpecChecker: it applies Start's checks of
+// everything but the id and the socket dir.
+func (d *Driver) CheckSpec(spec pool.ContainerSpec) error { return checkSpec(spec) }
+
+func specError(field, format string, args ...any) error {
+	return fmt.Errorf("%w: %w", ErrInvalidSpec, &pool.SpecError{Field: field, Reason: fmt.Sprintf(format, args...)})
+}
+
+func checkSpec(spec pool.ContainerSpec) error {
+	if !filepath.IsAbs(spec.RootFS) {
+		return specError("RootFS", "%q is not an absolute path", spec.RootFS)
 	}
 	if len(spec.Args) == 0 || spec.Args[0] == "" {
-		return bad("no Args")
+		return specError("Args", "empty")
 	}
+	total := 0
 	for _, s := range spec.Args {
 		if strings.IndexByte(s, 0) >= 0 {
-			return bad("NUL byte in Args")
+			return specError("Args", "NUL byte in an argument")
 		}
+		if len(s)+1 > MaxArgStringBytes {
+			return specError("Args", "an argument of %d bytes is over the kernel's %d byte limit", len(s), MaxArgStringBytes-1)
+		}
+		total += len(s) + 1 + 8
 	}
 	for _, e := range spec.Env {
 		if strings.IndexByte(e, 0) >= 0 || !strings.Contains(e, "=") || strings.HasPrefix(e, "=") {
-			return bad("Env entry %q is not KEY=VALUE", e)
+			return specError("Env", "entry %.40q is not KEY=VALUE", e)
 		}
+		if len(e)+1 > MaxArgStringBytes {
+			key, _, _ := strings.Cut(e, "=")
+			return specError("Env", "%s is %d bytes, over the kernel's %d byte limit for one variable", key, len(e), MaxArgStringBytes-1)
+		}
+		total += len(e) + 1 + 8
+	}
+	if total > MaxExecBytes {
+		return specError("Env", "the command line and environment are %d bytes, over the %d byte limit", total, MaxExecBytes)
 	}
 	if spec.MemoryBytes < 0 {
-		return bad("MemoryBytes %d < 0", spec.MemoryBytes)
+		return specError("MemoryBytes", "%d < 0", spec.MemoryBytes)
 	}
 	if spec.PidsLimit < 0 {
-		return bad("PidsLimit %d < 0", spec.PidsLimit)
+		return specError("PidsLimit", "%d < 0", spec.PidsLimit)
 	}
 	if spec.CPUMillis < 0 || (spec.CPUMillis > 0 && spec.CPUMillis < MinCPUMillis) {
-		return bad("CPUMillis %d: want 0 or at least %d", spec.CPUMillis, MinCPUMillis)
+		return specError("CPUMillis", "%d: want 0 (no quota) or at least %d (the kernel's smallest CFS quota)", spec.CPUMillis, MinCPUMillis)
 	}
 	if spec.CPUMillis > 1<<40 {
-		return bad("CPUMillis %d too large", spec.CPUMillis)
+		return specError("CPUMillis", "%d too large", spec.CPUMillis)
 	}
 	return nil
 }

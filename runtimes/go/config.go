@@ -38,8 +38,8 @@ type Config struct {
 	// Concurrency is the number of calls in flight per container.
 	Concurrency int `yaml:"concurrency"`
 	// FreezeAfter is the idle time before a container is frozen: "0s"
-	// freezes at once, a negative duration never freezes, empty means the
-	// default.
+	// freezes at once; "never", -1 or any negative duration never freezes;
+	// empty means the default.
 	FreezeAfter string `yaml:"freeze_after"`
 	// IdleTimeout is the idle time before a container is stopped.
 	IdleTimeout string `yaml:"idle_timeout"`
@@ -103,12 +103,12 @@ func (c Config) Validate() error {
 	return err
 }
 
-// Spec returns the FunctionSpec deploying c with code, the host path of the
-// built function binary. It fails when c is invalid (see Validate) or code is
-// empty.
-func (c Config) Spec(code string) (*kilnv1.FunctionSpec, error) {
-	if code == "" {
-		return nil, errors.New("empty code path")
+// Spec returns the FunctionSpec deploying c with code, the code archive
+// holding the built function binary. It fails when c is invalid (see
+// Validate) or code is empty.
+func (c Config) Spec(code []byte) (*kilnv1.FunctionSpec, error) {
+	if len(code) == 0 {
+		return nil, errors.New("empty code archive")
 	}
 	s, err := c.spec()
 	if err != nil {
@@ -205,8 +205,14 @@ func duration(key, s string, negativeOK bool) (*durationpb.Duration, error) {
 	if s == "" {
 		return nil, nil
 	}
+	if negativeOK && (s == "never" || s == "-1") {
+		return durationpb.New(-time.Second), nil
+	}
 	d, err := time.ParseDuration(s)
 	if err != nil {
+		if negativeOK {
+			return nil, fmt.Errorf("%s: invalid duration %q (want e.g. 30s, 500ms, 5m, or never/-1)", key, s)
+		}
 		return nil, fmt.Errorf("%s: invalid duration %q (want e.g. 30s, 500ms, 5m)", key, s)
 	}
 	if d < 0 && !negativeOK {

@@ -107,13 +107,13 @@ func TestLoadConfigMissingFile(t *testing.T) {
 func TestConfigSpec(t *testing.T) {
 	c := Config{Name: "hello", Memory: 256, Timeout: "2s", MinWarm: 1, MaxContainers: 3, Concurrency: 4,
 		FreezeAfter: "0s", IdleTimeout: "5m", CPU: 250, Env: map[string]string{"A": "b"}}
-	got, err := c.Spec("/srv/hello/.kiln/build/handler")
+	got, err := c.Spec([]byte("archive"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := &kilnv1.FunctionSpec{
 		Runtime:       "go",
-		Code:          "/srv/hello/.kiln/build/handler",
+		Code:          []byte("archive"),
 		MemoryMb:      256,
 		Timeout:       durationpb.New(2 * time.Second),
 		Env:           map[string]string{"A": "b"},
@@ -129,18 +129,18 @@ func TestConfigSpec(t *testing.T) {
 	}
 
 	// Unset settings stay unset, so that the agent's defaults apply.
-	got, err = Config{Name: "hello"}.Spec("/bin")
+	got, err = Config{Name: "hello"}.Spec([]byte("a"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !proto.Equal(got, &kilnv1.FunctionSpec{Runtime: "go", Code: "/bin"}) {
+	if !proto.Equal(got, &kilnv1.FunctionSpec{Runtime: "go", Code: []byte("a")}) {
 		t.Errorf("Spec of a minimal config = %v", got)
 	}
 
-	if _, err := (Config{Name: "hello"}).Spec(""); err == nil {
+	if _, err := (Config{Name: "hello"}).Spec(nil); err == nil {
 		t.Error("Spec(\"\") succeeded")
 	}
-	if _, err := (Config{Name: "hello", Memory: -1}).Spec("/bin"); err == nil {
+	if _, err := (Config{Name: "hello", Memory: -1}).Spec([]byte("a")); err == nil {
 		t.Error("Spec of an invalid config succeeded")
 	}
 }
@@ -154,7 +154,7 @@ func FuzzParseConfig(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if _, err := c.Spec("/code"); err != nil {
+		if _, err := c.Spec([]byte("a")); err != nil {
 			t.Fatalf("ParseConfig accepted a config Spec rejects: %v", err)
 		}
 	})
@@ -165,8 +165,30 @@ func TestConfigRequireKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := c.Spec("/bin/f")
+	s, err := c.Spec([]byte("a"))
 	if err != nil || !s.RequireKey {
 		t.Fatalf("spec = %v, %v", s, err)
+	}
+}
+
+func TestFreezeAfterNever(t *testing.T) {
+	for _, v := range []string{"-1", "never", "-1s", `"-1"`} {
+		c, err := ParseConfig([]byte("name: f\nfreeze_after: " + v + "\n"))
+		if err != nil {
+			t.Fatalf("freeze_after: %s: %v", v, err)
+		}
+		s, err := c.Spec([]byte("a"))
+		if err != nil {
+			t.Fatalf("freeze_after: %s: %v", v, err)
+		}
+		if s.FreezeAfter.AsDuration() >= 0 {
+			t.Errorf("freeze_after: %s gave %v, want negative (never)", v, s.FreezeAfter.AsDuration())
+		}
+	}
+	if _, err := ParseConfig([]byte("name: f\nfreeze_after: sometimes\n")); err == nil || !strings.Contains(err.Error(), "never") {
+		t.Errorf("freeze_after: sometimes: %v, want an error that names never", err)
+	}
+	if _, err := ParseConfig([]byte("name: f\ntimeout: never\n")); err == nil {
+		t.Error("timeout: never accepted")
 	}
 }

@@ -32,11 +32,14 @@ type FunctionSpec struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// runtime names the language runtime: "go".
 	Runtime string `protobuf:"bytes,1,opt,name=runtime,proto3" json:"runtime,omitempty"`
-	// code is a host path readable by the agent: a built function binary, or
-	// a directory holding the function's files.
-	Code string `protobuf:"bytes,2,opt,name=code,proto3" json:"code,omitempty"`
-	// handler is, when code is a directory, the executable inside it to run
-	// (default "handler").
+	// code is the function's files as a tar archive, gzip-compressed or not
+	// (in JSON: base64). It is unpacked into the function's own root
+	// filesystem; absolute names, "..", links that leave the tree, devices
+	// and archives over the agent's limits are refused. It is write-only:
+	// never stored with the spec nor returned. A deploy without code keeps
+	// the function's current code (a new function needs it).
+	Code []byte `protobuf:"bytes,14,opt,name=code,proto3" json:"code,omitempty"`
+	// handler is the executable in the archive to run (default "handler").
 	Handler string `protobuf:"bytes,3,opt,name=handler,proto3" json:"handler,omitempty"`
 	// memory_mb is the container's hard memory limit in MiB (default 128).
 	MemoryMb int32 `protobuf:"varint,4,opt,name=memory_mb,json=memoryMb,proto3" json:"memory_mb,omitempty"`
@@ -102,11 +105,11 @@ func (x *FunctionSpec) GetRuntime() string {
 	return ""
 }
 
-func (x *FunctionSpec) GetCode() string {
+func (x *FunctionSpec) GetCode() []byte {
 	if x != nil {
 		return x.Code
 	}
-	return ""
+	return nil
 }
 
 func (x *FunctionSpec) GetHandler() string {
@@ -514,10 +517,10 @@ var File_kiln_v1_functions_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_functions_proto_rawDesc = "" +
 	"\n" +
-	"\x17kiln/v1/functions.proto\x12\akiln.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb2\x04\n" +
+	"\x17kiln/v1/functions.proto\x12\akiln.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb8\x04\n" +
 	"\fFunctionSpec\x12\x18\n" +
 	"\aruntime\x18\x01 \x01(\tR\aruntime\x12\x12\n" +
-	"\x04code\x18\x02 \x01(\tR\x04code\x12\x18\n" +
+	"\x04code\x18\x0e \x01(\fR\x04code\x12\x18\n" +
 	"\ahandler\x18\x03 \x01(\tR\ahandler\x12\x1b\n" +
 	"\tmemory_mb\x18\x04 \x01(\x05R\bmemoryMb\x123\n" +
 	"\atimeout\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x120\n" +
@@ -534,7 +537,7 @@ const file_kiln_v1_functions_proto_rawDesc = "" +
 	"requireKey\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd1\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01J\x04\b\x02\x10\x03\"\xd1\x01\n" +
 	"\bFunction\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12)\n" +
 	"\x04spec\x18\x02 \x01(\v2\x15.kiln.v1.FunctionSpecR\x04spec\x12\x1a\n" +

@@ -63,7 +63,8 @@ type InvokerClient interface {
 	// the stream with UNAVAILABLE: requests it had not read got no answer and
 	// may be retried elsewhere.
 	//
-	// A message larger than the server's limit (the body limit plus 64 KiB)
+	// A message larger than the server's limit (the larger of the body limit and
+	// the code archive limit, plus 64 KiB)
 	// ends the stream with RESOURCE_EXHAUSTED; a body over the body limit but
 	// within that is refused for its request alone.
 	InvokeStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[InvokeRequest, InvokeResponse], error)
@@ -130,7 +131,8 @@ type InvokerServer interface {
 	// the stream with UNAVAILABLE: requests it had not read got no answer and
 	// may be retried elsewhere.
 	//
-	// A message larger than the server's limit (the body limit plus 64 KiB)
+	// A message larger than the server's limit (the larger of the body limit and
+	// the code archive limit, plus 64 KiB)
 	// ends the stream with RESOURCE_EXHAUSTED; a body over the body limit but
 	// within that is refused for its request alone.
 	InvokeStream(grpc.BidiStreamingServer[InvokeRequest, InvokeResponse]) error
@@ -232,8 +234,9 @@ const (
 //
 // Functions manages deployed functions.
 type FunctionsClient interface {
-	// Deploy creates the function or replaces its spec; spec.code is a path on
-	// the agent's host. INVALID_ARGUMENT for a bad name or spec.
+	// Deploy creates the function or replaces its spec; spec.code carries the
+	// code archive. INVALID_ARGUMENT for a bad name, spec or archive;
+	// RESOURCE_EXHAUSTED when the node's disk is full.
 	Deploy(ctx context.Context, in *DeployRequest, opts ...grpc.CallOption) (*Function, error)
 	// Get returns a function; NOT_FOUND when there is none of that name.
 	Get(ctx context.Context, in *GetFunctionRequest, opts ...grpc.CallOption) (*Function, error)
@@ -298,8 +301,9 @@ func (c *functionsClient) Delete(ctx context.Context, in *DeleteFunctionRequest,
 //
 // Functions manages deployed functions.
 type FunctionsServer interface {
-	// Deploy creates the function or replaces its spec; spec.code is a path on
-	// the agent's host. INVALID_ARGUMENT for a bad name or spec.
+	// Deploy creates the function or replaces its spec; spec.code carries the
+	// code archive. INVALID_ARGUMENT for a bad name, spec or archive;
+	// RESOURCE_EXHAUSTED when the node's disk is full.
 	Deploy(context.Context, *DeployRequest) (*Function, error)
 	// Get returns a function; NOT_FOUND when there is none of that name.
 	Get(context.Context, *GetFunctionRequest) (*Function, error)

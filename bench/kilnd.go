@@ -36,6 +36,7 @@ type Kilnd struct {
 	// Client is an HTTP API client of it, for management.
 	Client  *client.Client
 	mgmt    *fasthttp.HostClient
+	token   string // the admin token, for the management API
 	exited  chan struct{}
 	logPath string
 	// KeepLog, when set, is where Stop copies kilnd's log before removing
@@ -121,7 +122,13 @@ func StartKilnd(ctx context.Context, bin string, args ...string) (*Kilnd, error)
 		k.Stop()
 		return nil, ctx.Err()
 	}
-	k.Client, err = client.New("http://" + addr)
+	tok, err := os.ReadFile(filepath.Join(dir, "admin.token"))
+	if err != nil {
+		k.Stop()
+		return nil, fmt.Errorf("admin token: %w", err)
+	}
+	k.token = strings.TrimSpace(string(tok))
+	k.Client, err = client.New("http://"+addr, client.WithToken(k.token))
 	if err != nil {
 		k.Stop()
 		return nil, err
@@ -167,6 +174,7 @@ func (k *Kilnd) Containers(ctx context.Context, name string) ([]*kilnv1.Containe
 	defer fasthttp.ReleaseRequest(req)
 	defer fasthttp.ReleaseResponse(resp)
 	req.SetRequestURI("http://" + k.Addr + "/v1/functions/" + name + "/containers")
+	req.Header.Set("Authorization", "Bearer "+k.token)
 	if err := k.mgmt.DoTimeout(req, resp, 30*time.Second); err != nil {
 		return nil, err
 	}

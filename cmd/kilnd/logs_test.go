@@ -35,7 +35,9 @@ func TestFunctionLogs(t *testing.T) {
 	}
 
 	// Follow: a line printed after the request starts arrives on it.
-	resp, err := http.Get(k.url + "/v1/functions/probe-logs/logs?tail=0&follow=1")
+	req, _ := http.NewRequest("GET", k.url+"/v1/functions/probe-logs/logs?tail=0&follow=1", nil)
+	req.Header.Set("Authorization", "Bearer "+k.adminToken(t))
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
@@ -35,6 +36,11 @@ func TestUsageOverGRPC(t *testing.T) {
 	id := r.header.Get("X-Kiln-Call-Id")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	// Without the admin token the Usage service refuses; with it, it answers.
+	if _, err := usage.GetCall(ctx, &kilnv1.GetCallRequest{Id: id}); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("GetCall without a token: %v, want UNAUTHENTICATED", err)
+	}
+	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+k.adminToken(t))
 	var rec *kilnv1.CallRecord
 	waitFor(t, "the call's record", func() bool {
 		rec, err = usage.GetCall(ctx, &kilnv1.GetCallRequest{Id: id})

@@ -47,6 +47,8 @@ type HTTPServer struct {
 	done        chan struct{} // closed by Shutdown: ends followed log streams
 	closeDone   sync.Once
 	disconnects *disconnectWatcher // nil: client disconnects are not noticed
+
+	conns *connLimiter // the connections of every listener Serve was given
 }
 
 // HTTPOption configures an HTTPServer.
@@ -68,10 +70,25 @@ func WithMetricsHandler(h http.Handler) HTTPOption {
 	return func(s *HTTPServer) { s.metrics = fasthttpadaptor.NewFastHTTPHandler(h) }
 }
 
+// WithConnLimits bounds the connections the server keeps open at once, in
+// total and from one client IP (defaults DefaultMaxConns and
+// DefaultMaxConnsPerIP; 0 or less: no bound). A connection over a bound is
+// answered at once, 503 (total) or 429 (per IP) with Retry-After, and
+// closed.
+func WithConnLimits(total, perIP int) HTTPOption {
+	return func(s *HTTPServer) { s.conns = newConnLimiter(total, perIP) }
+}
+
 // NewHTTPServer returns a server of a's API. Request bodies over the agent's
 // limit are refused with 413.
 func NewHTTPServer(a *agent.Agent, opts ...HTTPOption) *HTTPServer {
-	s := &HTTPServer{agent: a, log: slog.Default(), done: make(chan struct{}), gate: gate{agent: a}}
+	s := &HTTPServer{
+		agent: a,
+		log:   slog.Default(),
+		done:  make(chan struct{}),
+		gate:  gate{agent: a},
+		conns: newConnLimiter(DefaultMaxConns, DefaultMaxConnsPerIP),
+	}
 	if w, err := newDisconnectWatcher(); err == nil {
 		s.disconnects = w
 	} else {
@@ -89,6 +106,8 @@ func NewHTTPServer(a *agent.Agent, opts ...HTTPOption) *HTTPServer {
 		MaxRequestBodySize:            a.MaxBodyBytes() + bodySlack,
 		ReadTimeout:                   5 * time.Minute,
 		IdleTimeout:                   2 * time.Minute,
+		ConnState:                     s.connState,
+		Logger:                        fasthttpLogger{s.log},
 		NoDefaultServerHeader:         false,
 		NoDefaultContentType:          true,
 		DisableHeaderNamesNormalizing: false,
@@ -97,8 +116,49 @@ func NewHTTPServer(a *agent.Agent, opts ...HTTPOption) *HTTPServer {
 	return s
 }
 
-// Serve accepts connections on ln until Shutdown.
-func (s *HTTPServer) Serve(ln net.Listener) error { return s.srv.Serve(ln) }
+// Serve accepts connections on ln until Shutdown. Connections count against
+// the bounds of WithConnLimits, shared by every listener Serve is given;
+// accepts that fail for want of descriptors or memory are retried with
+// backoff rather than returned. It returns nil after Shutdown, and an error
+// only when ln fails for good.
+func (s *HTTPServer) Serve(ln net.Listener) error {
+	return s.srv.Serve(newLimitListener(ln, s.conns, s.log, "http", false, writeRefusal))
+}
+
+// connState is fasthttp's ConnState hook: a connection's slot is given
+// back when fasthttp closes it (or hands it over, hijacked). It runs twice
+// per request (active, idle) and must stay cheap.
+func (s *HTTPServer) connState(c net.Conn, state fasthttp.ConnState) {
+	if state == fasthttp.StateClosed || state == fasthttp.StateHijacked {
+		s.conns.release(remoteIP(c))
+	}
+}
+
+// fasthttpLogger gives kiln's logger, at debug level, fasthttp's own lines:
+// about one client's broken connection or request, which a client can
+// cause as often as it likes.
+type fasthttpLogger struct{ log *slog.Logger }
+
+func (l fasthttpLogger) Printf(format string, args ...any) {
+	l.log.Debug(fmt.Sprintf(format, args...), "from", "fasthttp")
+}
+
+// refusals are what the HTTP listener answers on a connection it refuses,
+// by refusal, before closing it.
+var refusals = [...][]byte{
+	overTotal: httpRefusal(fasthttp.StatusServiceUnavailable, "unavailable", "kiln has too many connections open: retry later"),
+	overPerIP: httpRefusal(fasthttp.StatusTooManyRequests, "resource_exhausted", "too many connections from your address: retry later"),
+}
+
+func httpRefusal(status int, class, msg string) []byte {
+	body, _ := jsonOptions.Marshal(&kilnv1.Error{Error: msg, Class: class})
+	body = append(body, '\n')
+	return fmt.Appendf(nil, "HTTP/1.1 %d %s\r\nConnection: close\r\nContent-Type: application/json\r\n"+
+		"Retry-After: 1\r\n%s: %s\r\nContent-Length: %d\r\n\r\n%s",
+		status, fasthttp.StatusMessage(status), HeaderError, class, len(body), body)
+}
+
+func writeRefusal(c net.Conn, why refusal) { _, _ = c.Write(refusals[why]) }
 
 // Shutdown stops accepting connections and waits, bounded by ctx, for the
 // requests in flight to finish.

@@ -43,6 +43,11 @@ const DefaultStreamMaxInFlight = 256
 // limit on received messages is the body limit plus this.
 const grpcMsgSlack = 64 << 10
 
+// grpcMaxHeaderList bounds the metadata of one RPC (grpc-go allows 16 MiB):
+// kiln reads an authorization header; a request's own headers travel in
+// its message.
+const grpcMaxHeaderList = 64 << 10
+
 // grpcKeepaliveTimeout is how long the server waits for a client's answer
 // to a keepalive ping, and how long sent data may stay unacknowledged
 // (TCP_USER_TIMEOUT), before it drops the connection.
@@ -73,6 +78,7 @@ type grpcOptions struct {
 	untuned      bool // benchmarks only: grpc-go's defaults instead of kiln's
 
 	maxConns, maxConnsPerIP int
+	handshakeTimeout        time.Duration
 }
 
 // WithGRPCConnLimits bounds the connections the server keeps open at once,
@@ -81,6 +87,18 @@ type grpcOptions struct {
 // closed as soon as it is accepted; gRPC clients retry with backoff.
 func WithGRPCConnLimits(total, perIP int) GRPCOption {
 	return func(o *grpcOptions) { o.maxConns, o.maxConnsPerIP = total, perIP }
+}
+
+// WithGRPCHandshakeTimeout bounds a new connection's HTTP/2 handshake, the
+// client's preface and settings (default DefaultHeaderTimeout; grpc-go's
+// is 2 minutes): a connection that has not completed it by then is
+// closed. Values of 0 or less keep the default.
+func WithGRPCHandshakeTimeout(d time.Duration) GRPCOption {
+	return func(o *grpcOptions) {
+		if d > 0 {
+			o.handshakeTimeout = d
+		}
+	}
 }
 
 // WithGRPCAdminToken sets the token that grants the Functions service, as
@@ -150,14 +168,17 @@ func tunedServerOptions(maxBody int) []grpc.ServerOption {
 // service: SERVING, for the server ("") and for kiln.v1.Invoker and
 // kiln.v1.Functions, until GracefulStop or Stop. The grpc-go options are
 // kiln's tuned defaults (received messages are limited to a's body limit
-// plus 64 KiB; flow-control windows, buffers, keepalive, concurrent streams)
-// followed by those of WithGRPCServerOptions.
+// plus 64 KiB; flow-control windows, buffers, keepalive, concurrent
+// streams), its bounds on a connection's handshake (WithGRPCHandshakeTimeout)
+// and an RPC's metadata (64 KiB), followed by those of
+// WithGRPCServerOptions.
 func NewGRPCServer(a *agent.Agent, opts ...GRPCOption) (*GRPCServer, *health.Server) {
 	o := grpcOptions{
-		log:           slog.Default(),
-		maxInFlight:   DefaultStreamMaxInFlight,
-		maxConns:      DefaultMaxConns,
-		maxConnsPerIP: DefaultMaxConnsPerIP,
+		log:              slog.Default(),
+		maxInFlight:      DefaultStreamMaxInFlight,
+		maxConns:         DefaultMaxConns,
+		maxConnsPerIP:    DefaultMaxConnsPerIP,
+		handshakeTimeout: DefaultHeaderTimeout,
 	}
 	for _, opt := range opts {
 		opt(&o)
@@ -168,6 +189,10 @@ func NewGRPCServer(a *agent.Agent, opts ...GRPCOption) (*GRPCServer, *health.Ser
 	} else {
 		sopts = tunedServerOptions(a.MaxBodyBytes())
 	}
+	sopts = append(sopts,
+		grpc.ConnectionTimeout(o.handshakeTimeout),
+		grpc.MaxHeaderListSize(grpcMaxHeaderList),
+	)
 	sopts = append(sopts, o.serverOpts...)
 	s := &GRPCServer{
 		srv:    grpc.NewServer(sopts...),

@@ -224,6 +224,7 @@ func (l *limitListener) refuseConn(c net.Conn, ip netip.Addr, why refusal) {
 		// deadline only guards against the unexpected.
 		_ = c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
 		l.refuse(c, why)
+		discardReceived(c)
 	}
 	_ = c.Close()
 	if ok, skipped := l.refuseLog.allow(time.Now()); ok {
@@ -232,6 +233,31 @@ func (l *limitListener) refuseConn(c net.Conn, ip netip.Addr, why refusal) {
 			"open", total, "open_from_ip", fromIP, "max_conns", l.lim.total, "max_conns_per_ip", l.lim.perIP,
 			"refused_since_last_log", skipped)
 	}
+}
+
+// discardReceived reads and drops, without waiting, what c's peer has sent
+// so far (up to 64 KiB): closing a socket with unread data sends a reset
+// instead of a FIN, and a reset can make the peer's kernel drop the answer
+// written just before, so that a client which sent its request at once
+// would see a broken connection instead of the refusal.
+func discardReceived(c net.Conn) {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return
+	}
+	buf := make([]byte, 4096)
+	_ = raw.Read(func(fd uintptr) bool {
+		for range 16 {
+			if n, err := syscall.Read(int(fd), buf); n <= 0 || err != nil {
+				break
+			}
+		}
+		return true // never wait
+	})
 }
 
 // Close closes the listener; an Accept waiting out a backoff returns at

@@ -325,6 +325,30 @@ func TestLimitListenerBounds(t *testing.T) {
 	}
 }
 
+func TestLimitListenerRefusalSurvivesAnEagerClient(t *testing.T) {
+	e := newLimitEnv(t, 1, 0, true)
+	if _, _, r := e.dial(t, "127.0.0.2"); r != "" {
+		t.Fatalf("first connection refused: %q", r)
+	}
+	// A client that sends its request before it reads: the refusal must
+	// still reach it, followed by an orderly close, not a reset.
+	for i := range 20 {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.3")}}
+		c, err := d.Dial("tcp", e.l.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write([]byte("GET / HTTP/1.1\r\nHost: kiln\r\n\r\n"))
+		time.Sleep(5 * time.Millisecond)
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		b, err := io.ReadAll(c)
+		c.Close()
+		if string(b) != "refused: too many connections\n" || err != nil {
+			t.Fatalf("eager client %d read %q, %v; want the refusal, then EOF", i, b, err)
+		}
+	}
+}
+
 func TestLimitListenerUntrackedConnsAreBare(t *testing.T) {
 	e := newLimitEnv(t, 1, 0, false)
 	_, s, r := e.dial(t, "127.0.0.2")

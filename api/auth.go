@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"fmt"
 
 	"github.com/kilnfx/kiln/agent"
@@ -47,6 +48,41 @@ func (g gate) requireAdmin(tok string) error {
 		err = fmt.Errorf("%w: this API needs the admin token (in %s on the agent's host), not a tenant's key", agent.ErrUnauthenticated, g.agent.AdminTokenPath())
 	}
 	return err
+}
+
+// admitsAdmin reports whether identify would admit a request whose
+// Authorization header value is auth as the admin. It looks up no tenant
+// key (a tenant is never the admin) and does not allocate, for fasthttp's
+// HeaderReceived hook. It must agree with identify
+// (TestGateAdmitsAdmin).
+func (g gate) admitsAdmin(auth []byte) bool {
+	tok := bearerBytes(auth)
+	if len(tok) == 0 {
+		return !g.required
+	}
+	return g.adminToken != "" && tokenEqual(tok, g.adminToken)
+}
+
+// bearerBytes returns the credential of an "Authorization: Bearer X" value,
+// as bearer does, or nil.
+func bearerBytes(auth []byte) []byte {
+	if len(auth) > 7 && bytes.EqualFold(auth[:7], []byte("bearer ")) {
+		return bytes.TrimSpace(auth[7:])
+	}
+	return nil
+}
+
+// tokenEqual is agent.TokenEqual on a token still in a request's bytes:
+// its time depends on the lengths only, and it does not allocate.
+func tokenEqual(b []byte, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	var d byte
+	for i := range len(b) {
+		d |= b[i] ^ s[i]
+	}
+	return d == 0
 }
 
 // apiKey returns the tenant API key a call presents in tok, or "". The

@@ -19,6 +19,10 @@ type errorClass struct {
 	retry bool // answer with Retry-After
 }
 
+// errRequestTimeout is the class of an HTTP request whose headers or body
+// did not arrive within their timeout. Only the edge meets it.
+var errRequestTimeout = errors.New("request timeout")
+
 var errorClasses = []errorClass{
 	{agent.ErrNotFound, "not_found", http.StatusNotFound, codes.NotFound, false},
 	{agent.ErrInvalidArgument, "invalid_argument", http.StatusBadRequest, codes.InvalidArgument, false},
@@ -29,6 +33,7 @@ var errorClasses = []errorClass{
 	{agent.ErrExecutorFailed, "executor_failure", http.StatusBadGateway, codes.Unavailable, false},
 	{agent.ErrPayloadTooLarge, "payload_too_large", http.StatusRequestEntityTooLarge, codes.ResourceExhausted, false},
 	{agent.ErrInsufficientStorage, "insufficient_storage", http.StatusInsufficientStorage, codes.ResourceExhausted, true},
+	{errRequestTimeout, "request_timeout", http.StatusRequestTimeout, codes.DeadlineExceeded, false},
 	// 499: the caller closed the request (nginx's convention); nobody
 	// reads this answer, but the usage record keeps it.
 	{agent.ErrCancelled, "cancelled", 499, codes.Canceled, false},

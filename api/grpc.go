@@ -43,12 +43,24 @@ const DefaultStreamMaxInFlight = 256
 // limit on received messages is the body limit plus this.
 const grpcMsgSlack = 64 << 10
 
+// grpcMaxHeaderList bounds the metadata of one RPC (grpc-go allows 16 MiB):
+// kiln reads an authorization header; a request's own headers travel in
+// its message.
+const grpcMaxHeaderList = 64 << 10
+
+// grpcKeepaliveTimeout is how long the server waits for a client's answer
+// to a keepalive ping, and how long sent data may stay unacknowledged
+// (TCP_USER_TIMEOUT), before it drops the connection.
+const grpcKeepaliveTimeout = 20 * time.Second
+
 // GRPCServer is kiln's public gRPC server: the kiln.v1.Invoker and
 // kiln.v1.Functions services, grpc.health.v1 and server reflection. It is
 // safe for concurrent use.
 type GRPCServer struct {
 	srv    *grpc.Server
 	health *health.Server
+	log    *slog.Logger
+	conns  *connLimiter // the connections of every listener Serve was given
 
 	drainOnce sync.Once
 	drain     chan struct{} // closed by GracefulStop and Stop
@@ -64,6 +76,29 @@ type grpcOptions struct {
 	adminToken   string
 	authRequired bool
 	untuned      bool // benchmarks only: grpc-go's defaults instead of kiln's
+
+	maxConns, maxConnsPerIP int
+	handshakeTimeout        time.Duration
+}
+
+// WithGRPCConnLimits bounds the connections the server keeps open at once,
+// in total and from one client IP (defaults DefaultMaxConns and
+// DefaultMaxConnsPerIP; 0 or less: no bound). A connection over a bound is
+// closed as soon as it is accepted; gRPC clients retry with backoff.
+func WithGRPCConnLimits(total, perIP int) GRPCOption {
+	return func(o *grpcOptions) { o.maxConns, o.maxConnsPerIP = total, perIP }
+}
+
+// WithGRPCHandshakeTimeout bounds a new connection's HTTP/2 handshake, the
+// client's preface and settings (default DefaultHeaderTimeout; grpc-go's
+// is 2 minutes): a connection that has not completed it by then is
+// closed. Values of 0 or less keep the default.
+func WithGRPCHandshakeTimeout(d time.Duration) GRPCOption {
+	return func(o *grpcOptions) {
+		if d > 0 {
+			o.handshakeTimeout = d
+		}
+	}
 }
 
 // WithGRPCAdminToken sets the token that grants the Functions service, as
@@ -120,7 +155,7 @@ func tunedServerOptions(maxBody, maxArchive int) []grpc.ServerOption {
 		// Find dead clients: their stream's calls are then cancelled.
 		grpc.KeepaliveParams(keepalive.ServerParameters{
 			Time:    time.Minute,
-			Timeout: 20 * time.Second,
+			Timeout: grpcKeepaliveTimeout,
 		}),
 		// Bound concurrent RPCs per connection (grpc-go allows 2^32):
 		// further ones wait on the client, not in the agent.
@@ -134,10 +169,18 @@ func tunedServerOptions(maxBody, maxArchive int) []grpc.ServerOption {
 // service: SERVING, for the server ("") and for kiln.v1.Invoker and
 // kiln.v1.Functions, until GracefulStop or Stop. The grpc-go options are
 // kiln's tuned defaults (received messages are limited to a's body limit
-// plus 64 KiB; flow-control windows, buffers, keepalive, concurrent streams)
-// followed by those of WithGRPCServerOptions.
+// plus 64 KiB; flow-control windows, buffers, keepalive, concurrent
+// streams), its bounds on a connection's handshake (WithGRPCHandshakeTimeout)
+// and an RPC's metadata (64 KiB), followed by those of
+// WithGRPCServerOptions.
 func NewGRPCServer(a *agent.Agent, opts ...GRPCOption) (*GRPCServer, *health.Server) {
-	o := grpcOptions{log: slog.Default(), maxInFlight: DefaultStreamMaxInFlight}
+	o := grpcOptions{
+		log:              slog.Default(),
+		maxInFlight:      DefaultStreamMaxInFlight,
+		maxConns:         DefaultMaxConns,
+		maxConnsPerIP:    DefaultMaxConnsPerIP,
+		handshakeTimeout: DefaultHeaderTimeout,
+	}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -147,10 +190,16 @@ func NewGRPCServer(a *agent.Agent, opts ...GRPCOption) (*GRPCServer, *health.Ser
 	} else {
 		sopts = tunedServerOptions(a.MaxBodyBytes(), int(a.CodeLimits().ArchiveBytes))
 	}
+	sopts = append(sopts,
+		grpc.ConnectionTimeout(o.handshakeTimeout),
+		grpc.MaxHeaderListSize(grpcMaxHeaderList),
+	)
 	sopts = append(sopts, o.serverOpts...)
 	s := &GRPCServer{
 		srv:    grpc.NewServer(sopts...),
 		health: health.NewServer(),
+		log:    o.log,
+		conns:  newConnLimiter(o.maxConns, o.maxConnsPerIP),
 		drain:  make(chan struct{}),
 	}
 	for _, name := range []string{"", kilnv1.Invoker_ServiceDesc.ServiceName, kilnv1.Functions_ServiceDesc.ServiceName, kilnv1.Usage_ServiceDesc.ServiceName} {
@@ -172,8 +221,14 @@ func NewGRPCServer(a *agent.Agent, opts ...GRPCOption) (*GRPCServer, *health.Ser
 }
 
 // Serve accepts connections on ln until Stop or GracefulStop; it then
-// returns nil.
-func (s *GRPCServer) Serve(ln net.Listener) error { return s.srv.Serve(ln) }
+// returns nil. Connections count against the bounds of WithGRPCConnLimits,
+// shared by every listener Serve is given; accepts that fail for want of
+// descriptors or memory are retried with backoff rather than returned.
+func (s *GRPCServer) Serve(ln net.Listener) error {
+	l := newLimitListener(ln, s.conns, s.log, "grpc", true, nil)
+	l.tcpUserTimeout = grpcKeepaliveTimeout
+	return s.srv.Serve(l)
+}
 
 // GracefulStop sets the health status to NOT_SERVING, stops accepting
 // connections and RPCs, makes every InvokeStream stop reading requests,

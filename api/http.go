@@ -37,6 +37,33 @@ const (
 // request, to answer it with 413 instead of closing the connection.
 const bodySlack = 8 << 20
 
+// Read bounds of a request unless WithHeaderTimeout, WithBodyTimeout or
+// WithMaxDeployBytes say otherwise.
+const (
+	// DefaultHeaderTimeout bounds reading a request's headers (HTTP) and a
+	// new connection's handshake (gRPC).
+	DefaultHeaderTimeout = 10 * time.Second
+	// DefaultBodyTimeout bounds reading a request's body once its headers
+	// are read.
+	DefaultBodyTimeout = time.Minute
+	// DefaultMaxDeployBytes is the body limit of a deploy
+	// (PUT /v1/functions/{name}).
+	DefaultMaxDeployBytes = 128 << 20
+)
+
+// deployBodyTimeout is the least time a deploy's body may take.
+const deployBodyTimeout = 5 * time.Minute
+
+// smallBody is the largest body read under its request's header deadline
+// rather than the body timeout: it comes with its headers or just after,
+// and sparing it a second read deadline (a timer reset, about 300 ns)
+// keeps a typical invocation's cost as it was.
+const smallBody = 64 << 10
+
+// idleTimeout bounds the wait for the next request on a kept-alive
+// connection.
+const idleTimeout = 2 * time.Minute
+
 // HTTPServer serves kiln's HTTP API over fasthttp.
 type HTTPServer struct {
 	agent       *agent.Agent
@@ -47,6 +74,11 @@ type HTTPServer struct {
 	done        chan struct{} // closed by Shutdown: ends followed log streams
 	closeDone   sync.Once
 	disconnects *disconnectWatcher // nil: client disconnects are not noticed
+
+	conns         *connLimiter // the connections of every listener Serve was given
+	headerTimeout time.Duration
+	bodyTimeout   time.Duration
+	maxDeploy     int
 }
 
 // HTTPOption configures an HTTPServer.
@@ -68,10 +100,71 @@ func WithMetricsHandler(h http.Handler) HTTPOption {
 	return func(s *HTTPServer) { s.metrics = fasthttpadaptor.NewFastHTTPHandler(h) }
 }
 
+// WithConnLimits bounds the connections the server keeps open at once, in
+// total and from one client IP (defaults DefaultMaxConns and
+// DefaultMaxConnsPerIP; 0 or less: no bound). A connection over a bound is
+// answered at once, 503 (total) or 429 (per IP) with Retry-After, and
+// closed.
+func WithConnLimits(total, perIP int) HTTPOption {
+	return func(s *HTTPServer) { s.conns = newConnLimiter(total, perIP) }
+}
+
+// WithHeaderTimeout bounds reading a request's line and headers (default
+// DefaultHeaderTimeout): from the connection's opening for its first
+// request, from the request's first byte for later ones. A connection
+// whose headers are not in by then is answered 408 and closed. Between
+// requests a kept-alive connection waits up to 2 minutes instead. Values
+// of 0 or less keep the default.
+func WithHeaderTimeout(d time.Duration) HTTPOption {
+	return func(s *HTTPServer) {
+		if d > 0 {
+			s.headerTimeout = d
+		}
+	}
+}
+
+// WithBodyTimeout bounds reading a request's body over 64 KiB or of
+// unknown length, from the end of its headers (default
+// DefaultBodyTimeout); a smaller body must arrive within the header
+// timeout, and a deploy's gets at least 5 minutes. A body not in by then
+// is answered 408 and its connection closed. Values of 0 or less keep the
+// default.
+func WithBodyTimeout(d time.Duration) HTTPOption {
+	return func(s *HTTPServer) {
+		if d > 0 {
+			s.bodyTimeout = d
+		}
+	}
+}
+
+// WithMaxDeployBytes sets the body limit of a deploy,
+// PUT /v1/functions/{name} (default DefaultMaxDeployBytes); every other
+// request keeps the agent's body limit. The larger limit is only granted
+// to a request the admin token admits (or, without required tokens, to
+// one with no credentials): anyone else's deploy over the usual limit is
+// answered 401, so that it cannot make kilnd buffer a large body. Values
+// of 0 or less keep the default.
+func WithMaxDeployBytes(n int) HTTPOption {
+	return func(s *HTTPServer) {
+		if n > 0 {
+			s.maxDeploy = n
+		}
+	}
+}
+
 // NewHTTPServer returns a server of a's API. Request bodies over the agent's
 // limit are refused with 413.
 func NewHTTPServer(a *agent.Agent, opts ...HTTPOption) *HTTPServer {
-	s := &HTTPServer{agent: a, log: slog.Default(), done: make(chan struct{}), gate: gate{agent: a}}
+	s := &HTTPServer{
+		agent:         a,
+		log:           slog.Default(),
+		done:          make(chan struct{}),
+		gate:          gate{agent: a},
+		conns:         newConnLimiter(DefaultMaxConns, DefaultMaxConnsPerIP),
+		headerTimeout: DefaultHeaderTimeout,
+		bodyTimeout:   DefaultBodyTimeout,
+		maxDeploy:     DefaultMaxDeployBytes,
+	}
 	if w, err := newDisconnectWatcher(); err == nil {
 		s.disconnects = w
 	} else {
@@ -86,9 +179,14 @@ func NewHTTPServer(a *agent.Agent, opts ...HTTPOption) *HTTPServer {
 		Name:         "kiln",
 		// Read a little past the limit so that a too-large body gets its
 		// 413 from the agent's check rather than a reset connection.
-		MaxRequestBodySize:            a.MaxBodyBytes() + bodySlack,
-		ReadTimeout:                   5 * time.Minute,
-		IdleTimeout:                   2 * time.Minute,
+		MaxRequestBodySize: a.MaxBodyBytes() + bodySlack,
+		// ReadTimeout bounds the headers; requestConfig gives a body its
+		// own deadline once the headers are in.
+		ReadTimeout:                   s.headerTimeout,
+		IdleTimeout:                   idleTimeout,
+		HeaderReceived:                s.requestConfig,
+		ConnState:                     s.connState,
+		Logger:                        fasthttpLogger{s.log},
 		NoDefaultServerHeader:         false,
 		NoDefaultContentType:          true,
 		DisableHeaderNamesNormalizing: false,
@@ -97,8 +195,88 @@ func NewHTTPServer(a *agent.Agent, opts ...HTTPOption) *HTTPServer {
 	return s
 }
 
-// Serve accepts connections on ln until Shutdown.
-func (s *HTTPServer) Serve(ln net.Listener) error { return s.srv.Serve(ln) }
+// Serve accepts connections on ln until Shutdown. Connections count against
+// the bounds of WithConnLimits, shared by every listener Serve is given;
+// accepts that fail for want of descriptors or memory are retried with
+// backoff rather than returned. It returns nil after Shutdown, and an error
+// only when ln fails for good.
+func (s *HTTPServer) Serve(ln net.Listener) error {
+	return s.srv.Serve(newLimitListener(ln, s.conns, s.log, "http", false, writeRefusal))
+}
+
+// connState is fasthttp's ConnState hook: a connection's slot is given
+// back when fasthttp closes it (or hands it over, hijacked). It runs twice
+// per request (active, idle) and must stay cheap.
+func (s *HTTPServer) connState(c net.Conn, state fasthttp.ConnState) {
+	if state == fasthttp.StateClosed || state == fasthttp.StateHijacked {
+		s.conns.release(remoteIP(c))
+	}
+}
+
+// fasthttpLogger gives kiln's logger, at debug level, fasthttp's own lines:
+// about one client's broken connection or request, which a client can
+// cause as often as it likes.
+type fasthttpLogger struct{ log *slog.Logger }
+
+func (l fasthttpLogger) Printf(format string, args ...any) {
+	l.log.Debug(fmt.Sprintf(format, args...), "from", "fasthttp")
+}
+
+// refusals are what the HTTP listener answers on a connection it refuses,
+// by refusal, before closing it.
+var refusals = [...][]byte{
+	overTotal: httpRefusal(fasthttp.StatusServiceUnavailable, "unavailable", "kiln has too many connections open: retry later"),
+	overPerIP: httpRefusal(fasthttp.StatusTooManyRequests, "resource_exhausted", "too many connections from your address: retry later"),
+}
+
+func httpRefusal(status int, class, msg string) []byte {
+	body, _ := jsonOptions.Marshal(&kilnv1.Error{Error: msg, Class: class})
+	body = append(body, '\n')
+	return fmt.Appendf(nil, "HTTP/1.1 %d %s\r\nConnection: close\r\nContent-Type: application/json\r\n"+
+		"Retry-After: 1\r\n%s: %s\r\nContent-Length: %d\r\n\r\n%s",
+		status, fasthttp.StatusMessage(status), HeaderError, class, len(body), body)
+}
+
+func writeRefusal(c net.Conn, why refusal) { _, _ = c.Write(refusals[why]) }
+
+// requestConfig is fasthttp's HeaderReceived hook: once a request's
+// headers are in, it sets how long its body may take and how large it may
+// be. A deploy the admin sends gets the deploy limit and, from now on, at
+// least deployBodyTimeout; any other request keeps the server's limit. A
+// body over smallBody, or of unknown length (chunked), gets the body
+// timeout from now on; a smaller one, or none, keeps the header deadline.
+// It runs on every request, invocations included: it must not allocate.
+func (s *HTTPServer) requestConfig(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
+	// fasthttp's request lengths: -1 chunked, -2 no Content-Length (so no
+	// body).
+	n := h.ContentLength()
+	if n == 0 || n == -2 {
+		return fasthttp.RequestConfig{}
+	}
+	if isDeploy(h) && s.gate.admitsAdmin(h.Peek(fasthttp.HeaderAuthorization)) {
+		return fasthttp.RequestConfig{ReadTimeout: max(s.bodyTimeout, deployBodyTimeout), MaxRequestBodySize: s.maxDeploy}
+	}
+	if n > 0 && n <= smallBody {
+		return fasthttp.RequestConfig{}
+	}
+	return fasthttp.RequestConfig{ReadTimeout: s.bodyTimeout}
+}
+
+var prefixFunctionsSlash = []byte("/v1/functions/")
+
+// isDeploy reports whether h is PUT /v1/functions/{name}, judged on the raw
+// request target. The router sees the cleaned path, which can differ; what
+// a mistake grants is the admin's larger limit to the admin.
+func isDeploy(h *fasthttp.RequestHeader) bool {
+	if !h.IsPut() {
+		return false
+	}
+	name, ok := bytes.CutPrefix(h.RequestURI(), prefixFunctionsSlash)
+	if i := bytes.IndexByte(name, '?'); i >= 0 {
+		name = name[:i]
+	}
+	return ok && len(name) > 0 && bytes.IndexByte(name, '/') < 0
+}
 
 // Shutdown stops accepting connections and waits, bounded by ctx, for the
 // requests in flight to finish.
@@ -322,11 +500,23 @@ func (s *HTTPServer) writeError(ctx *fasthttp.RequestCtx, err error) {
 	writeJSON(ctx, status, &kilnv1.Error{Error: err.Error(), Class: class})
 }
 
-// handleParseError answers requests fasthttp could not read.
+// handleParseError answers requests fasthttp could not read: too large
+// (413; 401 for a deploy by anyone but the admin), too slow (408), or
+// malformed (400).
 func (s *HTTPServer) handleParseError(ctx *fasthttp.RequestCtx, err error) {
-	if errors.Is(err, fasthttp.ErrBodyTooLarge) {
+	var netErr net.Error
+	switch {
+	case errors.Is(err, fasthttp.ErrBodyTooLarge) && isDeploy(&ctx.Request.Header):
+		if aerr := s.gate.requireAdmin(bearer(ctx)); aerr != nil {
+			err = aerr
+		} else {
+			err = fmt.Errorf("%w: a deploy's body is over the %d byte limit", agent.ErrPayloadTooLarge, s.maxDeploy)
+		}
+	case errors.Is(err, fasthttp.ErrBodyTooLarge):
 		err = fmt.Errorf("%w: body is over the %d byte limit", agent.ErrPayloadTooLarge, s.agent.MaxBodyBytes())
-	} else {
+	case errors.As(err, &netErr) && netErr.Timeout():
+		err = fmt.Errorf("%w: the request did not arrive in time", errRequestTimeout)
+	default:
 		err = fmt.Errorf("%w: cannot read request: %v", agent.ErrInvalidArgument, err)
 	}
 	// A call refused this early still gets its usage record.

@@ -132,6 +132,38 @@ func BenchmarkHTTPInvoke(b *testing.B) {
 	}
 }
 
+// BenchmarkHTTPServeInvoke is BenchmarkHTTPInvoke through kiln's HTTP
+// server over one loopback TCP connection: it adds fasthttp's connection
+// loop and what kiln hooks into it (the listener, per-request limits and
+// timeouts), and the load generator's client.
+func BenchmarkHTTPServeInvoke(b *testing.B) {
+	for _, n := range bodySizes {
+		b.Run(sizeName(n), func(b *testing.B) {
+			srv := api.NewHTTPServer(newAgent(b, handlers.Echo, nil), api.WithHTTPLogger(quiet))
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				b.Fatal(err)
+			}
+			go srv.Serve(ln)
+			b.Cleanup(func() { srv.Shutdown(context.Background()) })
+			body := make([]byte, n)
+			call := bench.HTTPTarget(bench.NewHostClient(ln.Addr().String(), 1), "/invoke/echo", body, nil)()
+			ctx := context.Background()
+			if _, err := call(ctx); err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			b.SetBytes(int64(n))
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if _, err := call(ctx); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
 // BenchmarkHTTPInvokeParallel is BenchmarkHTTPInvoke with GOMAXPROCS
 // callers at once on one container taking 64 calls at a time.
 func BenchmarkHTTPInvokeParallel(b *testing.B) {

@@ -131,6 +131,13 @@ func shortTempDir(t *testing.T) string {
 
 // launch starts kilnd on dataDir and waits for its ready log line.
 func launch(dataDir string, args ...string) (*kilnd, error) {
+	return launchWrapped(nil, dataDir, args...)
+}
+
+// launchWrapped is launch with kilnd's command line appended to wrapper, a
+// command that ends by exec'ing it (prlimit, for example), so that signals
+// still reach kilnd.
+func launchWrapped(wrapper []string, dataDir string, args ...string) (*kilnd, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -138,7 +145,8 @@ func launch(dataDir string, args ...string) (*kilnd, error) {
 	httpAddr := l.Addr().String()
 	l.Close()
 	args = append([]string{"--data-dir", dataDir, "--http", httpAddr, "--grpc", "127.0.0.1:0", "--log-level", "debug"}, args...)
-	cmd := exec.Command(filepath.Join(binDir, "kilnd"), args...)
+	argv := append(append(append([]string(nil), wrapper...), filepath.Join(binDir, "kilnd")), args...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	pr, pw := io.Pipe()
 	k := &kilnd{cmd: cmd, dataDir: dataDir, url: "http://" + httpAddr, logs: &syncBuffer{}, exited: make(chan struct{})}
 	cmd.Stderr = io.MultiWriter(pw, k.logs)
@@ -179,8 +187,14 @@ func launch(dataDir string, args ...string) (*kilnd, error) {
 // must exit 0) when the test ends.
 func startKilnd(t *testing.T, dataDir string, args ...string) *kilnd {
 	t.Helper()
+	return startKilndWrapped(t, nil, dataDir, args...)
+}
+
+// startKilndWrapped is startKilnd through launchWrapped.
+func startKilndWrapped(t *testing.T, wrapper []string, dataDir string, args ...string) *kilnd {
+	t.Helper()
 	requireIntegration(t)
-	k, err := launch(dataDir, args...)
+	k, err := launchWrapped(wrapper, dataDir, args...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -73,3 +73,12 @@ func parseStemCells(s string) (map[string]int, error) {
 	}
 	return out, nil
 }
+
+// connBudget returns how many connections each of kilnd's two API
+// listeners may keep open: want, but at most a quarter of the descriptor
+// limit nofile (and at least 1), so that the listeners together never take
+// more than half of it and the rest stays for containerd, SQLite, the usage
+// journal and the containers' sockets.
+func connBudget(want int, nofile uint64) int {
+	return int(max(1, min(uint64(want), nofile/4)))
+}

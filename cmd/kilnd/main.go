@@ -50,6 +50,10 @@ type config struct {
 	metering        bool
 	retention       time.Duration
 	gomaxprocs      int
+	maxConns        int
+	maxConnsPerIP   int
+	headerTimeout   time.Duration
+	bodyTimeout     time.Duration
 }
 
 func main() {
@@ -81,6 +85,10 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	fs.IntVar(&c.gomaxprocs, "gomaxprocs", -1, "Ps for kilnd itself: -1 is half the CPUs (at least 1), leaving the rest to containers; 0 keeps Go's default ($GOMAXPROCS, if set, wins)")
 	fs.BoolVar(&c.metering, "metering", true, "record one usage record per call (journal, then SQLite)")
 	fs.DurationVar(&c.retention, "retention", 30*24*time.Hour, "keep raw call records this long (0: forever); rollups are kept")
+	fs.IntVar(&c.maxConns, "max-conns", api.DefaultMaxConns, "connections each API listener (HTTP, gRPC) keeps open at once, at most a quarter of the descriptor limit (RLIMIT_NOFILE); more are refused (HTTP 503)")
+	fs.IntVar(&c.maxConnsPerIP, "max-conns-per-ip", api.DefaultMaxConnsPerIP, "connections each API listener keeps open from one client IP; more are refused (HTTP 429)")
+	fs.DurationVar(&c.headerTimeout, "header-timeout", api.DefaultHeaderTimeout, "bound on reading a request's headers (HTTP) and a new connection's handshake (gRPC)")
+	fs.DurationVar(&c.bodyTimeout, "body-timeout", api.DefaultBodyTimeout, "bound on reading a request's body over 64 KiB once its headers are in (smaller ones must come within --header-timeout; a deploy's gets at least 5m)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -99,6 +107,18 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	}
 	if c.queueDepth < 0 {
 		return c, fmt.Errorf("--queue-depth %d: must not be negative", c.queueDepth)
+	}
+	if c.maxConns < 1 {
+		return c, fmt.Errorf("--max-conns %d: must be at least 1", c.maxConns)
+	}
+	if c.maxConnsPerIP < 1 {
+		return c, fmt.Errorf("--max-conns-per-ip %d: must be at least 1", c.maxConnsPerIP)
+	}
+	if c.headerTimeout <= 0 {
+		return c, fmt.Errorf("--header-timeout %v: must be positive", c.headerTimeout)
+	}
+	if c.bodyTimeout <= 0 {
+		return c, fmt.Errorf("--body-timeout %v: must be positive", c.bodyTimeout)
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments: %v", fs.Args())
@@ -319,20 +339,34 @@ func run(args []string, stderr io.Writer) error {
 		log.Info("management API needs the admin token", "file", filepath.Join(cfg.dataDir, agent.AdminTokenFile))
 	}
 
+	maxConns := cfg.maxConns
+	var nofile syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &nofile); err != nil {
+		log.Warn("read the descriptor limit; --max-conns is not checked against it", "err", err)
+	} else if maxConns = connBudget(cfg.maxConns, nofile.Cur); maxConns < cfg.maxConns {
+		log.Warn("--max-conns lowered to a quarter of the descriptor limit", "max_conns", maxConns, "asked", cfg.maxConns, "nofile", nofile.Cur)
+	}
+
 	httpSrv := api.NewHTTPServer(a,
 		api.WithHTTPLogger(log),
 		api.WithMetricsHandler(promhttp.HandlerFor(reg, promhttp.HandlerOpts{})),
 		api.WithAdminToken(token, authRequired),
+		api.WithConnLimits(maxConns, cfg.maxConnsPerIP),
+		api.WithHeaderTimeout(cfg.headerTimeout),
+		api.WithBodyTimeout(cfg.bodyTimeout),
 	)
 	grpcSrv, health := api.NewGRPCServer(a, api.WithGRPCLogger(log),
-		api.WithGRPCAdminToken(token, cfg.auth || !isLoopback(grpcLn.Addr())))
+		api.WithGRPCAdminToken(token, cfg.auth || !isLoopback(grpcLn.Addr())),
+		api.WithGRPCConnLimits(maxConns, cfg.maxConnsPerIP),
+		api.WithGRPCHandshakeTimeout(cfg.headerTimeout))
 	if err := writeAgentInfo(cfg.dataDir, httpLn.Addr(), grpcLn.Addr()); err != nil {
 		return err
 	}
 	errc := make(chan error, 2)
 	go func() { errc <- fmt.Errorf("http: %w", httpSrv.Serve(httpLn)) }()
 	go func() { errc <- fmt.Errorf("grpc: %w", grpcSrv.Serve(grpcLn)) }()
-	log.Info("kilnd ready", "http", httpLn.Addr().String(), "grpc", grpcLn.Addr().String(), "data_dir", cfg.dataDir)
+	log.Info("kilnd ready", "http", httpLn.Addr().String(), "grpc", grpcLn.Addr().String(), "data_dir", cfg.dataDir,
+		"max_conns", maxConns, "max_conns_per_ip", cfg.maxConnsPerIP)
 
 	var serveErr error
 	select {

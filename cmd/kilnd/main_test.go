@@ -20,6 +20,10 @@ func TestParseFlags(t *testing.T) {
 		{"bad runtime", []string{"--runtime-binary", "docker"}, "--runtime-binary"},
 		{"stray arg", []string{"extra"}, "unexpected"},
 		{"unknown flag", []string{"--nope"}, "not defined"},
+		{"no connections", []string{"--max-conns", "0"}, "--max-conns"},
+		{"no connections per IP", []string{"--max-conns-per-ip", "-1"}, "--max-conns-per-ip"},
+		{"no header time", []string{"--header-timeout", "0s"}, "--header-timeout"},
+		{"negative body time", []string{"--body-timeout", "-1s"}, "--body-timeout"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -81,5 +85,19 @@ func TestParseGOMAXPROCS(t *testing.T) {
 	}
 	if c, err := parseFlags([]string{"--gomaxprocs", "3"}, &out); err != nil || c.gomaxprocs != 3 {
 		t.Errorf("--gomaxprocs 3: %v %v", c.gomaxprocs, err)
+	}
+}
+
+func TestConnBudget(t *testing.T) {
+	for _, tt := range []struct {
+		want   int
+		nofile uint64
+		got    int
+	}{
+		{4096, 1 << 20, 4096}, {4096, 20000, 4096}, {4096, 1024, 256}, {100, 1024, 100}, {4096, 2, 1},
+	} {
+		if got := connBudget(tt.want, tt.nofile); got != tt.got {
+			t.Errorf("connBudget(%d, %d) = %d, want %d", tt.want, tt.nofile, got, tt.got)
+		}
 	}
 }

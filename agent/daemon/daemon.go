@@ -360,6 +360,11 @@ func (c *Containerd) waitReady(ctx context.Context) error {
 		case <-c.exited:
 			return fmt.Errorf("containerd exited: %v", c.waitErr)
 		case <-ctx.Done():
+			select {
+			case <-c.exited: // the exit is what cancelled ctx
+				return fmt.Errorf("containerd exited: %v", c.waitErr)
+			default:
+			}
 			return fmt.Errorf("%w (last check: %v)", ctx.Err(), last)
 		case <-time.After(delay):
 		}

@@ -370,9 +370,15 @@ func TestKillShims(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A shell named like a shim whose command line has -address ADDRESS
-	// (its $0 and $1).
+	// (its $0 and $1). It waits on a builtin read from a pipe kept open, so
+	// it forks no child that would carry the same command line.
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pr.Close(); pw.Close() })
 	start := func(address string) *os.Process {
-		p, err := os.StartProcess(shim, []string{shim, "-c", "sleep 60; :", "-address", address}, &os.ProcAttr{})
+		p, err := os.StartProcess(shim, []string{shim, "-c", "read x", "-address", address}, &os.ProcAttr{Files: []*os.File{pr}})
 		if err != nil {
 			t.Skipf("cannot run a fake shim: %v", err)
 		}

@@ -463,9 +463,7 @@ func (d *Driver) Start(ctx context.Context, spec pool.ContainerSpec) (err error)
 		if cerr := d.deleteIfCreated(opCtx, id, token); cerr != nil {
 			if unreachable(cerr) {
 				// No task was made, so nothing runs: delete it later.
-				d.mu.Lock()
-				d.pending[id] = nil
-				d.mu.Unlock()
+				d.addPending(id, nil)
 			}
 			return fmt.Errorf("start %q: create container: %w (cleanup: %v)", id, err, cerr)
 		}

@@ -157,16 +157,21 @@ func (d *Driver) removeOffline(ctx context.Context, id string, c *container) err
 		c.statsMu.Unlock()
 		c.markExited()
 	}
-	d.mu.Lock()
-	d.pending[id] = c
-	if d.reachable.Load() {
-		// containerd came back while the processes died: the flush of
-		// that moment may have missed this one.
-		d.flushLocked()
-	}
-	d.mu.Unlock()
+	d.addPending(id, c)
 	d.log.Info("container killed through its cgroup; containerd deletes it when it answers again", "container", id)
 	return nil
+}
+
+// addPending leaves container id (c its record, or nil) to be deleted once
+// containerd answers, at once if it answers already: the flush of the
+// moment it came back may have missed this one.
+func (d *Driver) addPending(id string, c *container) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.pending[id] = c
+	if d.reachable.Load() {
+		d.flushLocked()
+	}
 }
 
 // flushLocked deletes the pending containers in the background, unless the

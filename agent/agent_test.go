@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -383,5 +384,30 @@ func TestGoFunctionsGetOnePByDefault(t *testing.T) {
 		if !strings.Contains(env, want) || strings.Count(env, "GOMAXPROCS=") != 1 {
 			t.Errorf("%s: env %q, want %s once", fn, env, want)
 		}
+	}
+}
+
+// TestRuntimeUnavailable: a call that needs a new container while the
+// container runtime cannot be reached fails as unavailable (503 with
+// Retry-After at the edge), not as an executor failure; a warm container
+// keeps serving.
+func TestRuntimeUnavailable(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	for _, name := range []string{"warm", "cold"} {
+		if _, err := e.agent.Deploy(ctx, name, e.spec()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := e.agent.Invoke(ctx, &agent.Call{Function: "warm"}); err != nil {
+		t.Fatal(err)
+	}
+	e.driver.FailStart = fmt.Errorf("containerd does not answer: %w", pool.ErrUnavailable)
+	_, err := e.agent.Invoke(ctx, &agent.Call{Function: "cold"})
+	if !errors.Is(err, agent.ErrUnavailable) || errors.Is(err, agent.ErrExecutorFailed) {
+		t.Fatalf("err = %v, want ErrUnavailable", err)
+	}
+	if res, err := e.agent.Invoke(ctx, &agent.Call{Function: "warm", Body: []byte("w")}); err != nil || string(res.Body) != "echo:w" {
+		t.Fatalf("warm call while unavailable: %v %v", res, err)
 	}
 }

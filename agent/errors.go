@@ -15,7 +15,8 @@ var (
 	// ErrResourceExhausted: the function's queue is full.
 	ErrResourceExhausted = errors.New("resource exhausted")
 	// ErrUnavailable: the node cannot take the call now (shutting down, out
-	// of memory).
+	// of memory, containerd unreachable while the call needs a new
+	// container).
 	ErrUnavailable = errors.New("unavailable")
 	// ErrDeadlineExceeded: the call ran past its timeout.
 	ErrDeadlineExceeded = errors.New("deadline exceeded")

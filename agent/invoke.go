@@ -73,7 +73,8 @@ func init() {
 // Errors wrap one of the agent's error classes: ErrNotFound,
 // ErrInvalidArgument, ErrPayloadTooLarge, ErrResourceExhausted (queue full
 // or the call waited its whole timeout), ErrDeadlineExceeded, ErrUnavailable
-// (no capacity, shutting down, or the usage record could not be written),
+// (no capacity, shutting down, the container runtime unreachable while the
+// call needed a new container, or the usage record could not be written),
 // ErrExecutorFailed.
 //
 // Every call, failed and rejected ones included, leaves exactly one usage
@@ -248,7 +249,7 @@ func (a *Agent) callError(ctx context.Context, fn *function, err error) error {
 		return fmt.Errorf("%w: the caller went away", ErrCancelled)
 	case errors.Is(err, pool.ErrQueueFull), errors.Is(err, pool.ErrQueueTimeout):
 		return fmt.Errorf("%w: function %q: %v", ErrResourceExhausted, fn.record.Name, err)
-	case errors.Is(err, pool.ErrNoCapacity):
+	case errors.Is(err, pool.ErrNoCapacity), errors.Is(err, pool.ErrUnavailable):
 		return fmt.Errorf("%w: function %q: %v", ErrUnavailable, fn.record.Name, err)
 	case errors.Is(err, context.DeadlineExceeded) || errors.Is(ctx.Err(), context.DeadlineExceeded):
 		return fmt.Errorf("%w: function %q did not answer within %v", ErrDeadlineExceeded, fn.record.Name, fn.timeout)

@@ -11,6 +11,12 @@ import (
 // know.
 var ErrContainerNotFound = errors.New("container not found")
 
+// ErrUnavailable is returned (wrapped) by a Driver whose container runtime
+// cannot be reached now (containerd down or restarting). Containers already
+// running are not affected. The pool passes it on unchanged: a call that
+// needed a new container gets it from Acquire and may be retried later.
+var ErrUnavailable = errors.New("container runtime unavailable")
+
 // ContainerSpec is everything a Driver needs to create one function container.
 type ContainerSpec struct {
 	// ID is unique among live containers: [A-Za-z0-9_.-], at most 76 bytes.
@@ -86,13 +92,19 @@ type Driver interface {
 	// Start creates the container described by spec and starts its process.
 	// It returns once the process has been started; readiness is the
 	// executor's Ready message, never Start's return. On error nothing is
-	// left behind.
+	// left behind (or, when the runtime went away during Start, the driver
+	// deletes what is left once it is back). While the runtime cannot be
+	// reached Start fails at once with an error wrapping ErrUnavailable.
 	Start(ctx context.Context, spec ContainerSpec) error
 	// Exited returns a channel closed when the container's process exits,
 	// or ErrContainerNotFound.
 	Exited(id string) (<-chan struct{}, error)
 	// Remove kills the container's process if it runs and deletes the
-	// container. Removing a missing container is not an error.
+	// container. Removing a missing container is not an error. While the
+	// runtime cannot be reached, a driver may kill the processes itself
+	// and delete the container once the runtime is back: when Remove
+	// returns nil nothing of the container runs any more and the driver
+	// owns whatever is left of it.
 	Remove(ctx context.Context, id string) error
 	// List returns the ids of every container the driver manages, including
 	// those an earlier run left behind.

@@ -106,7 +106,7 @@ type StemSpec struct {
 const MaxParallelOps = 8
 
 // prewarmRetry is how long the pool waits before trying again to reach a
-// function's min_warm after a start failed.
+// function's min_warm, or the stem cell count, after a start failed.
 const prewarmRetry = time.Second
 
 // Pool owns the node's containers. It is safe for concurrent use.
@@ -290,7 +290,8 @@ func (p *Pool) Configure(fn *Function) {
 // container as needed, and otherwise waits in fn's queue until ctx ends. The
 // caller must Release the container (or Discard it). Errors: ErrQueueFull,
 // ErrQueueTimeout, ErrNoCapacity, ErrClosed, or a failed start (wrapping
-// ErrExecutorFailed).
+// ErrExecutorFailed, or ErrUnavailable when the driver cannot reach its
+// runtime).
 func (p *Pool) Acquire(ctx context.Context, fn *Function) (*Container, StartKind, error) {
 	for attempt := 0; ; attempt++ {
 		c, kind, err := p.acquire(ctx, fn)
@@ -803,6 +804,9 @@ func (p *Pool) start(ctx context.Context, idPrefix, runtime string, spec Contain
 	c.expectReady.Store(true)
 	if err := p.driver.Start(ctx, spec); err != nil {
 		c.shutdown(err)
+		if errors.Is(err, ErrUnavailable) {
+			return nil, fmt.Errorf("start container for %s: %w", idPrefix, err)
+		}
 		return nil, fmt.Errorf("%w: start container for %s: %v", ErrExecutorFailed, idPrefix, err)
 	}
 	p.mu.Lock()
@@ -944,6 +948,16 @@ func (p *Pool) startStem(spec StemSpec) {
 		p.memoryUsed -= spec.MemoryBytes
 		p.counters.failures.Add(1)
 		p.log.Warn("stem cell start failed", "runtime", spec.Runtime, "err", err)
+		if !p.closed {
+			// Try again later, as for min_warm.
+			p.clock.AfterFunc(prewarmRetry, func() {
+				p.mu.Lock()
+				defer p.mu.Unlock()
+				if !p.closed {
+					p.refillStemsLocked(spec.Runtime)
+				}
+			})
+		}
 		return
 	}
 	c.memory = spec.MemoryBytes

@@ -620,3 +620,40 @@ func TestManyPreforksAndRetryAfterFailure(t *testing.T) {
 		t.Fatalf("min_warm not retried after a failed start: %v", got)
 	}
 }
+
+// TestRuntimeUnavailable: while the driver cannot reach its runtime, a call
+// that needs a new container fails at once with ErrUnavailable (not as an
+// executor failure), warm and frozen containers keep serving, stem cells
+// still specialise, and once the runtime is back the stem cells are
+// refilled and new containers start.
+func TestRuntimeUnavailable(t *testing.T) {
+	e := newEnv(t, pool.WithStemCells(pool.StemSpec{Runtime: "go", RootFS: "/nonexistent", Args: []string{"/kiln-executor"}, Count: 1}))
+	warm := newFn("warm")
+	warm.Code = ""
+	e.mustCall(warm, pool.StartCold)
+	e.pool.Settle()
+
+	e.driver.FailStart = fmt.Errorf("containerd does not answer: %w", pool.ErrUnavailable)
+	cold := newFn("cold")
+	cold.Code = ""
+	_, _, err := e.call(cold, "x")
+	if !errors.Is(err, pool.ErrUnavailable) || errors.Is(err, pool.ErrExecutorFailed) {
+		t.Fatalf("new container while unavailable: err = %v, want ErrUnavailable only", err)
+	}
+	e.mustCall(warm, pool.StartWarm)
+	e.clock.Advance(warm.FreezeAfter)
+	e.mustCall(warm, pool.StartThawed)
+	e.mustCall(newFn("stem"), pool.StartStem)
+	e.pool.Settle()
+	if got := e.pool.Stats().Containers[""]; got[pool.StateFrozen] != 0 {
+		t.Fatalf("stem cells while unavailable: %v, want none", got)
+	}
+
+	e.driver.FailStart = nil
+	e.clock.Advance(time.Second)
+	e.pool.Settle()
+	if got := e.pool.Stats().Containers[""]; got[pool.StateFrozen] != 1 {
+		t.Errorf("stem cells not refilled after the runtime came back: %v", got)
+	}
+	e.mustCall(cold, pool.StartCold)
+}

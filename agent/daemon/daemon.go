@@ -6,6 +6,13 @@
 // daemon writes (metadata root, state, sockets, log) stays under that
 // directory, so one host can run several kilnd instances side by side.
 //
+// Supervise and Supervisor.Run keep such a daemon running: when it exits,
+// another is started in the same directory after a backoff. Because the
+// state directory persists, the new daemon reconnects to the shims of the
+// old one and their containers keep running (checked with containerd 1.6,
+// the runc v2 shim and crun). Past a restart limit the Supervisor gives up,
+// and KillShims removes the shims a daemon that is gone for good left.
+//
 // The package deliberately does not import the containerd client: only
 // pool/containerd talks to containerd's API. Readiness is a plain gRPC
 // health check, which containerd serves from its healthcheck plugin.
@@ -353,6 +360,11 @@ func (c *Containerd) waitReady(ctx context.Context) error {
 		case <-c.exited:
 			return fmt.Errorf("containerd exited: %v", c.waitErr)
 		case <-ctx.Done():
+			select {
+			case <-c.exited: // the exit is what cancelled ctx
+				return fmt.Errorf("containerd exited: %v", c.waitErr)
+			default:
+			}
 			return fmt.Errorf("%w (last check: %v)", ctx.Err(), last)
 		case <-time.After(delay):
 		}
@@ -471,6 +483,55 @@ func isZombie(pid int) bool {
 	// The state follows the parenthesised command name.
 	i := bytes.LastIndexByte(b, ')')
 	return i >= 0 && i+2 < len(b) && (b[i+2] == 'Z' || b[i+2] == 'X')
+}
+
+// KillShims sends SIGKILL to every containerd shim serving the daemon of
+// dir: the processes named containerd-shim* whose command line gives dir's
+// socket as -address. It is for a caller that gave up on the daemon and
+// must not leave the shims behind; the processes of the shims' containers
+// are not touched (kill them first). Their state stays under dir, and the
+// next daemon started there cleans it up. It returns how many shims it
+// signalled.
+func KillShims(dir string) (int, error) {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return 0, fmt.Errorf("daemon: %w", err)
+	}
+	address := filepath.Join(dir, grpcName)
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0, fmt.Errorf("daemon: %w", err)
+	}
+	n := 0
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || !isShimOf(pid, address) {
+			continue
+		}
+		if syscall.Kill(pid, syscall.SIGKILL) == nil {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// isShimOf reports whether pid is a containerd shim started by the daemon
+// listening on address.
+func isShimOf(pid int, address string) bool {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
+	if err != nil {
+		return false
+	}
+	args := bytes.Split(bytes.TrimRight(b, "\x00"), []byte{0})
+	if !strings.HasPrefix(filepath.Base(string(args[0])), "containerd-shim") {
+		return false
+	}
+	for i := 1; i+1 < len(args); i++ {
+		if string(args[i]) == "-address" && string(args[i+1]) == address {
+			return true
+		}
+	}
+	return false
 }
 
 // clearSockets removes socket files a killed daemon left behind; containerd

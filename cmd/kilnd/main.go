@@ -36,6 +36,8 @@ type config struct {
 	grpcAddr        string
 	dataDir         string
 	containerd      string
+	ctrdBinary      string
+	ctrdRestarts    int
 	namespace       string
 	runtimeBinary   string
 	maxBody         int
@@ -71,6 +73,8 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	fs.StringVar(&c.grpcAddr, "grpc", "127.0.0.1:9090", "gRPC API listen `address`")
 	fs.StringVar(&c.dataDir, "data-dir", "/var/lib/kiln", "data `directory`: SQLite, function code, containerd state")
 	fs.StringVar(&c.containerd, "containerd", "", "containerd `socket` to use; empty starts and supervises kiln's own containerd")
+	fs.StringVar(&c.ctrdBinary, "containerd-binary", "containerd", "containerd `binary` of the managed daemon: a path, or a name on PATH")
+	fs.IntVar(&c.ctrdRestarts, "containerd-restarts", daemon.DefaultMaxRestarts, fmt.Sprintf("restarts of the managed containerd allowed within %v; one more and kilnd stops its containers and exits non-zero (0: at its first exit)", daemon.DefaultRestartWindow))
 	fs.StringVar(&c.namespace, "namespace", "kiln", "containerd `namespace` of kiln's containers")
 	fs.StringVar(&c.runtimeBinary, "runtime-binary", "crun", "OCI runtime `binary` of the runc shim: crun (about 30% faster container start here) or runc")
 	fs.IntVar(&c.maxBody, "max-body", agent.DefaultMaxBodyBytes, "request body limit in `bytes`")
@@ -119,6 +123,9 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	}
 	if c.bodyTimeout <= 0 {
 		return c, fmt.Errorf("--body-timeout %v: must be positive", c.bodyTimeout)
+	}
+	if c.ctrdRestarts < 0 {
+		return c, fmt.Errorf("--containerd-restarts %d: must not be negative", c.ctrdRestarts)
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments: %v", fs.Args())
@@ -195,35 +202,46 @@ func run(args []string, stderr io.Writer) error {
 	}
 	defer grpcLn.Close()
 
+	// The managed containerd is restarted whenever it exits; its
+	// containers run on meanwhile. supDone is closed when the Supervisor
+	// gives up (supErr says why); it stays nil with --containerd, where the
+	// driver waits for the external daemon to come back.
 	address := cfg.containerd
+	var supDone chan struct{}
+	var supErr error
 	if address == "" {
-		d, err := daemon.Start(ctx, filepath.Join(cfg.dataDir, "containerd"))
+		dir := filepath.Join(cfg.dataDir, "containerd")
+		sup, err := daemon.Supervise(ctx, dir,
+			daemon.WithDaemonOptions(daemon.WithBinary(cfg.ctrdBinary)),
+			daemon.WithRestartLimit(cfg.ctrdRestarts, daemon.DefaultRestartWindow),
+			daemon.WithLogger(log))
 		if err != nil {
 			return fmt.Errorf("start containerd: %w", err)
 		}
-		log.Info("containerd started", "address", d.Address(), "pid", d.Pid())
+		log.Info("containerd started", "address", sup.Address(), "pid", sup.Pid())
+		supCtx, stopSup := context.WithCancel(context.Background())
+		supDone = make(chan struct{})
+		go func() { supErr = sup.Run(supCtx); close(supDone) }()
 		defer func() {
-			sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-			defer cancel()
-			if err := d.Stop(sctx); err != nil {
-				log.Warn("stop containerd", "err", err)
+			stopSup()
+			<-supDone
+			if supErr != nil && !errors.Is(supErr, daemon.ErrGaveUp) {
+				log.Warn("stop containerd", "err", supErr)
+			}
+			// Containers removed while containerd was away leave their
+			// shims waiting for a daemon that is now gone for good.
+			if n, err := daemon.KillShims(dir); err != nil || n > 0 {
+				log.Warn("killed containerd shims left behind", "shims", n, "err", err)
 			}
 		}()
-		address = d.Address()
-		go func() {
-			select {
-			case <-d.Exited():
-				log.Error("containerd exited; shutting down", "err", d.Err())
-				stop()
-			case <-ctx.Done():
-			}
-		}()
+		address = sup.Address()
 	}
 
 	driver, err := ctrd.New(ctx, address,
 		ctrd.WithNamespace(cfg.namespace),
 		ctrd.WithRuntimeBinary(cfg.runtimeBinary),
 		ctrd.WithStateDir(filepath.Join(cfg.dataDir, "driver")),
+		ctrd.WithLogger(log),
 	)
 	if err != nil {
 		return fmt.Errorf("containerd driver: %w", err)
@@ -374,6 +392,9 @@ func run(args []string, stderr io.Writer) error {
 		log.Info("shutting down")
 	case serveErr = <-errc:
 		log.Error("server failed", "err", serveErr)
+	case <-supDone:
+		serveErr = fmt.Errorf("containerd: %w", supErr)
+		log.Error("shutting down: containerd cannot be kept running", "err", supErr)
 	}
 
 	// Stop accepting, let in-flight calls finish within the bound, then stop

@@ -18,6 +18,7 @@ func TestParseFlags(t *testing.T) {
 		{"empty data dir", []string{"--data-dir", ""}, "--data-dir"},
 		{"bad body", []string{"--max-body", "0"}, "--max-body"},
 		{"bad runtime", []string{"--runtime-binary", "docker"}, "--runtime-binary"},
+		{"bad restarts", []string{"--containerd-restarts", "-1"}, "--containerd-restarts"},
 		{"stray arg", []string{"extra"}, "unexpected"},
 		{"unknown flag", []string{"--nope"}, "not defined"},
 		{"no connections", []string{"--max-conns", "0"}, "--max-conns"},

@@ -29,8 +29,15 @@
 // Lifecycle of a container as the driver sees it:
 //
 //	Start ──► created ──► running ──(exits / killed)──► exited ──Remove──► gone
-//	   │ any error: task, container and FIFOs are deleted before Start returns
-//	   └──────────────────────────────────────────────────────────────────► gone
+//	   │ any error: task, container and FIFOs     │ Remove while containerd   ▲
+//	   │ are deleted before Start returns         │ is unreachable: killed    │
+//	   └──────────────────────────────────────────┼──────────────────────────►│
+//	                                              ▼ through the cgroup        │
+//	                                           pending ──(containerd back)────┘
+//
+// containerd may go away and come back (restarted, or an external daemon
+// stopped) while its containers run on: see reach.go for what the driver
+// does meanwhile.
 //
 // Only pool/containerd (and agent's managed daemon) may import containerd.
 package containerd
@@ -41,6 +48,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -105,6 +114,7 @@ type options struct {
 	callTimeout time.Duration
 	dialTimeout time.Duration
 	cgroupRoot  string
+	log         *slog.Logger
 }
 
 // WithNamespace sets the containerd namespace (default "kiln"). It is also
@@ -151,11 +161,17 @@ func WithCallTimeout(d time.Duration) Option { return func(o *options) { o.callT
 // WithDialTimeout bounds New's connection to containerd (default 10s).
 func WithDialTimeout(d time.Duration) Option { return func(o *options) { o.dialTimeout = d } }
 
+// WithLogger sets where the driver reports containerd going away and coming
+// back, and containers it could delete only later (default: nowhere).
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
+
 // Driver runs pool containers under containerd. Its methods are safe for
 // concurrent use.
 type Driver struct {
-	client *containerd.Client
-	opts   options
+	client  *containerd.Client
+	address string
+	opts    options
+	log     *slog.Logger
 	// runtimeOpts is passed to the runc shim with every container.
 	runtimeOpts *runcoptions.Options
 	// setSwap is false on cgroup v1 without swap accounting, where runc
@@ -168,11 +184,23 @@ type Driver struct {
 	// ctx lives as long as the Driver: task.Wait streams run under it.
 	ctx    context.Context
 	cancel context.CancelFunc
+	wg     sync.WaitGroup // the connection monitor and flushes of pending
+
+	// reachable says whether containerd answered last (see reach.go).
+	// Changes are made under upMu.
+	reachable atomic.Bool
+	upMu      sync.Mutex
+	upC       chan struct{} // guarded by upMu: closed when containerd next becomes reachable
+	flushMu   sync.Mutex    // serialises flushes of pending
 
 	mu       sync.RWMutex
-	ctrs     map[string]*container
-	starting map[string]struct{}
-	closed   bool
+	ctrs     map[string]*container // guarded by mu
+	starting map[string]struct{}   // guarded by mu
+	// pending (guarded by mu) holds the containers whose processes Remove
+	// killed while containerd was unreachable, to delete once it answers:
+	// the driver's record, or nil for a container known only by its id.
+	pending map[string]*container
+	closed  bool // guarded by mu
 }
 
 // container is the driver's record of a container it started.
@@ -209,6 +237,7 @@ func New(ctx context.Context, address string, opts ...Option) (*Driver, error) {
 		callTimeout: 30 * time.Second,
 		dialTimeout: 10 * time.Second,
 		cgroupRoot:  "/sys/fs/cgroup",
+		log:         slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}
 	for _, opt := range opts {
 		opt(&o)
@@ -244,14 +273,21 @@ func New(ctx context.Context, address string, opts ...Option) (*Driver, error) {
 	d := &Driver{
 		nonce:    hex.EncodeToString(nonce[:]),
 		client:   client,
+		address:  address,
 		opts:     o,
+		log:      o.log,
 		setSwap:  swapAccounting(o.cgroupRoot),
+		upC:      make(chan struct{}),
 		ctrs:     make(map[string]*container),
 		starting: make(map[string]struct{}),
+		pending:  make(map[string]*container),
 	}
 	d.runtimeOpts = &runcoptions.Options{Root: o.runcRoot, BinaryName: o.binary}
 	d.ctx, d.cancel = context.WithCancel(namespaces.WithNamespace(context.WithoutCancel(ctx), o.namespace))
 	d.setupSentinel()
+	d.reachable.Store(true)
+	d.wg.Add(1)
+	go d.monitor(client.Conn())
 	return d, nil
 }
 
@@ -270,8 +306,10 @@ func (d *Driver) Namespace() string { return d.opts.namespace }
 
 // Close stops the driver's background work and closes the connection to
 // containerd. Containers keep running; a later Driver finds them with List
-// and removes them with Remove. After Close, channels returned by Exited for
-// still-running containers are never closed, and every method returns
+// and removes them with Remove. Containers that Remove left pending are
+// deleted first if containerd answers, within the kill timeout; the others
+// are left to a later Driver too. After Close, channels returned by Exited
+// for still-running containers are never closed, and every method returns
 // ErrClosed. Close is idempotent.
 func (d *Driver) Close() error {
 	d.mu.Lock()
@@ -283,7 +321,18 @@ func (d *Driver) Close() error {
 	ctrs := d.ctrs
 	d.ctrs = nil
 	d.mu.Unlock()
+	if d.reachable.Load() {
+		ctx, cancel := context.WithTimeout(d.ctx, d.opts.killTimeout)
+		d.flushPending(ctx)
+		cancel()
+	}
+	d.mu.RLock()
+	if n := len(d.pending); n > 0 {
+		d.log.Warn("containers left in containerd for the next start to delete", "containers", n)
+	}
+	d.mu.RUnlock()
 	d.cancel()
+	d.wg.Wait()
 	for _, c := range ctrs {
 		c.statsMu.Lock()
 		c.stats.close()
@@ -344,8 +393,12 @@ func (d *Driver) Exited(id string) (<-chan struct{}, error) {
 // Start creates container spec.ID and starts its process; see the package
 // doc for what the container gets. It returns once the process has been
 // started. An invalid spec yields ErrInvalidSpec, a taken id
-// ErrContainerExists. On any error, whatever Start created (task, container,
-// FIFOs) is deleted before it returns, even when ctx was cancelled. Start
+// ErrContainerExists. While containerd is unreachable it fails at once, and
+// when containerd cannot be reached during Start it fails, with an error
+// wrapping pool.ErrUnavailable. On any error, whatever Start created (task,
+// container, FIFOs) is deleted before it returns, even when ctx was
+// cancelled; what containerd, gone meanwhile, could not delete is killed
+// through its cgroup and deleted once containerd answers again. Start
 // checks ctx before each of its three containerd calls (create container,
 // create task, start task) but lets a call in flight finish, bounded by the
 // call timeout, so it may return up to one call's time after ctx is done.
@@ -353,18 +406,25 @@ func (d *Driver) Start(ctx context.Context, spec pool.ContainerSpec) (err error)
 	if err := validate(spec); err != nil {
 		return err
 	}
-	specOpts := d.specOpts(spec)
 	id := spec.ID
+	if !d.reachable.Load() {
+		return fmt.Errorf("start %q: %w: containerd does not answer on %s", id, pool.ErrUnavailable, d.address)
+	}
+	defer func() {
+		if err != nil && !errors.Is(err, pool.ErrUnavailable) && unreachable(err) {
+			err = fmt.Errorf("%w: %w", pool.ErrUnavailable, err)
+		}
+	}()
+	specOpts := d.specOpts(spec)
 	d.mu.Lock()
 	if d.closed {
 		d.mu.Unlock()
 		return ErrClosed
 	}
-	if _, ok := d.ctrs[id]; ok {
-		d.mu.Unlock()
-		return fmt.Errorf("start %q: %w", id, ErrContainerExists)
-	}
-	if _, ok := d.starting[id]; ok {
+	_, known := d.ctrs[id]
+	_, starting := d.starting[id]
+	_, pending := d.pending[id]
+	if known || starting || pending {
 		d.mu.Unlock()
 		return fmt.Errorf("start %q: %w", id, ErrContainerExists)
 	}
@@ -402,6 +462,10 @@ func (d *Driver) Start(ctx context.Context, spec pool.ContainerSpec) (err error)
 		// The call may have failed after containerd stored the container
 		// (a timeout, a lost connection): delete it if it is this one.
 		if cerr := d.deleteIfCreated(opCtx, id, token); cerr != nil {
+			if unreachable(cerr) {
+				// No task was made, so nothing runs: delete it later.
+				d.addPending(id, nil)
+			}
 			return fmt.Errorf("start %q: create container: %w (cleanup: %v)", id, err, cerr)
 		}
 		return fmt.Errorf("start %q: create container: %w", id, err)
@@ -416,6 +480,11 @@ func (d *Driver) Start(ctx context.Context, spec pool.ContainerSpec) (err error)
 	defer func() {
 		if err != nil {
 			if cerr := d.cleanup(opCtx, c); cerr != nil {
+				if unreachable(cerr) {
+					if oerr := d.removeOffline(opCtx, id, c); oerr != nil {
+						cerr = fmt.Errorf("%w; %v", cerr, oerr)
+					}
+				}
 				err = fmt.Errorf("%w (cleanup: %v)", err, cerr)
 			}
 		}
@@ -540,8 +609,9 @@ func (d *Driver) removeCgroups(cg string) {
 }
 
 // watch closes c.exited when the task exits. A failed wait (the daemon
-// restarting) is retried with backoff until the task is found gone or ctx
-// (Remove, Close) ends it. Background only: nothing waits on this loop.
+// restarting) is retried with backoff, and at once when containerd becomes
+// reachable again, until the task is found gone or ctx (Remove, Close) ends
+// it. Background only: nothing waits on this loop.
 func (d *Driver) watch(ctx context.Context, c *container, exitC <-chan containerd.ExitStatus) {
 	delay := 50 * time.Millisecond
 	for {
@@ -562,12 +632,15 @@ func (d *Driver) watch(ctx context.Context, c *container, exitC <-chan container
 			c.markExited()
 			return
 		}
+		up := d.reconnected()
 		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return
 		case <-t.C:
+		case <-up:
+			t.Stop()
 		}
 		delay = min(2*delay, 5*time.Second)
 		exitC, err = c.task.Wait(ctx)
@@ -591,6 +664,11 @@ var closedExit = func() <-chan containerd.ExitStatus {
 // timeout. Removing a missing container returns nil. After a successful
 // Remove the channel from Exited is closed. On error the container may
 // remain; Remove can be retried.
+//
+// While containerd is unreachable, Remove kills the container's processes
+// through its cgroup instead and returns nil once none is left; the task
+// and the container are deleted when containerd answers again (see
+// reach.go).
 func (d *Driver) Remove(ctx context.Context, id string) error {
 	if err := identifiers.Validate(id); err != nil {
 		return nil // no such container can exist
@@ -605,10 +683,24 @@ func (d *Driver) Remove(ctx context.Context, id string) error {
 	d.mu.Unlock()
 
 	ctx = d.withNS(ctx)
-	if c == nil {
-		return d.removeLeftover(ctx, id)
+	var err error
+	offline := !d.reachable.Load()
+	switch {
+	case offline:
+		err = d.removeOffline(ctx, id, c)
+	case c == nil:
+		err = d.removeLeftover(ctx, id)
+	default:
+		err = d.removeKnown(ctx, c)
 	}
-	if err := d.removeKnown(ctx, c); err != nil {
+	if err != nil && !offline && (unreachable(err) || !d.reachable.Load()) {
+		// containerd went away during the removal.
+		err = d.removeOffline(ctx, id, c)
+	}
+	if err == nil {
+		return nil
+	}
+	if c != nil {
 		d.mu.Lock()
 		if _, taken := d.ctrs[id]; !taken && !d.closed {
 			c.freezeMu.Lock()
@@ -617,9 +709,8 @@ func (d *Driver) Remove(ctx context.Context, id string) error {
 			d.ctrs[id] = c
 		}
 		d.mu.Unlock()
-		return fmt.Errorf("remove %q: %w", id, err)
 	}
-	return nil
+	return fmt.Errorf("remove %q: %w", id, err)
 }
 
 // removeKnown removes a container this driver started.
@@ -667,7 +758,7 @@ func (d *Driver) removeLeftover(ctx context.Context, id string) error {
 		return d.removeDir(id)
 	}
 	if err != nil {
-		return fmt.Errorf("remove %q: load: %w", id, err)
+		return fmt.Errorf("load: %w", err)
 	}
 	d.thawCgroup(cgroupPath(d.opts.namespace, id))
 	task, err := ctr.Task(ctx, nil)
@@ -677,24 +768,21 @@ func (d *Driver) removeLeftover(ctx context.Context, id string) error {
 		_, err := task.Delete(killCtx, containerd.WithProcessKill)
 		cancel()
 		if err != nil && !errdefs.IsNotFound(err) {
-			return fmt.Errorf("remove %q: delete task: %w", id, err)
+			return fmt.Errorf("delete task: %w", err)
 		}
 	case errdefs.IsNotFound(err):
 	default:
-		return fmt.Errorf("remove %q: load task: %w", id, err)
+		return fmt.Errorf("load task: %w", err)
 	}
 	if err := ctr.Delete(ctx); err != nil && !errdefs.IsNotFound(err) {
-		return fmt.Errorf("remove %q: delete container: %w", id, err)
+		return fmt.Errorf("delete container: %w", err)
 	}
 	d.removeCgroups(cgroupPath(d.opts.namespace, id))
 	return d.removeDir(id)
 }
 
 func (d *Driver) removeDir(id string) error {
-	if err := os.RemoveAll(d.ctrDir(id)); err != nil {
-		return fmt.Errorf("remove %q: %w", id, err)
-	}
-	return nil
+	return os.RemoveAll(d.ctrDir(id))
 }
 
 // List returns the ids of every container in the driver's namespace,

@@ -254,7 +254,7 @@ func (a *Agent) Deploy(ctx context.Context, name string, spec *kilnv1.FunctionSp
 	defer a.deployMu.Unlock()
 	var revision, rootfs string
 	if len(archive) > 0 {
-		revision, rootfs, err = installCode(a.functionsDir, name, archive, spec.Runtime, spec.Handler, a.codeLimits)
+		revision, rootfs, err = installCode(a.functionsDir, name, archive, spec.Runtime, spec.Handler, a.codeLimits, a.pool.PrepareRootFS)
 		if err != nil {
 			return nil, err
 		}

@@ -12,17 +12,17 @@ import (
 	"syscall"
 
 	"github.com/kilnfx/kiln/agent/bundle"
-	ctrd "github.com/kilnfx/kiln/pool/containerd"
 )
 
 // installCode unpacks a function's code archive into the agent's own
-// directory and returns the code's revision (a digest of the unpacked
+// directory, makes it a root filesystem with prepare (the driver's), and
+// returns the code's revision (a digest of the unpacked
 // files) and the root filesystem directory that holds it. handler must be a
 // regular executable file of the archive; for the go runtime, an ELF one.
 // Installing the same files twice is cheap: an existing revision is reused.
 // A refused archive is an ErrInvalidArgument; a full disk an
 // ErrInsufficientStorage. Nothing half-written is left behind.
-func installCode(functionsDir, name string, archive []byte, runtime, handler string, lim bundle.Limits) (revision, rootfs string, err error) {
+func installCode(functionsDir, name string, archive []byte, runtime, handler string, lim bundle.Limits, prepare func(dir string) error) (revision, rootfs string, err error) {
 	fnDir := filepath.Join(functionsDir, name)
 	if err := os.MkdirAll(fnDir, 0o700); err != nil {
 		return "", "", storageError("install code", err)
@@ -61,7 +61,7 @@ func installCode(functionsDir, name string, archive []byte, runtime, handler str
 	if _, err := os.Stat(filepath.Join(dir, "complete")); err == nil {
 		return revision, rootfs, nil
 	}
-	if err := ctrd.PrepareRootFS(tmpRoot); err != nil {
+	if err := prepare(tmpRoot); err != nil {
 		return "", "", storageError("install code", err)
 	}
 	if err := os.WriteFile(filepath.Join(tmp, "complete"), nil, 0o644); err != nil {

@@ -6,7 +6,6 @@ import (
 	"path/filepath"
 
 	"github.com/kilnfx/kiln/pool"
-	ctrd "github.com/kilnfx/kiln/pool/containerd"
 )
 
 // Runtimes kiln knows, for specs and stem cells.
@@ -18,8 +17,9 @@ const StemExecutorPath = "/kiln-executor"
 
 // PrepareStemCells builds, under dataDir/stems/<runtime>, the root
 // filesystem of the stem cells of runtime from the static executor binary,
-// and returns the pool's description of them.
-func PrepareStemCells(dataDir, runtime, executor string, count int) (pool.StemSpec, error) {
+// made ready with prepare (the driver's), and returns the pool's
+// description of them.
+func PrepareStemCells(dataDir, runtime, executor string, count int, prepare func(dir string) error) (pool.StemSpec, error) {
 	switch runtime {
 	case "go":
 	default:
@@ -35,7 +35,7 @@ func PrepareStemCells(dataDir, runtime, executor string, count int) (pool.StemSp
 	if err := os.MkdirAll(root, 0o755); err != nil {
 		return pool.StemSpec{}, fmt.Errorf("stem cells: %w", err)
 	}
-	if err := ctrd.PrepareRootFS(root); err != nil {
+	if err := prepare(root); err != nil {
 		return pool.StemSpec{}, err
 	}
 	if err := copyFile(executor, filepath.Join(root, StemExecutorPath)); err != nil {

@@ -63,6 +63,23 @@ type SpecChecker interface {
 	CheckSpec(spec ContainerSpec) error
 }
 
+// RootFSPreparer is a Driver that needs a root filesystem directory made
+// ready before containers run from it (mount points, the container user's
+// passwd entry). PrepareRootFS must be safe to run again on the same dir,
+// and must not run while containers use it.
+type RootFSPreparer interface {
+	PrepareRootFS(dir string) error
+}
+
+// PrepareRootFS makes dir usable as a ContainerSpec.RootFS for the pool's
+// driver; drivers that are no RootFSPreparer need nothing done.
+func (p *Pool) PrepareRootFS(dir string) error {
+	if rp, ok := p.driver.(RootFSPreparer); ok {
+		return rp.PrepareRootFS(dir)
+	}
+	return nil
+}
+
 // ExecutorDir is where a container sees its SocketDir.
 const ExecutorDir = "/kiln"
 

@@ -1,16 +1,27 @@
 #!/usr/bin/env bash
-# Fails when a package imports what DESIGN.md's rooms forbid:
-# only pool/containerd and agent may import containerd, and api/ never
-# imports pool/.
+# Fails when a package imports what docs/DESIGN.md's rooms forbid:
+# containerd's client is imported only under pool/containerd (no
+# exemption), nothing but pool/containerd's own tree and cmd/ imports
+# pool/containerd, api/ never imports pool/, and the leaf rooms (executor,
+# datastore, proto) import none of agent, pool or api.
 set -euo pipefail
 mod=github.com/kilnfx/kiln
 fail=0
+n=0
 while read -r pkg imports; do
+  n=$((n + 1))
   case "$pkg" in
-    $mod/pool/containerd|$mod/pool/containerd/*|$mod/agent|$mod/agent/*|$mod/cmd/*) ;;
+    $mod/pool/containerd|$mod/pool/containerd/*) ;;
     *)
       if grep -qE '(^| )github.com/containerd/containerd(/| |$)' <<<" $imports "; then
         echo "layering: $pkg imports containerd"; fail=1
+      fi ;;
+  esac
+  case "$pkg" in
+    $mod/pool/containerd|$mod/pool/containerd/*|$mod/cmd/*|$mod/bench|$mod/bench/*) ;;
+    *)
+      if grep -qE "(^| )$mod/pool/containerd(/| |$)" <<<" $imports "; then
+        echo "layering: $pkg imports pool/containerd (wire the driver in cmd/)"; fail=1
       fi ;;
   esac
   case "$pkg" in
@@ -26,4 +37,6 @@ while read -r pkg imports; do
       fi ;;
   esac
 done < <(go list -f '{{.ImportPath}} {{join .Imports " "}}' ./...)
+if [ "$n" -eq 0 ]; then echo "layering: go list found no packages"; exit 1; fi
+[ "$fail" -eq 0 ] && echo "layering: $n packages checked"
 exit $fail

@@ -21,7 +21,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kilnfx/kiln/agent/daemon"
+	"github.com/kilnfx/kiln/pool/containerd/daemon"
 )
 
 // eventually polls cond every 20 ms until it holds, failing after timeout.

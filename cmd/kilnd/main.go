@@ -23,12 +23,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/kilnfx/kiln/agent"
-	"github.com/kilnfx/kiln/agent/daemon"
 	"github.com/kilnfx/kiln/api"
 	"github.com/kilnfx/kiln/datastore"
 	"github.com/kilnfx/kiln/datastore/journal"
 	"github.com/kilnfx/kiln/pool"
 	ctrd "github.com/kilnfx/kiln/pool/containerd"
+	"github.com/kilnfx/kiln/pool/containerd/daemon"
 )
 
 type config struct {
@@ -274,7 +274,7 @@ func run(args []string, stderr io.Writer) error {
 			}
 			exe = filepath.Join(filepath.Dir(self), "kiln-executor")
 		}
-		spec, err := agent.PrepareStemCells(cfg.dataDir, runtime, exe, n)
+		spec, err := agent.PrepareStemCells(cfg.dataDir, runtime, exe, n, driver.PrepareRootFS)
 		if err != nil {
 			return err
 		}

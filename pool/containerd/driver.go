@@ -23,7 +23,7 @@
 // thaw costs microseconds rather than milliseconds; it is never removed.
 //
 // The OCI runtime is crun by default (WithRuntimeBinary): it starts
-// containers about 30% faster than runc here. See agent/daemon's
+// containers about 30% faster than runc here. See pool/containerd/daemon's
 // WithHideCgroup2 for the hybrid cgroup hosts crun refuses.
 //
 // Lifecycle of a container as the driver sees it:
@@ -100,6 +100,11 @@ var (
 
 var _ pool.Driver = (*Driver)(nil)
 var _ pool.SpecChecker = (*Driver)(nil)
+var _ pool.RootFSPreparer = (*Driver)(nil)
+
+// PrepareRootFS implements pool.RootFSPreparer with the package's
+// PrepareRootFS.
+func (d *Driver) PrepareRootFS(dir string) error { return PrepareRootFS(dir) }
 
 // Option configures New.
 type Option func(*options)
@@ -132,7 +137,7 @@ func WithRuncRoot(dir string) Option { return func(o *options) { o.runcRoot = di
 // crun is the default because it brings a container up about 30% faster
 // than runc (BenchmarkStartInterleaved: p50 108 ms against 155 ms on a
 // 2-vCPU VM). crun 1.x refuses hybrid cgroup hosts whose cgroup2 hierarchy
-// holds any controller; a containerd started by agent/daemon hides that
+// holds any controller; a containerd started by pool/containerd/daemon hides that
 // mount from itself and its runtimes (daemon.WithHideCgroup2), otherwise
 // use "runc" on such hosts. Start's error says so when it happens.
 func WithRuntimeBinary(name string) Option { return func(o *options) { o.binary = name } }
@@ -505,7 +510,7 @@ func (d *Driver) Start(ctx context.Context, spec pool.ContainerSpec) (err error)
 	if err != nil {
 		if strings.Contains(err.Error(), "hybrid mode not supported") {
 			return fmt.Errorf("start %q: create task: %w (crun cannot run on this hybrid cgroup host as containerd "+
-				"sees it: start containerd with agent/daemon (WithHideCgroup2) or use WithRuntimeBinary(\"runc\"))", id, err)
+				"sees it: start containerd with pool/containerd/daemon (WithHideCgroup2) or use WithRuntimeBinary(\"runc\"))", id, err)
 		}
 		return fmt.Errorf("start %q: create task: %w", id, err)
 	}

@@ -19,8 +19,8 @@ import (
 	"github.com/containerd/containerd/namespaces"
 	"github.com/containerd/containerd/oci"
 
-	"github.com/kilnfx/kiln/agent/daemon"
 	"github.com/kilnfx/kiln/pool"
+	"github.com/kilnfx/kiln/pool/containerd/daemon"
 )
 
 const waitTimeout = 30 * time.Second

@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kilnfx/kiln/agent/daemon"
 	"github.com/kilnfx/kiln/pool"
+	"github.com/kilnfx/kiln/pool/containerd/daemon"
 )
 
 // Integration fixtures, set up by TestMain when containerd can run.

@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kilnfx/kiln/agent/daemon"
 	"github.com/kilnfx/kiln/pool"
+	"github.com/kilnfx/kiln/pool/containerd/daemon"
 )
 
 // poll waits, boundedly, until cond holds.

@@ -29,9 +29,42 @@ type Call struct {
 	// Method, Path and Query describe the HTTP request, when there is one.
 	Method, Path, Query string
 	// Headers are passed to the function.
-	Headers []*pb.Header
+	Headers []Header
 	// Body is the request body; the agent does not keep it after Invoke.
 	Body []byte
+}
+
+// Header is one HTTP-style header of a call or its answer; a key may
+// repeat.
+type Header struct {
+	Key, Value string
+}
+
+// toExecutorHeaders converts hs for the executor protocol in two
+// allocations whatever their number.
+func toExecutorHeaders(hs []Header) []*pb.Header {
+	if len(hs) == 0 {
+		return nil
+	}
+	vals := make([]pb.Header, len(hs))
+	ptrs := make([]*pb.Header, len(hs))
+	for i, h := range hs {
+		vals[i].Key, vals[i].Value = h.Key, h.Value
+		ptrs[i] = &vals[i]
+	}
+	return ptrs
+}
+
+// fromExecutorHeaders converts the executor's answer headers.
+func fromExecutorHeaders(hs []*pb.Header) []Header {
+	if len(hs) == 0 {
+		return nil
+	}
+	out := make([]Header, len(hs))
+	for i, h := range hs {
+		out[i] = Header{Key: h.GetKey(), Value: h.GetValue()}
+	}
+	return out
 }
 
 // Result is the outcome of a call.
@@ -44,7 +77,7 @@ type Result struct {
 	// Status is the function's HTTP status.
 	Status int
 	// Headers and Body are the function's answer.
-	Headers []*pb.Header
+	Headers []Header
 	Body    []byte
 	// FunctionError is the handler's error message, if it failed.
 	FunctionError string
@@ -141,7 +174,7 @@ func (a *Agent) invoke(ctx context.Context, call *Call, rec *datastore.UsageReco
 	out, err := c.Invoke(ctx, &pb.Invoke{
 		CallId:           res.CallID,
 		DeadlineUnixNano: deadline.UnixNano(),
-		Headers:          call.Headers,
+		Headers:          toExecutorHeaders(call.Headers),
 		Body:             call.Body,
 		Method:           call.Method,
 		Path:             call.Path,
@@ -169,7 +202,7 @@ func (a *Agent) invoke(ctx context.Context, call *Call, rec *datastore.UsageReco
 	if res.Status == 0 {
 		res.Status = 200
 	}
-	res.Headers = out.Headers
+	res.Headers = fromExecutorHeaders(out.Headers)
 	res.Body = out.Body
 	res.FunctionError = out.Error
 	res.Exec = time.Duration(out.ExecNs)

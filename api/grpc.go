@@ -22,7 +22,6 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/kilnfx/kiln/agent"
-	pb "github.com/kilnfx/kiln/proto/executorpb"
 	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
 )
 
@@ -372,11 +371,9 @@ func newCall(req *kilnv1.InvokeRequest, trigger string) *agent.Call {
 		Body:     req.Body,
 	}
 	if n := len(req.Headers); n > 0 {
-		hs := make([]pb.Header, n)
-		call.Headers = make([]*pb.Header, n)
+		call.Headers = make([]agent.Header, n)
 		for i, h := range req.Headers {
-			hs[i].Key, hs[i].Value = h.Key, h.Value
-			call.Headers[i] = &hs[i]
+			call.Headers[i] = agent.Header{Key: h.GetKey(), Value: h.GetValue()}
 		}
 	}
 	return call

@@ -22,7 +22,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/kilnfx/kiln/agent"
-	pb "github.com/kilnfx/kiln/proto/executorpb"
 	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
 )
 
@@ -340,12 +339,12 @@ func (s *HTTPServer) invoke(ctx *fasthttp.RequestCtx, rest []byte) {
 		Query:    string(ctx.URI().QueryString()),
 		Body:     ctx.PostBody(),
 	}
-	call.Headers = make([]*pb.Header, 0, ctx.Request.Header.Len())
+	call.Headers = make([]agent.Header, 0, ctx.Request.Header.Len())
 	for k, v := range ctx.Request.Header.All() {
 		if skipHeader(k) {
 			continue
 		}
-		call.Headers = append(call.Headers, &pb.Header{Key: string(k), Value: string(v)})
+		call.Headers = append(call.Headers, agent.Header{Key: string(k), Value: string(v)})
 	}
 	// The call outlives a server shutdown signal: in-flight calls finish
 	// within the shutdown bound, and the function's timeout bounds each one.

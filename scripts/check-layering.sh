@@ -2,7 +2,7 @@
 # Fails when a package imports what docs/DESIGN.md's rooms forbid:
 # containerd's client is imported only under pool/containerd (no
 # exemption), nothing but pool/containerd's own tree and cmd/ imports
-# pool/containerd, api/ never imports pool/, and the leaf rooms (executor,
+# pool/containerd, api/ never imports pool/ nor the executor protocol, and the leaf rooms (executor,
 # datastore, proto) import none of agent, pool or api.
 set -euo pipefail
 mod=github.com/kilnfx/kiln
@@ -28,6 +28,9 @@ while read -r pkg imports; do
     $mod/api|$mod/api/*)
       if grep -qE "(^| )$mod/pool(/| |$)" <<<" $imports "; then
         echo "layering: $pkg imports pool"; fail=1
+      fi
+      if grep -qE "(^| )$mod/proto/executorpb( |$)" <<<" $imports "; then
+        echo "layering: $pkg imports the executor protocol (use agent.Header)"; fail=1
       fi ;;
   esac
   case "$pkg" in

@@ -61,56 +61,83 @@ type function struct {
 	pool       *pool.Function
 }
 
-// Option configures an Agent.
-type Option func(*Agent)
+// Option configures an Agent; New validates the result.
+type Option func(*options)
+
+type options struct {
+	log        *slog.Logger
+	maxBody    int
+	codeLimits bundle.Limits
+	usage      UsageSink
+	node       string
+	classify   func(error) (status int, class string)
+	metrics    *Metrics
+}
 
 // WithLogger sets the agent's logger.
-func WithLogger(l *slog.Logger) Option { return func(a *Agent) { a.log = l } }
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
 
 // WithMaxBodyBytes sets the request body limit (default DefaultMaxBodyBytes).
-func WithMaxBodyBytes(n int) Option { return func(a *Agent) { a.maxBody = n } }
+func WithMaxBodyBytes(n int) Option { return func(o *options) { o.maxBody = n } }
 
 // WithCodeLimits bounds the code archives Deploy accepts (default
-// bundle.DefaultLimits).
-func WithCodeLimits(l bundle.Limits) Option { return func(a *Agent) { a.codeLimits = l } }
+// bundle.DefaultLimits); every limit must be positive.
+func WithCodeLimits(l bundle.Limits) Option { return func(o *options) { o.codeLimits = l } }
 
 // WithUsageSink makes the agent write every call's usage record to s
 // (default: none, metering off).
-func WithUsageSink(s UsageSink) Option { return func(a *Agent) { a.usage = s } }
+func WithUsageSink(s UsageSink) Option { return func(o *options) { o.usage = s } }
 
 // WithNode names the node in usage records (default: the host name).
-func WithNode(name string) Option { return func(a *Agent) { a.node = name } }
+func WithNode(name string) Option { return func(o *options) { o.node = name } }
 
 // WithErrorClassifier sets how the status and error class of a failed call
 // are derived for its usage record and metrics; the API edge's mapping
 // (api.HTTPStatus) is the one to pass. The default answers 500 "internal".
 func WithErrorClassifier(f func(error) (status int, class string)) Option {
-	return func(a *Agent) { a.classify = f }
+	return func(o *options) { o.classify = f }
 }
 
 // WithMetrics sets where the agent counts calls (default: a private,
 // unexported set).
-func WithMetrics(m *Metrics) Option { return func(a *Agent) { a.metrics = m } }
+func WithMetrics(m *Metrics) Option { return func(o *options) { o.metrics = m } }
 
 // New returns an Agent storing functions in store, running them in p, and
 // keeping their code under dataDir/functions. It loads the functions store
-// already holds.
+// already holds. Options that make no sense (a body limit or code limit
+// that is not positive) are errors.
 func New(ctx context.Context, store *datastore.Store, p *pool.Pool, dataDir string, opts ...Option) (*Agent, error) {
 	if store == nil || p == nil {
 		return nil, errors.New("agent: store and pool are required")
+	}
+	if dataDir == "" {
+		return nil, errors.New("agent: dataDir is required")
+	}
+	o := options{log: slog.Default(), maxBody: DefaultMaxBodyBytes, codeLimits: bundle.DefaultLimits}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	switch {
+	case o.log == nil:
+		return nil, errors.New("agent: nil logger")
+	case o.maxBody <= 0:
+		return nil, fmt.Errorf("agent: body limit %d: must be positive", o.maxBody)
+	case o.codeLimits.ArchiveBytes <= 0 || o.codeLimits.FileBytes <= 0 || o.codeLimits.Entries <= 0:
+		return nil, fmt.Errorf("agent: code limits %+v: each must be positive", o.codeLimits)
 	}
 	a := &Agent{
 		store:        store,
 		pool:         p,
 		dataDir:      dataDir,
 		functionsDir: filepath.Join(dataDir, "functions"),
-		codeLimits:   bundle.DefaultLimits,
-		log:          slog.Default(),
-		maxBody:      DefaultMaxBodyBytes,
+		codeLimits:   o.codeLimits,
+		log:          o.log,
+		maxBody:      o.maxBody,
+		usage:        o.usage,
+		node:         o.node,
+		classify:     o.classify,
+		metrics:      o.metrics,
 		functions:    make(map[string]*function),
-	}
-	for _, opt := range opts {
-		opt(a)
 	}
 	if a.node == "" {
 		a.node, _ = os.Hostname()

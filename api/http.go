@@ -81,22 +81,34 @@ type HTTPServer struct {
 }
 
 // HTTPOption configures an HTTPServer.
-type HTTPOption func(*HTTPServer)
+type HTTPOption func(*httpOptions)
+
+// httpOptions are what HTTPOptions set; NewHTTPServer applies them.
+type httpOptions struct {
+	log           *slog.Logger
+	adminToken    string
+	required      bool
+	metrics       fasthttp.RequestHandler
+	conns         *connLimiter
+	headerTimeout time.Duration
+	bodyTimeout   time.Duration
+	maxDeploy     int
+}
 
 // WithHTTPLogger sets the server's logger.
-func WithHTTPLogger(l *slog.Logger) HTTPOption { return func(s *HTTPServer) { s.log = l } }
+func WithHTTPLogger(l *slog.Logger) HTTPOption { return func(o *httpOptions) { o.log = l } }
 
 // WithAdminToken sets the token that grants the management API. With
 // required set, every /v1/ request needs it (or, for usage and calls, a
 // tenant's API key); without, requests with no credentials are admitted as
 // the admin, which is only safe on loopback.
 func WithAdminToken(token string, required bool) HTTPOption {
-	return func(s *HTTPServer) { s.gate.adminToken, s.gate.required = token, required }
+	return func(o *httpOptions) { o.adminToken, o.required = token, required }
 }
 
 // WithMetricsHandler serves h (a Prometheus handler) at GET /metrics.
 func WithMetricsHandler(h http.Handler) HTTPOption {
-	return func(s *HTTPServer) { s.metrics = fasthttpadaptor.NewFastHTTPHandler(h) }
+	return func(o *httpOptions) { o.metrics = fasthttpadaptor.NewFastHTTPHandler(h) }
 }
 
 // WithConnLimits bounds the connections the server keeps open at once, in
@@ -105,7 +117,7 @@ func WithMetricsHandler(h http.Handler) HTTPOption {
 // answered at once, 503 (total) or 429 (per IP) with Retry-After, and
 // closed.
 func WithConnLimits(total, perIP int) HTTPOption {
-	return func(s *HTTPServer) { s.conns = newConnLimiter(total, perIP) }
+	return func(o *httpOptions) { o.conns = newConnLimiter(total, perIP) }
 }
 
 // WithHeaderTimeout bounds reading a request's line and headers (default
@@ -115,9 +127,9 @@ func WithConnLimits(total, perIP int) HTTPOption {
 // requests a kept-alive connection waits up to 2 minutes instead. Values
 // of 0 or less keep the default.
 func WithHeaderTimeout(d time.Duration) HTTPOption {
-	return func(s *HTTPServer) {
+	return func(o *httpOptions) {
 		if d > 0 {
-			s.headerTimeout = d
+			o.headerTimeout = d
 		}
 	}
 }
@@ -129,9 +141,9 @@ func WithHeaderTimeout(d time.Duration) HTTPOption {
 // is answered 408 and its connection closed. Values of 0 or less keep the
 // default.
 func WithBodyTimeout(d time.Duration) HTTPOption {
-	return func(s *HTTPServer) {
+	return func(o *httpOptions) {
 		if d > 0 {
-			s.bodyTimeout = d
+			o.bodyTimeout = d
 		}
 	}
 }
@@ -144,9 +156,9 @@ func WithBodyTimeout(d time.Duration) HTTPOption {
 // answered 401, so that it cannot make kilnd buffer a large body. Values
 // of 0 or less keep the default.
 func WithMaxDeployBytes(n int) HTTPOption {
-	return func(s *HTTPServer) {
+	return func(o *httpOptions) {
 		if n > 0 {
-			s.maxDeploy = n
+			o.maxDeploy = n
 		}
 	}
 }
@@ -154,23 +166,34 @@ func WithMaxDeployBytes(n int) HTTPOption {
 // NewHTTPServer returns a server of a's API. Request bodies over the agent's
 // limit are refused with 413.
 func NewHTTPServer(a *agent.Agent, opts ...HTTPOption) *HTTPServer {
-	s := &HTTPServer{
-		agent:         a,
+	o := httpOptions{
 		log:           slog.Default(),
-		done:          make(chan struct{}),
-		gate:          gate{agent: a},
 		conns:         newConnLimiter(DefaultMaxConns, DefaultMaxConnsPerIP),
 		headerTimeout: DefaultHeaderTimeout,
 		bodyTimeout:   DefaultBodyTimeout,
 		maxDeploy:     DefaultMaxDeployBytes,
 	}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.log == nil {
+		o.log = slog.Default()
+	}
+	s := &HTTPServer{
+		agent:         a,
+		log:           o.log,
+		done:          make(chan struct{}),
+		gate:          gate{agent: a, adminToken: o.adminToken, required: o.required},
+		metrics:       o.metrics,
+		conns:         o.conns,
+		headerTimeout: o.headerTimeout,
+		bodyTimeout:   o.bodyTimeout,
+		maxDeploy:     o.maxDeploy,
+	}
 	if w, err := newDisconnectWatcher(); err == nil {
 		s.disconnects = w
 	} else {
 		s.log.Warn("client disconnects will not cancel calls", "err", err)
-	}
-	for _, opt := range opts {
-		opt(s)
 	}
 	s.srv = &fasthttp.Server{
 		Handler:      s.handle,

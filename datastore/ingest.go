@@ -83,8 +83,8 @@ func WithRetryDelay(d time.Duration) IngesterOption {
 	return func(o *ingesterOptions) { o.retry = d }
 }
 
-// WithLogger sets where Run reports failed passes (default slog.Default()).
-func WithLogger(l *slog.Logger) IngesterOption { return func(o *ingesterOptions) { o.log = l } }
+// WithIngestLogger sets where Run reports failed passes (default slog.Default()).
+func WithIngestLogger(l *slog.Logger) IngesterOption { return func(o *ingesterOptions) { o.log = l } }
 
 // NewIngester returns an Ingester from src into s. It reads nothing until
 // the first pass.

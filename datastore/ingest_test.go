@@ -296,7 +296,7 @@ func TestRun(t *testing.T) {
 			s := openTest(t)
 			src := newMemSource(signal)
 			in, err := NewIngester(s, src, WithBatchDelay(5*time.Millisecond), WithRetryDelay(time.Millisecond),
-				WithLogger(slog.New(slog.DiscardHandler)))
+				WithIngestLogger(slog.New(slog.DiscardHandler)))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -336,7 +336,7 @@ func TestNewIngesterValidates(t *testing.T) {
 		"nil store":  func() (*Ingester, error) { return NewIngester(nil, src) },
 		"nil source": func() (*Ingester, error) { return NewIngester(s, nil) },
 		"batch 0":    func() (*Ingester, error) { return NewIngester(s, src, WithBatchSize(0)) },
-		"nil logger": func() (*Ingester, error) { return NewIngester(s, src, WithLogger(nil)) },
+		"nil logger": func() (*Ingester, error) { return NewIngester(s, src, WithIngestLogger(nil)) },
 	} {
 		if _, err := f(); err == nil {
 			t.Errorf("%s: NewIngester succeeded", name)

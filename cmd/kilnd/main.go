@@ -312,7 +312,7 @@ func run(args []string, stderr io.Writer) error {
 			return fmt.Errorf("usage journal: %w", err)
 		}
 		defer j.Close()
-		in, err := datastore.NewIngester(store, j, datastore.WithLogger(log))
+		in, err := datastore.NewIngester(store, j, datastore.WithIngestLogger(log))
 		if err != nil {
 			return err
 		}

@@ -40,7 +40,7 @@ func openStore(t testing.TB, dir string) *datastore.Store {
 
 func newIngester(t testing.TB, s *datastore.Store, src datastore.UsageSource, opts ...datastore.IngesterOption) *datastore.Ingester {
 	t.Helper()
-	opts = append([]datastore.IngesterOption{datastore.WithLogger(slog.New(slog.DiscardHandler))}, opts...)
+	opts = append([]datastore.IngesterOption{datastore.WithIngestLogger(slog.New(slog.DiscardHandler))}, opts...)
 	in, err := datastore.NewIngester(s, src, opts...)
 	if err != nil {
 		t.Fatal(err)
@@ -214,7 +214,7 @@ func crashChild(dir string) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}
-	in, err := datastore.NewIngester(s, j, datastore.WithBatchDelay(time.Millisecond), datastore.WithBatchSize(50), datastore.WithLogger(log))
+	in, err := datastore.NewIngester(s, j, datastore.WithBatchDelay(time.Millisecond), datastore.WithBatchSize(50), datastore.WithIngestLogger(log))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)

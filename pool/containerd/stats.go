@@ -26,10 +26,11 @@ type cgroupStats struct {
 	dead   bool // closed by Remove or Close
 	v2     bool
 
-	// v1: cpuacct.usage_user and cpuacct.usage_sys (nanoseconds), or, when
-	// the kernel lacks them, cpuStat = cpuacct.stat (USER_HZ ticks).
-	// v2: cpuStat = cpu.stat (microseconds).
-	cpuUser, cpuSys, cpuStat *os.File
+	// v1: cpuacct.usage_user and cpuacct.usage_sys (nanoseconds, but split
+	// at tick granularity), with cpuTotal = cpuacct.usage (exact
+	// nanoseconds), or, when the kernel lacks them, cpuStat = cpuacct.stat
+	// (USER_HZ ticks). v2: cpuStat = cpu.stat (microseconds).
+	cpuUser, cpuSys, cpuTotal, cpuStat *os.File
 	// v1: memory.usage_in_bytes and memory.max_usage_in_bytes.
 	// v2: memory.current and memory.peak (nil on kernels before 5.19).
 	mem, memPeak *os.File
@@ -80,7 +81,9 @@ func (s *cgroupStats) openV1(memDir, cpuDir string) error {
 		if s.cpuStat, err = os.Open(filepath.Join(cpuDir, "cpuacct.stat")); err != nil {
 			return err
 		}
+		return nil
 	}
+	s.cpuTotal, _ = os.Open(filepath.Join(cpuDir, "cpuacct.usage"))
 	return nil
 }
 
@@ -99,7 +102,7 @@ func (s *cgroupStats) openV2(dir string) error {
 
 // close closes the files; later reads report the container gone.
 func (s *cgroupStats) close() {
-	for _, f := range []**os.File{&s.cpuUser, &s.cpuSys, &s.cpuStat, &s.mem, &s.memPeak} {
+	for _, f := range []**os.File{&s.cpuUser, &s.cpuSys, &s.cpuTotal, &s.cpuStat, &s.mem, &s.memPeak} {
 		closeFile(f)
 	}
 	s.opened = false
@@ -151,6 +154,19 @@ func (s *cgroupStats) read() (pool.Stats, error) {
 		sys, err := s.readInt(s.cpuSys)
 		if err != nil {
 			return st, err
+		}
+		if s.cpuTotal != nil {
+			// The kernel splits user from system time per tick, so a
+			// container that ran less than a tick can read 0 for both;
+			// cpuacct.usage is exact. Scale the split to it.
+			if total, err := s.readInt(s.cpuTotal); err == nil && total > user+sys {
+				if user+sys == 0 {
+					user = total
+				} else {
+					u := int64(float64(total) * (float64(user) / float64(user+sys)))
+					user, sys = u, total-u
+				}
+			}
 		}
 		st.CPUUser, st.CPUSystem = time.Duration(user), time.Duration(sys)
 	default:

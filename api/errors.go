@@ -7,6 +7,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/kilnfx/kiln/agent"
+	"github.com/kilnfx/kiln/api/wire"
 )
 
 // errorClass is one row of the single mapping from the agent's error classes
@@ -24,25 +25,22 @@ type errorClass struct {
 var errRequestTimeout = errors.New("request timeout")
 
 var errorClasses = []errorClass{
-	{agent.ErrNotFound, "not_found", http.StatusNotFound, codes.NotFound, false},
-	{agent.ErrInvalidArgument, "invalid_argument", http.StatusBadRequest, codes.InvalidArgument, false},
-	{agent.ErrUnauthenticated, "unauthenticated", http.StatusUnauthorized, codes.Unauthenticated, false},
-	{agent.ErrResourceExhausted, "resource_exhausted", http.StatusTooManyRequests, codes.ResourceExhausted, true},
-	{agent.ErrUnavailable, "unavailable", http.StatusServiceUnavailable, codes.Unavailable, true},
-	{agent.ErrDeadlineExceeded, "deadline_exceeded", http.StatusGatewayTimeout, codes.DeadlineExceeded, false},
-	{agent.ErrExecutorFailed, "executor_failure", http.StatusBadGateway, codes.Unavailable, false},
-	{agent.ErrPayloadTooLarge, "payload_too_large", http.StatusRequestEntityTooLarge, codes.ResourceExhausted, false},
-	{agent.ErrInsufficientStorage, "insufficient_storage", http.StatusInsufficientStorage, codes.ResourceExhausted, true},
-	{errRequestTimeout, "request_timeout", http.StatusRequestTimeout, codes.DeadlineExceeded, false},
+	{agent.ErrNotFound, wire.ClassNotFound, http.StatusNotFound, codes.NotFound, false},
+	{agent.ErrInvalidArgument, wire.ClassInvalidArgument, http.StatusBadRequest, codes.InvalidArgument, false},
+	{agent.ErrUnauthenticated, wire.ClassUnauthenticated, http.StatusUnauthorized, codes.Unauthenticated, false},
+	{agent.ErrResourceExhausted, wire.ClassResourceExhausted, http.StatusTooManyRequests, codes.ResourceExhausted, true},
+	{agent.ErrUnavailable, wire.ClassUnavailable, http.StatusServiceUnavailable, codes.Unavailable, true},
+	{agent.ErrDeadlineExceeded, wire.ClassDeadlineExceeded, http.StatusGatewayTimeout, codes.DeadlineExceeded, false},
+	{agent.ErrExecutorFailed, wire.ClassExecutorFailure, http.StatusBadGateway, codes.Unavailable, false},
+	{agent.ErrPayloadTooLarge, wire.ClassPayloadTooLarge, http.StatusRequestEntityTooLarge, codes.ResourceExhausted, false},
+	{agent.ErrInsufficientStorage, wire.ClassInsufficientStorage, http.StatusInsufficientStorage, codes.ResourceExhausted, true},
+	{errRequestTimeout, wire.ClassRequestTimeout, http.StatusRequestTimeout, codes.DeadlineExceeded, false},
 	// 499: the caller closed the request (nginx's convention); nobody
 	// reads this answer, but the usage record keeps it.
-	{agent.ErrCancelled, "cancelled", 499, codes.Canceled, false},
+	{agent.ErrCancelled, wire.ClassCancelled, 499, codes.Canceled, false},
 }
 
-var internalClass = errorClass{name: "internal", http: http.StatusInternalServerError, grpc: codes.Internal}
-
-// ClassFunctionError is the class of a call whose handler failed.
-const ClassFunctionError = agent.ClassFunctionError
+var internalClass = errorClass{name: wire.ClassInternal, http: http.StatusInternalServerError, grpc: codes.Internal}
 
 // classify returns the class of err.
 func classify(err error) errorClass {

@@ -22,21 +22,13 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/kilnfx/kiln/agent"
+	"github.com/kilnfx/kiln/api/wire"
 	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
-)
-
-// Trailer metadata keys kiln sets on a failed unary Invoke, so that a client
-// can tell kiln's own errors (which carry a class) from transport errors.
-const (
-	// GRPCTrailerCallID holds the call's id when kiln accepted the call.
-	GRPCTrailerCallID = "kiln-call-id"
-	// GRPCTrailerErrorClass holds the error class, as in the HTTP API.
-	GRPCTrailerErrorClass = "kiln-error-class"
 )
 
 // DefaultStreamMaxInFlight is how many requests of one InvokeStream run at
 // once unless WithStreamMaxInFlight says otherwise.
-const DefaultStreamMaxInFlight = 256
+const DefaultStreamMaxInFlight = wire.DefaultStreamMaxInFlight
 
 // grpcMsgSlack is what a request message may hold besides its body: the
 // limit on received messages is the body limit plus this.
@@ -310,12 +302,12 @@ func (s *invokerServer) Invoke(ctx context.Context, req *kilnv1.InvokeRequest) (
 // trailer saying its class and, when kiln gave it one, the call's id.
 func (s *invokerServer) unaryError(ctx context.Context, req *kilnv1.InvokeRequest, err error, callID string) error {
 	e := s.callError(ctx, req, err)
-	md := metadata.Pairs(GRPCTrailerErrorClass, e.Class)
+	md := metadata.Pairs(wire.TrailerErrorClass, e.Class)
 	if callID != "" {
-		md.Append(GRPCTrailerCallID, callID)
+		md.Append(wire.TrailerCallID, callID)
 	}
 	_ = grpc.SetTrailer(ctx, md)
-	return status.Error(codes.Code(e.Code), e.Message)
+	return classStatus(codes.Code(e.Code), e.Message, e.Class)
 }
 
 // callError turns an error of agent.Invoke for req, run under ctx, into
@@ -351,12 +343,26 @@ func requestTimeout(req *kilnv1.InvokeRequest) (time.Duration, error) {
 	return d, nil
 }
 
-// grpcError returns err as a gRPC status error with the code of its class.
+// grpcError returns err as a gRPC status error with the code of its class
+// (see classStatus).
 func grpcError(err error) error {
 	if err == nil {
 		return nil
 	}
-	return status.Error(GRPCCode(err), err.Error())
+	c := classify(err)
+	return classStatus(c.grpc, err.Error(), c.name)
+}
+
+// classStatus returns the status error kiln answers itself: code and msg,
+// with a kiln.v1.Error detail naming the error class. The detail is how a
+// client tells kiln's own answers from the transport's, and learns the
+// class, which the code alone does not say (several classes share a code).
+func classStatus(code codes.Code, msg, class string) error {
+	st := status.New(code, msg)
+	if d, err := st.WithDetails(&kilnv1.Error{Class: class}); err == nil {
+		st = d
+	}
+	return st.Err()
 }
 
 // newCall returns the agent's call for req. Headers are copied into one

@@ -29,6 +29,7 @@ import (
 
 	"github.com/kilnfx/kiln/agent"
 	"github.com/kilnfx/kiln/api/client"
+	"github.com/kilnfx/kiln/api/wire"
 	"github.com/kilnfx/kiln/datastore"
 	"github.com/kilnfx/kiln/executor/sdk"
 	"github.com/kilnfx/kiln/pool"
@@ -267,7 +268,7 @@ func TestGRPCInvokeErrors(t *testing.T) {
 			if status.Code(err) != tt.code {
 				t.Fatalf("got %v, want code %v", err, tt.code)
 			}
-			if got := trailer.Get(GRPCTrailerErrorClass); tt.class != "" && (len(got) != 1 || got[0] != tt.class) {
+			if got := trailer.Get(wire.TrailerErrorClass); tt.class != "" && (len(got) != 1 || got[0] != tt.class) {
 				t.Errorf("class trailer %v, want %s", got, tt.class)
 			}
 		})
@@ -287,7 +288,7 @@ func TestGRPCInvokeDeadline(t *testing.T) {
 	// The request's own timeout, shorter than the RPC's deadline.
 	var trailer metadata.MD
 	_, err = e.invoker.Invoke(context.Background(), &kilnv1.InvokeRequest{Function: "echo", Body: []byte("sleep"), Timeout: durationpb.New(50 * time.Millisecond)}, grpc.Trailer(&trailer))
-	if status.Code(err) != codes.DeadlineExceeded || len(trailer.Get(GRPCTrailerCallID)) != 1 {
+	if status.Code(err) != codes.DeadlineExceeded || len(trailer.Get(wire.TrailerCallID)) != 1 {
 		t.Fatalf("got %v (trailer %v), want DEADLINE_EXCEEDED with a call id", err, trailer)
 	}
 }
@@ -697,10 +698,10 @@ func TestGRPCClient(t *testing.T) {
 	}
 	_, err = c.Invoke(ctx, "missing", nil, nil)
 	var ge *client.GRPCError
-	if !errors.As(err, &ge) || ge.Class != client.ClassNotFound || ge.Code != codes.NotFound || status.Code(err) != codes.NotFound {
+	if !errors.As(err, &ge) || ge.Class != wire.ClassNotFound || ge.Code != codes.NotFound || status.Code(err) != codes.NotFound {
 		t.Errorf("unknown function: %#v", err)
 	}
-	if _, err := c.Get(ctx, "missing"); !errors.As(err, &ge) || ge.Class != client.ClassNotFound {
+	if _, err := c.Get(ctx, "missing"); !errors.As(err, &ge) || ge.Class != wire.ClassNotFound {
 		t.Errorf("get unknown function: %#v", err)
 	}
 	fns, err := c.List(ctx)

@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -46,7 +44,7 @@ func (s *usageServer) Report(ctx context.Context, req *kilnv1.ReportRequest) (*k
 	}
 	if !admin {
 		if q.Tenant != "" && q.Tenant != tenant {
-			return nil, status.Error(codes.Unauthenticated, "a tenant's key sees only its own usage")
+			return nil, grpcError(fmt.Errorf("%w: a tenant's key sees only its own usage", agent.ErrUnauthenticated))
 		}
 		q.Tenant = tenant
 	}

@@ -22,14 +22,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/kilnfx/kiln/agent"
+	"github.com/kilnfx/kiln/api/wire"
 	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
-)
-
-// Response headers kiln adds to every invocation answer.
-const (
-	HeaderCallID = "X-Kiln-Call-Id"
-	HeaderStart  = "X-Kiln-Start"
-	HeaderError  = "X-Kiln-Error"
 )
 
 // bodySlack is how far past the body limit the server still reads a
@@ -247,8 +241,8 @@ func (l fasthttpLogger) Printf(format string, args ...any) {
 // refusals are what the HTTP listener answers on a connection it refuses,
 // by refusal, before closing it.
 var refusals = [...][]byte{
-	overTotal: httpRefusal(fasthttp.StatusServiceUnavailable, "unavailable", "kiln has too many connections open: retry later"),
-	overPerIP: httpRefusal(fasthttp.StatusTooManyRequests, "resource_exhausted", "too many connections from your address: retry later"),
+	overTotal: httpRefusal(fasthttp.StatusServiceUnavailable, wire.ClassUnavailable, "kiln has too many connections open: retry later"),
+	overPerIP: httpRefusal(fasthttp.StatusTooManyRequests, wire.ClassResourceExhausted, "too many connections from your address: retry later"),
 }
 
 func httpRefusal(status int, class, msg string) []byte {
@@ -256,7 +250,7 @@ func httpRefusal(status int, class, msg string) []byte {
 	body = append(body, '\n')
 	return fmt.Appendf(nil, "HTTP/1.1 %d %s\r\nConnection: close\r\nContent-Type: application/json\r\n"+
 		"Retry-After: 1\r\n%s: %s\r\nContent-Length: %d\r\n\r\n%s",
-		status, fasthttp.StatusMessage(status), HeaderError, class, len(body), body)
+		status, fasthttp.StatusMessage(status), wire.HeaderError, class, len(body), body)
 }
 
 func writeRefusal(c net.Conn, why refusal) { _, _ = c.Write(refusals[why]) }
@@ -381,9 +375,9 @@ func (s *HTTPServer) invoke(ctx *fasthttp.RequestCtx, rest []byte) {
 	}
 	res, err := s.agent.Invoke(callCtx, call)
 	if res != nil && res.CallID != "" {
-		ctx.Response.Header.Set(HeaderCallID, res.CallID)
+		ctx.Response.Header.Set(wire.HeaderCallID, res.CallID)
 		if res.Start != "" {
-			ctx.Response.Header.Set(HeaderStart, res.Start)
+			ctx.Response.Header.Set(wire.HeaderStart, res.Start)
 		}
 	}
 	if err != nil {
@@ -398,9 +392,9 @@ func (s *HTTPServer) invoke(ctx *fasthttp.RequestCtx, rest []byte) {
 	}
 	ctx.SetStatusCode(res.Status)
 	if res.FunctionError != "" {
-		ctx.Response.Header.Set(HeaderError, ClassFunctionError)
+		ctx.Response.Header.Set(wire.HeaderError, wire.ClassFunctionError)
 		if len(res.Body) == 0 {
-			writeJSON(ctx, res.Status, &kilnv1.Error{Error: res.FunctionError, Class: ClassFunctionError})
+			writeJSON(ctx, res.Status, &kilnv1.Error{Error: res.FunctionError, Class: wire.ClassFunctionError})
 			return
 		}
 	}
@@ -506,7 +500,8 @@ func (s *HTTPServer) containers(ctx *fasthttp.RequestCtx, name string) {
 
 func (s *HTTPServer) methodNotAllowed(ctx *fasthttp.RequestCtx, allow string) {
 	ctx.Response.Header.Set("Allow", allow)
-	writeJSON(ctx, fasthttp.StatusMethodNotAllowed, &kilnv1.Error{Error: "method not allowed", Class: "invalid_argument"})
+	ctx.Response.Header.Set(wire.HeaderError, wire.ClassInvalidArgument)
+	writeJSON(ctx, fasthttp.StatusMethodNotAllowed, &kilnv1.Error{Error: "method not allowed", Class: wire.ClassInvalidArgument})
 }
 
 // writeError answers with err's status and a JSON Error body.
@@ -518,7 +513,7 @@ func (s *HTTPServer) writeError(ctx *fasthttp.RequestCtx, err error) {
 	if c := classify(err); c.retry {
 		ctx.Response.Header.Set("Retry-After", "1")
 	}
-	ctx.Response.Header.Set(HeaderError, class)
+	ctx.Response.Header.Set(wire.HeaderError, class)
 	writeJSON(ctx, status, &kilnv1.Error{Error: err.Error(), Class: class})
 }
 
@@ -547,7 +542,7 @@ func (s *HTTPServer) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 		if rest, ok := bytes.CutPrefix(path, prefix); ok {
 			name, _, _ := bytes.Cut(rest, []byte("/"))
 			id, rerr := s.agent.Reject(&agent.Call{Function: string(name), Trigger: "http", Received: ctx.Time()}, err)
-			ctx.Response.Header.Set(HeaderCallID, id)
+			ctx.Response.Header.Set(wire.HeaderCallID, id)
 			err = rerr
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/kilnfx/kiln/agent"
+	"github.com/kilnfx/kiln/api/wire"
 	"github.com/kilnfx/kiln/datastore"
 )
 
@@ -287,8 +288,8 @@ func (s *HTTPServer) calls(ctx *fasthttp.RequestCtx, rest string) {
 	}
 	if v := args.Peek("limit"); len(v) > 0 {
 		n, err := strconv.Atoi(string(v))
-		if err != nil || n < 1 || n > datastore.MaxCallLimit {
-			s.writeError(ctx, fmt.Errorf("%w: limit: %q is outside 1..%d", agent.ErrInvalidArgument, v, datastore.MaxCallLimit))
+		if err != nil || n < 1 || n > wire.MaxCallLimit {
+			s.writeError(ctx, fmt.Errorf("%w: limit: %q is outside 1..%d", agent.ErrInvalidArgument, v, wire.MaxCallLimit))
 			return
 		}
 		f.Limit = n

@@ -9,11 +9,9 @@ import (
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/kilnfx/kiln/api/wire"
 	"github.com/kilnfx/kiln/executor/sdk"
 )
-
-// HeaderStart is the answer header saying how kiln started a call.
-const HeaderStart = "X-Kiln-Start"
 
 // Floor is the in-process HTTP server every HTTP figure is divided by: the
 // benchmark functions' own handlers behind fasthttp on loopback, in the
@@ -104,7 +102,7 @@ func HTTPTarget(c *fasthttp.HostClient, path string, body []byte, check func([]b
 					return "", err
 				}
 			}
-			return startKind(resp.Header.Peek(HeaderStart)), nil
+			return startKind(resp.Header.Peek(wire.HeaderStart)), nil
 		}
 	}
 }

@@ -13,7 +13,7 @@
 //
 //	fn, err := c.Get(ctx, "hello")
 //	var apiErr *client.APIError
-//	if errors.As(err, &apiErr) && apiErr.Class == client.ClassNotFound {
+//	if errors.As(err, &apiErr) && apiErr.Class == wire.ClassNotFound {
 //		// not deployed
 //	}
 //
@@ -36,25 +36,8 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/kilnfx/kiln/api/wire"
 	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
-)
-
-// HeaderError is the response header kiln sets on every error answer of an
-// invocation: the error class, ClassFunctionError when the function failed.
-const HeaderError = "X-Kiln-Error"
-
-// Error classes of kiln's API (the class field of kilnv1.Error).
-const (
-	ClassNotFound          = "not_found"
-	ClassInvalidArgument   = "invalid_argument"
-	ClassUnauthenticated   = "unauthenticated"
-	ClassResourceExhausted = "resource_exhausted"
-	ClassUnavailable       = "unavailable"
-	ClassDeadlineExceeded  = "deadline_exceeded"
-	ClassFunctionError     = "function_error"
-	ClassExecutorFailure   = "executor_failure"
-	ClassPayloadTooLarge   = "payload_too_large"
-	ClassInternal          = "internal"
 )
 
 // ErrInvalidName is returned (wrapped) by every method given a function name
@@ -73,8 +56,8 @@ const (
 type APIError struct {
 	// Status is the HTTP status code.
 	Status int
-	// Class is the error class (one of the Class constants), or empty when
-	// the answer did not say.
+	// Class is the error class (one of wire's Class constants), or empty
+	// when the answer did not say.
 	Class string
 	// Message is kiln's human-readable message.
 	Message string
@@ -195,7 +178,7 @@ func (c *Client) Deploy(ctx context.Context, name string, spec *kilnv1.FunctionS
 }
 
 // Get returns the function name. A function that does not exist is an
-// *APIError of class ClassNotFound.
+// *APIError of class wire.ClassNotFound.
 func (c *Client) Get(ctx context.Context, name string) (*kilnv1.Function, error) {
 	if err := validName(name); err != nil {
 		return nil, err
@@ -217,7 +200,7 @@ func (c *Client) List(ctx context.Context) ([]*kilnv1.Function, error) {
 }
 
 // Delete removes the function name. A function that does not exist is an
-// *APIError of class ClassNotFound.
+// *APIError of class wire.ClassNotFound.
 func (c *Client) Delete(ctx context.Context, name string) error {
 	if err := validName(name); err != nil {
 		return err
@@ -227,7 +210,7 @@ func (c *Client) Delete(ctx context.Context, name string) error {
 
 // Containers returns the containers of the function name, in the agent's
 // order. A function that does not exist is an *APIError of class
-// ClassNotFound.
+// wire.ClassNotFound.
 func (c *Client) Containers(ctx context.Context, name string) ([]*kilnv1.Container, error) {
 	if err := validName(name); err != nil {
 		return nil, err
@@ -247,7 +230,7 @@ func (c *Client) Containers(ctx context.Context, name string) ([]*kilnv1.Contain
 // agent stops; the agent's keep-alive empty lines are left out, and a
 // Timeout of the http.Client of WithHTTPClient cuts it too. The caller must
 // close the body. A function that does not exist is an *APIError of class
-// ClassNotFound.
+// wire.ClassNotFound.
 func (c *Client) Logs(ctx context.Context, name string, tail int, follow bool) (io.ReadCloser, error) {
 	if err := validName(name); err != nil {
 		return nil, err
@@ -332,8 +315,8 @@ func (c *Client) Invoke(ctx context.Context, name string, body []byte, header ht
 		return nil, err
 	}
 	defer resp.Body.Close()
-	class := resp.Header.Get(HeaderError)
-	if class != "" && class != ClassFunctionError {
+	class := resp.Header.Get(wire.HeaderError)
+	if class != "" && class != wire.ClassFunctionError {
 		return nil, readAPIError(resp)
 	}
 	out, err := io.ReadAll(resp.Body)
@@ -344,7 +327,7 @@ func (c *Client) Invoke(ctx context.Context, name string, body []byte, header ht
 		Status:        resp.StatusCode,
 		Header:        resp.Header,
 		Body:          out,
-		FunctionError: class == ClassFunctionError,
+		FunctionError: class == wire.ClassFunctionError,
 	}, nil
 }
 
@@ -414,7 +397,7 @@ func (c *Client) newRequest(ctx context.Context, method, path string, query url.
 // a kilnv1.Error as JSON; an answer that is not (say, from a proxy in
 // between) keeps its text as the message.
 func readAPIError(resp *http.Response) *APIError {
-	e := &APIError{Status: resp.StatusCode, Class: resp.Header.Get(HeaderError)}
+	e := &APIError{Status: resp.StatusCode, Class: resp.Header.Get(wire.HeaderError)}
 	data, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
 	var body kilnv1.Error
 	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(data, &body); err == nil && (body.Error != "" || body.Class != "") {

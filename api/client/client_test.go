@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/kilnfx/kiln/api/wire"
 	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
 )
 
@@ -40,7 +41,7 @@ var marshal = protojson.MarshalOptions{UseProtoNames: true}
 
 func writeError(w http.ResponseWriter, status int, class, msg string) {
 	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set(HeaderError, class)
+	w.Header().Set(wire.HeaderError, class)
 	w.WriteHeader(status)
 	b, _ := marshal.Marshal(&kilnv1.Error{Error: msg, Class: class})
 	w.Write(b)
@@ -70,11 +71,11 @@ func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		case http.MethodPut:
 			spec := new(kilnv1.FunctionSpec)
 			if err := protojson.Unmarshal(body, spec); err != nil {
-				writeError(w, http.StatusBadRequest, ClassInvalidArgument, err.Error())
+				writeError(w, http.StatusBadRequest, wire.ClassInvalidArgument, err.Error())
 				return
 			}
 			if len(spec.Code) == 0 {
-				writeError(w, http.StatusBadRequest, ClassInvalidArgument, "spec.code: missing")
+				writeError(w, http.StatusBadRequest, wire.ClassInvalidArgument, "spec.code: missing")
 				return
 			}
 			if _, ok := f.fns[name]; !ok {
@@ -86,13 +87,13 @@ func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		case http.MethodGet:
 			fn, ok := f.fns[name]
 			if !ok {
-				writeError(w, http.StatusNotFound, ClassNotFound, "function "+name+" not found")
+				writeError(w, http.StatusNotFound, wire.ClassNotFound, "function "+name+" not found")
 				return
 			}
 			writeJSON(w, fn)
 		case http.MethodDelete:
 			if _, ok := f.fns[name]; !ok {
-				writeError(w, http.StatusNotFound, ClassNotFound, "function "+name+" not found")
+				writeError(w, http.StatusNotFound, wire.ClassNotFound, "function "+name+" not found")
 				return
 			}
 			delete(f.fns, name)
@@ -109,18 +110,18 @@ func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			w.WriteHeader(http.StatusTeapot)
 			w.Write([]byte("short and stout"))
 		case "fails":
-			w.Header().Set(HeaderError, ClassFunctionError)
+			w.Header().Set(wire.HeaderError, wire.ClassFunctionError)
 			w.WriteHeader(http.StatusInternalServerError)
 			w.Write([]byte("boom"))
 		case "busy":
 			w.Header().Set("Retry-After", "1")
-			writeError(w, http.StatusTooManyRequests, ClassResourceExhausted, "too many calls")
+			writeError(w, http.StatusTooManyRequests, wire.ClassResourceExhausted, "too many calls")
 		case "proxy":
-			w.Header().Set(HeaderError, ClassUnavailable)
+			w.Header().Set(wire.HeaderError, wire.ClassUnavailable)
 			w.WriteHeader(http.StatusBadGateway)
 			w.Write([]byte("<html>bad gateway</html>"))
 		default:
-			writeError(w, http.StatusNotFound, ClassNotFound, "function "+name+" not found")
+			writeError(w, http.StatusNotFound, wire.ClassNotFound, "function "+name+" not found")
 		}
 	default:
 		http.NotFound(w, r)
@@ -196,13 +197,13 @@ func TestManagement(t *testing.T) {
 	}
 	_, err = c.Get(ctx, "hello")
 	var apiErr *APIError
-	if !errors.As(err, &apiErr) || apiErr.Status != http.StatusNotFound || apiErr.Class != ClassNotFound || apiErr.Message != "function hello not found" {
+	if !errors.As(err, &apiErr) || apiErr.Status != http.StatusNotFound || apiErr.Class != wire.ClassNotFound || apiErr.Message != "function hello not found" {
 		t.Fatalf("Get of a deleted function = %#v", err)
 	}
-	if err := c.Delete(ctx, "hello"); !errors.As(err, &apiErr) || apiErr.Class != ClassNotFound {
+	if err := c.Delete(ctx, "hello"); !errors.As(err, &apiErr) || apiErr.Class != wire.ClassNotFound {
 		t.Fatalf("Delete of a deleted function = %v", err)
 	}
-	if _, err := c.Deploy(ctx, "bad", &kilnv1.FunctionSpec{}); !errors.As(err, &apiErr) || apiErr.Class != ClassInvalidArgument {
+	if _, err := c.Deploy(ctx, "bad", &kilnv1.FunctionSpec{}); !errors.As(err, &apiErr) || apiErr.Class != wire.ClassInvalidArgument {
 		t.Fatalf("Deploy of an invalid spec = %v", err)
 	}
 	if _, err := c.Deploy(ctx, "bad", nil); err == nil {
@@ -274,9 +275,9 @@ func TestInvoke(t *testing.T) {
 		class  string
 		msg    string
 	}{
-		{"missing", http.StatusNotFound, ClassNotFound, "function missing not found"},
-		{"busy", http.StatusTooManyRequests, ClassResourceExhausted, "too many calls"},
-		{"proxy", http.StatusBadGateway, ClassUnavailable, "<html>bad gateway</html>"},
+		{"missing", http.StatusNotFound, wire.ClassNotFound, "function missing not found"},
+		{"busy", http.StatusTooManyRequests, wire.ClassResourceExhausted, "too many calls"},
+		{"proxy", http.StatusBadGateway, wire.ClassUnavailable, "<html>bad gateway</html>"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -7,6 +7,7 @@ import (
 	"log"
 
 	"github.com/kilnfx/kiln/api/client"
+	"github.com/kilnfx/kiln/api/wire"
 )
 
 func Example() {
@@ -18,7 +19,7 @@ func Example() {
 	res, err := c.Invoke(ctx, "hello", []byte("world"), nil)
 	var apiErr *client.APIError
 	switch {
-	case errors.As(err, &apiErr) && apiErr.Class == client.ClassNotFound:
+	case errors.As(err, &apiErr) && apiErr.Class == wire.ClassNotFound:
 		fmt.Println("hello is not deployed")
 	case err != nil:
 		log.Fatal(err)

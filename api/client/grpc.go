@@ -18,19 +18,9 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/kilnfx/kiln/api/wire"
 	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
 )
-
-// Trailer keys kiln sets on a failed unary Invoke (see api.GRPCTrailerCallID
-// and api.GRPCTrailerErrorClass).
-const (
-	trailerCallID     = "kiln-call-id"
-	trailerErrorClass = "kiln-error-class"
-)
-
-// DefaultStreamMaxInFlight is how many requests a Stream has in flight at
-// most unless WithGRPCMaxInFlight says otherwise: the server's default bound.
-const DefaultStreamMaxInFlight = 256
 
 // maxRecvMsg bounds an answer read over gRPC.
 const maxRecvMsg = 256 << 20
@@ -44,7 +34,7 @@ var ErrStreamClosed = errors.New("stream closed")
 type GRPCError struct {
 	// Code is the gRPC status code.
 	Code codes.Code
-	// Class is kiln's error class (one of the Class constants).
+	// Class is kiln's error class (one of wire's Class constants).
 	Class string
 	// Message is kiln's human-readable message.
 	Message string
@@ -109,8 +99,8 @@ func WithDialOptions(opts ...grpc.DialOption) GRPCOption {
 }
 
 // WithGRPCMaxInFlight bounds the requests in flight on each Stream (default
-// DefaultStreamMaxInFlight); values below 1 mean 1. Stream.Invoke waits,
-// bounded by its ctx, for a free slot.
+// wire.DefaultStreamMaxInFlight, the server's default bound); values below 1
+// mean 1. Stream.Invoke waits, bounded by its ctx, for a free slot.
 func WithGRPCMaxInFlight(n int) GRPCOption {
 	return func(o *grpcOptions) { o.maxInFlight = max(n, 1) }
 }
@@ -119,7 +109,7 @@ func WithGRPCMaxInFlight(n int) GRPCOption {
 // grpc-go's syntax ("127.0.0.1:9090", "dns:///node:9090",
 // "unix:///run/kiln.sock"). It does not connect: the first call does.
 func NewGRPC(target string, opts ...GRPCOption) (*GRPCClient, error) {
-	o := grpcOptions{maxInFlight: DefaultStreamMaxInFlight}
+	o := grpcOptions{maxInFlight: wire.DefaultStreamMaxInFlight}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -147,7 +137,7 @@ func NewGRPC(target string, opts ...GRPCOption) (*GRPCClient, error) {
 // interceptors, a resolver) and closes itself: Close leaves it open.
 // WithDialOptions does not apply.
 func NewGRPCConn(conn grpc.ClientConnInterface, opts ...GRPCOption) *GRPCClient {
-	o := grpcOptions{maxInFlight: DefaultStreamMaxInFlight}
+	o := grpcOptions{maxInFlight: wire.DefaultStreamMaxInFlight}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -191,48 +181,36 @@ func (c *GRPCClient) Invoke(ctx context.Context, name string, body []byte, heade
 
 // grpcCallError makes err a *GRPCError when kiln's trailer says it is kiln's.
 func grpcCallError(err error, trailer metadata.MD) error {
-	class := trailer.Get(trailerErrorClass)
+	class := trailer.Get(wire.TrailerErrorClass)
 	if len(class) == 0 {
 		return err
 	}
 	st := status.Convert(err)
 	e := &GRPCError{Code: st.Code(), Class: class[0], Message: st.Message()}
-	if id := trailer.Get(trailerCallID); len(id) > 0 {
+	if id := trailer.Get(wire.TrailerCallID); len(id) > 0 {
 		e.CallID = id[0]
 	}
 	return e
 }
 
 // statusError makes a management RPC's error a *GRPCError when it is a
-// status kiln answered (any code but those of the transport).
+// status kiln answered itself: one with a kiln.v1.Error detail naming its
+// class. Other errors (the transport's, grpc-go's own limits) are returned
+// as they are.
 func statusError(err error) error {
+	if err == nil {
+		return nil
+	}
 	st, ok := status.FromError(err)
 	if !ok {
 		return err
 	}
-	switch st.Code() {
-	case codes.Unavailable, codes.Canceled, codes.DeadlineExceeded, codes.Unknown:
-		return err
+	for _, d := range st.Details() {
+		if e, ok := d.(*kilnv1.Error); ok && e.Class != "" {
+			return &GRPCError{Code: st.Code(), Class: e.Class, Message: st.Message()}
+		}
 	}
-	return &GRPCError{Code: st.Code(), Class: classOf(st.Code()), Message: st.Message()}
-}
-
-// classOf is the class of a management error: the codes kiln answers with
-// each map back to one class.
-func classOf(c codes.Code) string {
-	switch c {
-	case codes.NotFound:
-		return ClassNotFound
-	case codes.InvalidArgument:
-		return ClassInvalidArgument
-	case codes.Unauthenticated:
-		return ClassUnauthenticated
-	case codes.ResourceExhausted:
-		return ClassResourceExhausted
-	case codes.Internal:
-		return ClassInternal
-	}
-	return ""
+	return err
 }
 
 func protoHeaders(h http.Header) []*kilnv1.Header {
@@ -265,7 +243,7 @@ func (c *GRPCClient) Deploy(ctx context.Context, name string, spec *kilnv1.Funct
 }
 
 // Get returns the function name. A function that does not exist is a
-// *GRPCError of class ClassNotFound.
+// *GRPCError of class wire.ClassNotFound.
 func (c *GRPCClient) Get(ctx context.Context, name string) (*kilnv1.Function, error) {
 	if err := validName(name); err != nil {
 		return nil, err
@@ -284,7 +262,7 @@ func (c *GRPCClient) List(ctx context.Context) ([]*kilnv1.Function, error) {
 }
 
 // Delete removes the function name. A function that does not exist is a
-// *GRPCError of class ClassNotFound.
+// *GRPCError of class wire.ClassNotFound.
 func (c *GRPCClient) Delete(ctx context.Context, name string) error {
 	if err := validName(name); err != nil {
 		return err

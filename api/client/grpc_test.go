@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/kilnfx/kiln/api/wire"
 	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
 )
 
@@ -36,7 +37,7 @@ func (f *fakeInvoker) Invoke(ctx context.Context, req *kilnv1.InvokeRequest) (*k
 	f.mu.Unlock()
 	switch req.Function {
 	case "missing":
-		grpc.SetTrailer(ctx, metadata.Pairs(trailerErrorClass, ClassNotFound, trailerCallID, "call-1"))
+		grpc.SetTrailer(ctx, metadata.Pairs(wire.TrailerErrorClass, wire.ClassNotFound, wire.TrailerCallID, "call-1"))
 		return nil, status.Error(codes.NotFound, `function "missing" not found`)
 	case "broken":
 		return nil, status.Error(codes.Unavailable, "connection reset")
@@ -95,12 +96,12 @@ func (f *fakeInvoker) InvokeStream(stream kilnv1.Invoker_InvokeStreamServer) err
 					continue
 				}
 				delete(held, r.Id)
-				resp = &kilnv1.InvokeResponse{Id: r.Id, Error: &kilnv1.InvokeError{Code: int32(codes.Canceled), Message: "cancelled", Class: ClassUnavailable}}
+				resp = &kilnv1.InvokeResponse{Id: r.Id, Error: &kilnv1.InvokeError{Code: int32(codes.Canceled), Message: "cancelled", Class: wire.ClassUnavailable}}
 			case r.Function == "hold":
 				held[r.Id] = true
 				continue
 			case r.Function == "missing":
-				resp = &kilnv1.InvokeResponse{Id: r.Id, CallId: "c", Error: &kilnv1.InvokeError{Code: int32(codes.NotFound), Message: "not found", Class: ClassNotFound}}
+				resp = &kilnv1.InvokeResponse{Id: r.Id, CallId: "c", Error: &kilnv1.InvokeError{Code: int32(codes.NotFound), Message: "not found", Class: wire.ClassNotFound}}
 			case r.Function == "kill":
 				return status.Error(codes.Internal, "killed")
 			default:
@@ -145,7 +146,7 @@ func TestGRPCInvoke(t *testing.T) {
 
 	_, err = c.Invoke(ctx, "missing", nil, nil)
 	var ge *GRPCError
-	if !errors.As(err, &ge) || ge.Class != ClassNotFound || ge.CallID != "call-1" || status.Code(err) != codes.NotFound {
+	if !errors.As(err, &ge) || ge.Class != wire.ClassNotFound || ge.CallID != "call-1" || status.Code(err) != codes.NotFound {
 		t.Errorf("kiln's error: %#v", err)
 	} else if want := `function "missing" not found (not_found, gRPC NotFound)`; err.Error() != want {
 		t.Errorf("message %q, want %q", err, want)
@@ -291,5 +292,34 @@ func TestGRPCStreamBrokenByServer(t *testing.T) {
 	}
 	if status.Code(s.Err()) != codes.Internal {
 		t.Errorf("Err: %v", s.Err())
+	}
+}
+
+// TestStatusErrorClasses checks that every class kiln can answer comes back
+// from a management RPC's status as it was sent, codes shared by several
+// classes included, and that statuses kiln did not answer itself stay as
+// they are.
+func TestStatusErrorClasses(t *testing.T) {
+	for _, class := range wire.Classes() {
+		st, err := status.New(codes.ResourceExhausted, "message").WithDetails(&kilnv1.Error{Class: class})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ge *GRPCError
+		if err := statusError(st.Err()); !errors.As(err, &ge) || ge.Class != class || ge.Code != codes.ResourceExhausted || ge.Message != "message" {
+			t.Errorf("class %s came back as %#v", class, err)
+		}
+	}
+	for _, err := range []error{
+		status.Error(codes.ResourceExhausted, "grpc: received message larger than max"),
+		status.Error(codes.Unavailable, "connection refused"),
+		errors.New("not a status"),
+	} {
+		if got := statusError(err); got != err {
+			t.Errorf("statusError(%v) = %#v, want it unchanged", err, got)
+		}
+	}
+	if statusError(nil) != nil {
+		t.Error("statusError(nil) is not nil")
 	}
 }

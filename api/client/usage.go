@@ -11,24 +11,13 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/kilnfx/kiln/api/wire"
 )
 
 // maxReportBody bounds a usage report or a list of calls read into memory
 // (10000 calls, or a month of minutes for many functions).
 const maxReportBody = 256 << 20
-
-// Groupings of a [UsageQuery].
-const (
-	GroupByNone     = ""         // one row for everything selected
-	GroupByFunction = "function" // one row per function
-	GroupByTenant   = "tenant"   // one row per tenant
-	GroupByMinute   = "minute"   // one row per UTC minute
-	GroupByHour     = "hour"     // one row per UTC hour
-	GroupByDay      = "day"      // one row per UTC day
-)
-
-// MaxCallLimit is the most calls the agent lists at once ([CallQuery.Limit]).
-const MaxCallLimit = 10000
 
 // Key is a tenant's API key. Key (the secret) is set only in the answer of
 // [Client.CreateKey]: the agent keeps only its hash.
@@ -76,7 +65,7 @@ func (c *Client) ListKeys(ctx context.Context) ([]Key, error) {
 }
 
 // RevokeKey revokes the API key id at once. An unknown id is an *APIError
-// of class ClassNotFound.
+// of class wire.ClassNotFound.
 func (c *Client) RevokeKey(ctx context.Context, id string) error {
 	if err := validSegment("key id", id); err != nil {
 		return err
@@ -93,7 +82,7 @@ type UsageQuery struct {
 	// Function and Tenant, when set, select one function or tenant
 	// exactly. With a tenant's API key the agent reports only that tenant.
 	Function, Tenant string
-	// GroupBy is one of the GroupBy constants.
+	// GroupBy is one of wire's GroupBy constants.
 	GroupBy string
 }
 
@@ -119,7 +108,7 @@ type UsageReport struct {
 // UsageRow is the usage of one group of calls.
 type UsageRow struct {
 	// Group is the function or tenant name, the bucket's start in RFC 3339
-	// for time groupings, or "" for GroupByNone.
+	// for time groupings, or "" for wire.GroupByNone.
 	Group string `json:"group"`
 	// Time is the bucket's start for time groupings, else zero.
 	Time time.Time `json:"time,omitzero"`
@@ -223,13 +212,13 @@ type CallQuery struct {
 	Function, Tenant string
 	// Since keeps the calls received at or after it.
 	Since time.Time
-	// Limit is the most calls answered, 1..MaxCallLimit; 0 is the agent's
-	// default (100).
+	// Limit is the most calls answered, 1..wire.MaxCallLimit; 0 is the
+	// agent's default, wire.DefaultCallLimit.
 	Limit int
 }
 
 // GetCall returns the usage record of the call id (an X-Kiln-Call-Id). An
-// unknown id is an *APIError of class ClassNotFound.
+// unknown id is an *APIError of class wire.ClassNotFound.
 func (c *Client) GetCall(ctx context.Context, id string) (*Call, error) {
 	if err := validSegment("call id", id); err != nil {
 		return nil, err
@@ -243,8 +232,8 @@ func (c *Client) GetCall(ctx context.Context, id string) (*Call, error) {
 
 // ListCalls returns the usage records of the calls q selects, newest first.
 func (c *Client) ListCalls(ctx context.Context, q CallQuery) ([]Call, error) {
-	if q.Limit < 0 || q.Limit > MaxCallLimit {
-		return nil, fmt.Errorf("list calls: limit %d is outside 1..%d", q.Limit, MaxCallLimit)
+	if q.Limit < 0 || q.Limit > wire.MaxCallLimit {
+		return nil, fmt.Errorf("list calls: limit %d is outside 1..%d", q.Limit, wire.MaxCallLimit)
 	}
 	v := url.Values{}
 	setString(v, "function", q.Function)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/kilnfx/kiln/api/client"
+	"github.com/kilnfx/kiln/api/wire"
 )
 
 func ExampleClient_Usage() {
@@ -16,7 +17,7 @@ func ExampleClient_Usage() {
 	}
 	rep, err := c.Usage(context.Background(), client.UsageQuery{
 		From:    time.Now().Add(-24 * time.Hour),
-		GroupBy: client.GroupByFunction,
+		GroupBy: wire.GroupByFunction,
 	})
 	if err != nil {
 		log.Fatal(err)

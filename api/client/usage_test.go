@@ -17,6 +17,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/kilnfx/kiln/api/wire"
 	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
 )
 
@@ -73,7 +74,7 @@ func (m *meterAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	m.body = append(m.body, body)
 	m.mu.Unlock()
 	if r.Header.Get("Authorization") != "Bearer tok" {
-		writeError(w, http.StatusUnauthorized, ClassUnauthenticated, "this API needs a token")
+		writeError(w, http.StatusUnauthorized, wire.ClassUnauthenticated, "this API needs a token")
 		return
 	}
 	path := strings.TrimPrefix(r.URL.Path, "/prefix")
@@ -88,7 +89,7 @@ func (m *meterAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case path == "/v1/keys/key-1" && r.Method == http.MethodDelete:
 		w.WriteHeader(http.StatusNoContent)
 	case strings.HasPrefix(path, "/v1/keys/"):
-		writeError(w, http.StatusNotFound, ClassNotFound, "api key not found")
+		writeError(w, http.StatusNotFound, wire.ClassNotFound, "api key not found")
 	case path == "/v1/usage":
 		if r.URL.Query().Get("format") == "csv" {
 			w.Header().Set("Content-Type", "text/csv; charset=utf-8")
@@ -101,7 +102,7 @@ func (m *meterAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case path == "/v1/calls/0197a3c2-5b1e-7c3d-9f00-1a2b3c4d5e6f":
 		io.WriteString(w, callJSON)
 	case path == "/v1/calls/nope":
-		writeError(w, http.StatusNotFound, ClassNotFound, `call "nope" not found`)
+		writeError(w, http.StatusNotFound, wire.ClassNotFound, `call "nope" not found`)
 	case path == "/v1/functions/hello/containers":
 		writeJSON(w, &kilnv1.ContainerList{Containers: []*kilnv1.Container{
 			{Id: "hello-1", State: "frozen", Created: timestamppb.New(time.Unix(100, 0)), Calls: 3, MemoryBytes: 4 << 20},
@@ -126,7 +127,7 @@ func (m *meterAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	default:
-		writeError(w, http.StatusNotFound, ClassNotFound, "no route for "+path)
+		writeError(w, http.StatusNotFound, wire.ClassNotFound, "no route for "+path)
 	}
 }
 
@@ -166,7 +167,7 @@ func TestKeys(t *testing.T) {
 		t.Errorf("RevokeKey sent %s %s", r.Method, r.URL.Path)
 	}
 	var apiErr *APIError
-	if err := c.RevokeKey(ctx, "key-9"); !errors.As(err, &apiErr) || apiErr.Class != ClassNotFound || apiErr.Status != 404 {
+	if err := c.RevokeKey(ctx, "key-9"); !errors.As(err, &apiErr) || apiErr.Class != wire.ClassNotFound || apiErr.Status != 404 {
 		t.Errorf("RevokeKey of an unknown key = %v", err)
 	}
 	n := m.count()
@@ -186,7 +187,7 @@ func TestKeys(t *testing.T) {
 func TestUsage(t *testing.T) {
 	m, c := newMeterAPI(t)
 	from := time.Date(2026, 3, 1, 11, 0, 0, 0, time.FixedZone("CET", 3600))
-	q := UsageQuery{From: from, To: from.Add(90 * time.Minute), Function: "hello", Tenant: "acme", GroupBy: GroupByHour}
+	q := UsageQuery{From: from, To: from.Add(90 * time.Minute), Function: "hello", Tenant: "acme", GroupBy: wire.GroupByHour}
 	rep, err := c.Usage(t.Context(), q)
 	if err != nil {
 		t.Fatal(err)
@@ -219,7 +220,7 @@ func TestUsage(t *testing.T) {
 		t.Errorf("empty query sent %q", r.URL.RawQuery)
 	}
 
-	csv, err := c.UsageCSV(t.Context(), UsageQuery{GroupBy: GroupByFunction})
+	csv, err := c.UsageCSV(t.Context(), UsageQuery{GroupBy: wire.GroupByFunction})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -248,7 +249,7 @@ func TestCalls(t *testing.T) {
 		t.Errorf("GetCall = %+v\nwant %+v", *call, want)
 	}
 	var apiErr *APIError
-	if _, err := c.GetCall(ctx, "nope"); !errors.As(err, &apiErr) || apiErr.Class != ClassNotFound {
+	if _, err := c.GetCall(ctx, "nope"); !errors.As(err, &apiErr) || apiErr.Class != wire.ClassNotFound {
 		t.Errorf("GetCall(nope) = %v", err)
 	}
 
@@ -269,7 +270,7 @@ func TestCalls(t *testing.T) {
 	if r, _ := m.last(); r.URL.RawQuery != "" {
 		t.Errorf("empty query sent %q", r.URL.RawQuery)
 	}
-	for _, bad := range []int{-1, MaxCallLimit + 1} {
+	for _, bad := range []int{-1, wire.MaxCallLimit + 1} {
 		if _, err := c.ListCalls(ctx, CallQuery{Limit: bad}); err == nil {
 			t.Errorf("ListCalls with limit %d succeeded", bad)
 		}
@@ -290,7 +291,7 @@ func TestContainers(t *testing.T) {
 		t.Errorf("Containers(Bad) = %v", err)
 	}
 	var apiErr *APIError
-	if _, err := c.Containers(t.Context(), "nope"); !errors.As(err, &apiErr) || apiErr.Class != ClassNotFound {
+	if _, err := c.Containers(t.Context(), "nope"); !errors.As(err, &apiErr) || apiErr.Class != wire.ClassNotFound {
 		t.Errorf("Containers(nope) = %v", err)
 	}
 }
@@ -322,7 +323,7 @@ func TestLogs(t *testing.T) {
 		t.Errorf("query %q", r.URL.RawQuery)
 	}
 	var apiErr *APIError
-	if _, err := c.Logs(t.Context(), "nope", 0, false); !errors.As(err, &apiErr) || apiErr.Class != ClassNotFound {
+	if _, err := c.Logs(t.Context(), "nope", 0, false); !errors.As(err, &apiErr) || apiErr.Class != wire.ClassNotFound {
 		t.Errorf("Logs(nope) = %v", err)
 	}
 }
@@ -444,7 +445,7 @@ func TestTokenEveryRequest(t *testing.T) {
 			t.Errorf("%s sent Authorization %q, User-Agent %q", name, r.Header.Get("Authorization"), r.Header.Get("User-Agent"))
 		}
 		var apiErr *APIError
-		if err := call(noToken); !errors.As(err, &apiErr) || apiErr.Class != ClassUnauthenticated || apiErr.Status != 401 {
+		if err := call(noToken); !errors.As(err, &apiErr) || apiErr.Class != wire.ClassUnauthenticated || apiErr.Status != 401 {
 			t.Errorf("%s without a token: %v", name, err)
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/kilnfx/kiln/api/client"
+	"github.com/kilnfx/kiln/api/wire"
 	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
 )
 
@@ -110,7 +111,7 @@ func invokeResult(resp *kilnv1.InvokeResponse) *client.InvokeResult {
 		res.Header.Add(h.GetKey(), h.GetValue())
 	}
 	if res.FunctionError && len(res.Body) == 0 {
-		b, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(&kilnv1.Error{Error: resp.GetFunctionError(), Class: client.ClassFunctionError})
+		b, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(&kilnv1.Error{Error: resp.GetFunctionError(), Class: wire.ClassFunctionError})
 		if err == nil {
 			res.Body = append(b, '\n')
 		}

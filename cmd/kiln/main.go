@@ -38,6 +38,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/kilnfx/kiln/api/client"
+	"github.com/kilnfx/kiln/api/wire"
 )
 
 const (
@@ -312,7 +313,7 @@ func (c *cli) agentError(cmd *cobra.Command, err error) error {
 		return fmt.Errorf("cannot reach the kiln agent at %s (see --agent and $%s): %w", c.agentURL(cmd), envAgent, ue.Err)
 	}
 	var ae *client.APIError
-	if errors.As(err, &ae) && (ae.Class == client.ClassUnauthenticated || ae.Status == http.StatusUnauthorized) {
+	if errors.As(err, &ae) && (ae.Class == wire.ClassUnauthenticated || ae.Status == http.StatusUnauthorized) {
 		ts := c.resolveToken(cmd)
 		switch {
 		case ts.token != "":

@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/kilnfx/kiln/api/client"
+	"github.com/kilnfx/kiln/api/wire"
 )
 
 // timeFlagHelp says what --from, --to and --since accept.
@@ -16,7 +17,7 @@ const timeFlagHelp = `Times are RFC 3339 (2026-01-02T15:04:05Z), a date (2026-01
 midnight), unix seconds, "now", or a duration before now: 30m, 1h, 1h30m, 7d.`
 
 // groupings are the values of usage's --group-by.
-var groupings = []string{client.GroupByFunction, client.GroupByTenant, client.GroupByMinute, client.GroupByHour, client.GroupByDay}
+var groupings = []string{wire.GroupByFunction, wire.GroupByTenant, wire.GroupByMinute, wire.GroupByHour, wire.GroupByDay}
 
 func (c *cli) usageCmd() *cobra.Command {
 	var from, to, function, tenant, groupBy string
@@ -92,18 +93,18 @@ func writeUsageTable(c *cli, groupBy string, rep *client.UsageReport) error {
 	w := newTable(c.stdout)
 	group := "GROUP"
 	switch groupBy {
-	case client.GroupByFunction:
+	case wire.GroupByFunction:
 		group = "FUNCTION"
-	case client.GroupByTenant:
+	case wire.GroupByTenant:
 		group = "TENANT"
-	case client.GroupByMinute, client.GroupByHour, client.GroupByDay:
+	case wire.GroupByMinute, wire.GroupByHour, wire.GroupByDay:
 		group = "TIME"
 	}
 	fmt.Fprintln(w, group+"\tCOUNT\t2XX\t4XX\t5XX\tWARM\tTHAWED\tSTEM\tCOLD\tRUN P50\tRUN P99\tGB-S\tCPU-S\tBYTES IN\tBYTES OUT")
 	for _, r := range rep.Rows {
 		name := r.Group
 		switch {
-		case groupBy == client.GroupByNone:
+		case groupBy == wire.GroupByNone:
 			name = "all"
 		case !r.Time.IsZero():
 			name = fmtTime(r.Time)
@@ -148,8 +149,8 @@ With a tenant's API key as the token, only that tenant's calls are shown.`,
 			}
 			return c.showCall(cmd, a[0], *output)
 		}
-		if limit < 1 || limit > client.MaxCallLimit {
-			return usageError{fmt.Errorf("--limit %d: want 1..%d", limit, client.MaxCallLimit)}
+		if limit < 1 || limit > wire.MaxCallLimit {
+			return usageError{fmt.Errorf("--limit %d: want 1..%d", limit, wire.MaxCallLimit)}
 		}
 		q := client.CallQuery{Function: function, Tenant: tenant, Limit: limit}
 		var err error
@@ -183,7 +184,7 @@ With a tenant's API key as the token, only that tenant's calls are shown.`,
 	f.StringVar(&function, "function", "", "only calls of this function")
 	f.StringVar(&tenant, "tenant", "", "only calls of this tenant")
 	f.StringVar(&since, "since", "", "only calls received at or after this time")
-	f.IntVar(&limit, "limit", 100, fmt.Sprintf("most calls shown, 1..%d", client.MaxCallLimit))
+	f.IntVar(&limit, "limit", wire.DefaultCallLimit, fmt.Sprintf("most calls shown, 1..%d", wire.MaxCallLimit))
 	return cmd
 }
 

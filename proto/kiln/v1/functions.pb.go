@@ -312,14 +312,17 @@ func (x *FunctionList) GetFunctions() []*Function {
 	return nil
 }
 
-// Error is the body of every error answer of the HTTP API.
+// Error is the body of every error answer of the HTTP API, and the detail
+// of every gRPC status error kiln answers itself (there with class alone).
 type Error struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// error is a human-readable message.
 	Error string `protobuf:"bytes,1,opt,name=error,proto3" json:"error,omitempty"`
-	// class is the error class: not_found, invalid_argument, unauthenticated,
-	// resource_exhausted, unavailable, deadline_exceeded, function_error,
-	// executor_failure, payload_too_large, internal.
+	// class is the error class (Go: the Class constants of package
+	// api/wire): not_found, invalid_argument, unauthenticated,
+	// resource_exhausted, unavailable, deadline_exceeded, executor_failure,
+	// payload_too_large, insufficient_storage, cancelled, function_error,
+	// internal.
 	Class         string `protobuf:"bytes,2,opt,name=class,proto3" json:"class,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -1,0 +1,120 @@
+// Package wire holds the names and limits of kiln's public API that its
+// server (package api) and its Go client (package api/client) both speak:
+// the headers and gRPC trailer keys kiln sets, the error classes it answers
+// with, the groupings of usage reports and the bounds of call listings.
+//
+// The messages themselves are the kiln.v1 protos (proto/kiln/v1): the gRPC
+// API speaks them as they are, the HTTP API as JSON (protojson with the
+// proto field names). This package names what travels beside them.
+//
+// It imports nothing, so that every program speaking to kiln can use it.
+package wire
+
+// Headers kiln sets on the answers of its HTTP API.
+const (
+	// HeaderCallID is the call's id (a UUIDv7) on the answer of every call
+	// kiln gave a usage record, refused calls included: GET
+	// /v1/calls/{id} shows that record.
+	HeaderCallID = "X-Kiln-Call-Id"
+	// HeaderStart says how the call's container was started: warm,
+	// thawed, stem or cold. It is absent when the call reached no
+	// container.
+	HeaderStart = "X-Kiln-Start"
+	// HeaderError is the error class of every error answer kiln gives
+	// itself, also in the body's class field; on the answer of a call it is
+	// ClassFunctionError when the function failed the call, and absent
+	// when the function answered.
+	HeaderError = "X-Kiln-Error"
+)
+
+// Trailer metadata keys kiln sets on a failed unary Invoke over gRPC.
+const (
+	// TrailerCallID holds the call's id when kiln gave it a usage record.
+	TrailerCallID = "kiln-call-id"
+	// TrailerErrorClass holds the error class, as HeaderError does over
+	// HTTP. Every status error kiln answers itself also carries the class
+	// in a kiln.v1.Error status detail.
+	TrailerErrorClass = "kiln-error-class"
+)
+
+// Error classes: the class field of kiln.v1.Error and kiln.v1.InvokeError,
+// the value of HeaderError and TrailerErrorClass, and the error_class of a
+// call's usage record. Each class has one HTTP status and one gRPC code
+// (package api maps them, and README.md lists them); several classes share
+// a gRPC code, so a gRPC client learns the class from the status detail,
+// not from the code.
+const (
+	// ClassNotFound: the function, call, key or route does not exist.
+	ClassNotFound = "not_found"
+	// ClassInvalidArgument: a name, spec, parameter or request is
+	// malformed, or the method is not allowed.
+	ClassInvalidArgument = "invalid_argument"
+	// ClassUnauthenticated: a token or key is missing, wrong, revoked, or
+	// not enough for the request.
+	ClassUnauthenticated = "unauthenticated"
+	// ClassResourceExhausted: the function's queue is full; retry later.
+	ClassResourceExhausted = "resource_exhausted"
+	// ClassUnavailable: the node cannot take the call now (out of memory,
+	// shutting down); retry later.
+	ClassUnavailable = "unavailable"
+	// ClassDeadlineExceeded: the call ran past its timeout.
+	ClassDeadlineExceeded = "deadline_exceeded"
+	// ClassExecutorFailure: the function's process died or broke its
+	// session; the next call gets a fresh container.
+	ClassExecutorFailure = "executor_failure"
+	// ClassPayloadTooLarge: the request body or code archive is over the
+	// agent's limit.
+	ClassPayloadTooLarge = "payload_too_large"
+	// ClassInsufficientStorage: the disk of the agent's data directory is
+	// full; retry later.
+	ClassInsufficientStorage = "insufficient_storage"
+	// ClassRequestTimeout: the request's headers or body did not arrive
+	// within the server's read timeouts (HTTP 408; the connection is
+	// closed).
+	ClassRequestTimeout = "request_timeout"
+	// ClassCancelled: the caller went away before the call finished. It is
+	// seen in usage records; nobody reads the answer.
+	ClassCancelled = "cancelled"
+	// ClassFunctionError: the function's handler returned an error or
+	// panicked. The answer is the function's (its status, 500 by default),
+	// not kiln's.
+	ClassFunctionError = "function_error"
+	// ClassInternal: anything else; kiln's own failure.
+	ClassInternal = "internal"
+)
+
+// Classes returns every error class, each once, in the order of the Class
+// constants. The slice is the caller's.
+func Classes() []string {
+	return []string{
+		ClassNotFound, ClassInvalidArgument, ClassUnauthenticated, ClassResourceExhausted,
+		ClassUnavailable, ClassDeadlineExceeded, ClassExecutorFailure, ClassPayloadTooLarge,
+		ClassInsufficientStorage, ClassRequestTimeout, ClassCancelled, ClassFunctionError, ClassInternal,
+	}
+}
+
+// Groupings of a usage report: the group_by parameter of GET /v1/usage and
+// field of kiln.v1.ReportRequest, echoed in kiln.v1.ReportResponse.
+const (
+	GroupByNone     = ""         // one row for everything selected
+	GroupByFunction = "function" // one row per function
+	GroupByTenant   = "tenant"   // one row per tenant
+	GroupByMinute   = "minute"   // one row per UTC minute
+	GroupByHour     = "hour"     // one row per UTC hour
+	GroupByDay      = "day"      // one row per UTC day
+)
+
+// Bounds of a listing of calls (GET /v1/calls).
+const (
+	// DefaultCallLimit is how many calls a listing that sets no limit
+	// returns at most.
+	DefaultCallLimit = 100
+	// MaxCallLimit is the most calls one listing returns: its limit
+	// parameter is 1..MaxCallLimit.
+	MaxCallLimit = 10000
+)
+
+// DefaultStreamMaxInFlight is how many requests of one InvokeStream the
+// server runs at once unless configured otherwise, and how many a client
+// sends before waiting for answers.
+const DefaultStreamMaxInFlight = 256

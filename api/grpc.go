@@ -414,13 +414,13 @@ func newResponse(id uint64, res *agent.Result) *kilnv1.InvokeResponse {
 
 func startKind(s string) kilnv1.Start {
 	switch s {
-	case "warm":
+	case wire.StartWarm:
 		return kilnv1.Start_START_WARM
-	case "thawed":
+	case wire.StartThawed:
 		return kilnv1.Start_START_THAWED
-	case "stem":
+	case wire.StartStem:
 		return kilnv1.Start_START_STEM
-	case "cold":
+	case wire.StartCold:
 		return kilnv1.Start_START_COLD
 	}
 	return kilnv1.Start_START_UNSPECIFIED

@@ -551,8 +551,15 @@ func (s *HTTPServer) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 
 var jsonOptions = protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: false}
 
+// writeJSON answers status with m as JSON.
 func writeJSON(ctx *fasthttp.RequestCtx, status int, m proto.Message) {
-	b, err := jsonOptions.Marshal(m)
+	writeMessage(ctx, status, jsonOptions, m)
+}
+
+// writeMessage answers status with m as JSON written with opts; 500 when m
+// cannot be.
+func writeMessage(ctx *fasthttp.RequestCtx, status int, opts protojson.MarshalOptions, m proto.Message) {
+	b, err := opts.Marshal(m)
 	if err != nil {
 		ctx.SetStatusCode(fasthttp.StatusInternalServerError)
 		return

@@ -2,6 +2,7 @@ package api
 
 import (
 	"bytes"
+	"context"
 	"encoding/csv"
 	"encoding/json"
 	"fmt"
@@ -10,10 +11,14 @@ import (
 	"time"
 
 	"github.com/valyala/fasthttp"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/kilnfx/kiln/agent"
 	"github.com/kilnfx/kiln/api/wire"
 	"github.com/kilnfx/kiln/datastore"
+	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
 )
 
 var (
@@ -110,7 +115,9 @@ func parseTime(field, v string) (time.Time, error) {
 	return time.Time{}, fmt.Errorf("%w: %s: %q is neither an RFC 3339 time nor unix seconds", agent.ErrInvalidArgument, field, v)
 }
 
-// usage serves GET /v1/usage?from=&to=&function=&tenant=&group_by=&format=.
+// usage serves GET /v1/usage?from=&to=&function=&tenant=&group_by=&format=:
+// a kiln.v1.ReportResponse as JSON (format json, the default) or the same
+// rows as CSV.
 func (s *HTTPServer) usage(ctx *fasthttp.RequestCtx) {
 	if string(ctx.Method()) != fasthttp.MethodGet {
 		s.methodNotAllowed(ctx, "GET")
@@ -121,81 +128,134 @@ func (s *HTTPServer) usage(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	args := ctx.QueryArgs()
-	var q datastore.ReportQuery
+	req := &kilnv1.ReportRequest{
+		Function: string(args.Peek("function")),
+		Tenant:   string(args.Peek("tenant")),
+		GroupBy:  string(args.Peek("group_by")),
+	}
 	var err error
-	if q.From, err = parseTime("from", string(args.Peek("from"))); err != nil {
+	if req.From, err = parseTimestamp("from", string(args.Peek("from"))); err != nil {
 		s.writeError(ctx, err)
 		return
 	}
-	if q.To, err = parseTime("to", string(args.Peek("to"))); err != nil {
+	if req.To, err = parseTimestamp("to", string(args.Peek("to"))); err != nil {
 		s.writeError(ctx, err)
 		return
 	}
-	q.Function = string(args.Peek("function"))
-	q.Tenant = string(args.Peek("tenant"))
-	q.GroupBy = string(args.Peek("group_by"))
 	format := string(args.Peek("format"))
 	if format != "" && format != "json" && format != "csv" {
 		s.writeError(ctx, fmt.Errorf("%w: format: %q is not json or csv", agent.ErrInvalidArgument, format))
 		return
 	}
-	if !who.admin {
-		if q.Tenant != "" && q.Tenant != who.tenant {
-			s.writeError(ctx, fmt.Errorf("%w: a tenant's key sees only its own usage", agent.ErrUnauthenticated))
-			return
-		}
-		q.Tenant = who.tenant
-	}
-	rows, err := s.agent.Report(ctx, q)
+	rep, err := report(ctx, s.agent, who, req)
 	if err != nil {
 		s.writeError(ctx, err)
 		return
 	}
 	if format == "csv" {
-		writeCSV(ctx, rows)
+		writeCSV(ctx, rep.Rows)
 		return
 	}
-	out := make([]reportRowJSON, len(rows))
-	for i, r := range rows {
-		out[i] = toReportJSON(r)
-	}
-	writeAny(ctx, fasthttp.StatusOK, map[string]any{"group_by": q.GroupBy, "rows": out})
+	writeUsageJSON(ctx, rep)
 }
 
-type reportRowJSON struct {
-	Group      string           `json:"group"`
-	Time       *time.Time       `json:"time,omitempty"`
-	Count      int64            `json:"count"`
-	ByStatus   map[string]int64 `json:"by_status"`
-	ByStart    map[string]int64 `json:"by_start"`
-	RunSumMs   float64          `json:"run_sum_ms"`
-	RunP50Ms   float64          `json:"run_p50_ms"`
-	RunP99Ms   float64          `json:"run_p99_ms"`
-	QueueSumMs float64          `json:"queue_sum_ms"`
-	GBSeconds  float64          `json:"gb_seconds"`
-	CPUSeconds float64          `json:"cpu_seconds"`
-	BytesIn    int64            `json:"bytes_in"`
-	BytesOut   int64            `json:"bytes_out"`
+// parseTimestamp reads an RFC 3339 time or unix seconds; "" is nil. Errors
+// wrap agent.ErrInvalidArgument and name field.
+func parseTimestamp(field, v string) (*timestamppb.Timestamp, error) {
+	t, err := parseTime(field, v)
+	if err != nil || t.IsZero() {
+		return nil, err
+	}
+	return timestamppb.New(t), nil
+}
+
+// report answers req for who, on both edges: the admin sees every tenant, a
+// tenant's key only its own. Errors wrap the agent's classes.
+func report(ctx context.Context, a *agent.Agent, who caller, req *kilnv1.ReportRequest) (*kilnv1.ReportResponse, error) {
+	q := datastore.ReportQuery{Function: req.Function, Tenant: req.Tenant, GroupBy: req.GroupBy}
+	if req.From != nil {
+		q.From = req.From.AsTime()
+	}
+	if req.To != nil {
+		q.To = req.To.AsTime()
+	}
+	if !who.admin {
+		if q.Tenant != "" && q.Tenant != who.tenant {
+			return nil, fmt.Errorf("%w: a tenant's key sees only its own usage", agent.ErrUnauthenticated)
+		}
+		q.Tenant = who.tenant
+	}
+	rows, err := a.Report(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	out := &kilnv1.ReportResponse{GroupBy: q.GroupBy, Rows: make([]*kilnv1.ReportRow, len(rows))}
+	for i := range rows {
+		out.Rows[i] = reportRow(&rows[i])
+	}
+	return out, nil
+}
+
+// getCall returns the record of the call id for who, on both edges:
+// another tenant's call is not found, as an unknown one is.
+func getCall(ctx context.Context, a *agent.Agent, who caller, id string) (*kilnv1.CallRecord, error) {
+	r, err := a.GetCall(ctx, id)
+	if err == nil && !who.admin && r.Tenant != who.tenant {
+		err = fmt.Errorf("%w: call %q", agent.ErrNotFound, id)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return callRecord(&r), nil
 }
 
 func ms(d time.Duration) float64 { return float64(d) / 1e6 }
 
-func toReportJSON(r datastore.ReportRow) reportRowJSON {
-	out := reportRowJSON{
+// reportRow is r as the API shows it.
+func reportRow(r *datastore.ReportRow) *kilnv1.ReportRow {
+	out := &kilnv1.ReportRow{
 		Group: r.Group, Count: r.Count,
-		ByStatus: map[string]int64{"2xx": r.Status2xx, "3xx": r.Status3xx, "4xx": r.Status4xx, "5xx": r.Status5xx, "other": r.StatusOther},
-		ByStart:  map[string]int64{"warm": r.Warm, "thawed": r.Thawed, "stem": r.Stem, "cold": r.Cold, "none": r.NoContainer},
+		ByStatus: map[string]int64{
+			wire.Status2xx: r.Status2xx, wire.Status3xx: r.Status3xx, wire.Status4xx: r.Status4xx,
+			wire.Status5xx: r.Status5xx, wire.StatusOther: r.StatusOther,
+		},
+		ByStart: map[string]int64{
+			wire.StartWarm: r.Warm, wire.StartThawed: r.Thawed, wire.StartStem: r.Stem,
+			wire.StartCold: r.Cold, wire.StartNone: r.NoContainer,
+		},
 		RunSumMs: ms(r.RunTime), RunP50Ms: ms(r.RunP50), RunP99Ms: ms(r.RunP99), QueueSumMs: ms(r.QueueWait),
-		GBSeconds: r.GBSeconds, CPUSeconds: r.CPUSeconds, BytesIn: r.BytesIn, BytesOut: r.BytesOut,
+		GbSeconds: r.GBSeconds, CpuSeconds: r.CPUSeconds, BytesIn: r.BytesIn, BytesOut: r.BytesOut,
 	}
 	if !r.Time.IsZero() {
-		t := r.Time
-		out.Time = &t
+		out.Time = timestamppb.New(r.Time)
 	}
 	return out
 }
 
-func writeCSV(ctx *fasthttp.RequestCtx, rows []datastore.ReportRow) {
+// callRecord is r as the API shows it; its empty optional fields are left
+// unset.
+func callRecord(r *datastore.UsageRecord) *kilnv1.CallRecord {
+	return &kilnv1.CallRecord{
+		CallId: r.CallID, Function: r.Function, Revision: optional(r.Revision), Tenant: optional(r.Tenant),
+		Trigger: r.Trigger, ReceivedAt: timestamppb.New(r.ReceivedAt), QueueWaitMs: ms(r.QueueWait),
+		Start: optional(r.Start), InitMs: ms(r.InitTime), RunMs: ms(r.RunTime), TotalMs: ms(r.TotalTime),
+		CpuUserMs: ms(r.CPUUser), CpuSystemMs: ms(r.CPUSystem),
+		MemoryPeakBytes: r.MemoryPeakBytes, MemoryLimitBytes: r.MemoryLimitBytes, Shared: r.Shared,
+		BytesIn: r.BytesIn, BytesOut: r.BytesOut, Status: int32(r.Status), ErrorClass: optional(r.ErrorClass),
+		ContainerId: optional(r.ContainerID), Node: r.Node, GbSeconds: r.GBSeconds(), CpuSeconds: r.CPUSeconds(),
+	}
+}
+
+// optional returns a pointer to s, or nil when s is empty.
+func optional(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
+
+// writeCSV answers rows as CSV, one line per row after a header line.
+func writeCSV(ctx *fasthttp.RequestCtx, rows []*kilnv1.ReportRow) {
 	var b bytes.Buffer
 	w := csv.NewWriter(&b)
 	_ = w.Write([]string{"group", "count", "status_2xx", "status_3xx", "status_4xx", "status_5xx", "status_other",
@@ -204,9 +264,12 @@ func writeCSV(ctx *fasthttp.RequestCtx, rows []datastore.ReportRow) {
 	f := func(v float64) string { return strconv.FormatFloat(v, 'f', -1, 64) }
 	i := func(v int64) string { return strconv.FormatInt(v, 10) }
 	for _, r := range rows {
-		_ = w.Write([]string{r.Group, i(r.Count), i(r.Status2xx), i(r.Status3xx), i(r.Status4xx), i(r.Status5xx), i(r.StatusOther),
-			i(r.Warm), i(r.Thawed), i(r.Stem), i(r.Cold), i(r.NoContainer), f(ms(r.RunTime)), f(ms(r.RunP50)), f(ms(r.RunP99)),
-			f(ms(r.QueueWait)), f(r.GBSeconds), f(r.CPUSeconds), i(r.BytesIn), i(r.BytesOut)})
+		st, sk := r.ByStatus, r.ByStart
+		_ = w.Write([]string{r.Group, i(r.Count),
+			i(st[wire.Status2xx]), i(st[wire.Status3xx]), i(st[wire.Status4xx]), i(st[wire.Status5xx]), i(st[wire.StatusOther]),
+			i(sk[wire.StartWarm]), i(sk[wire.StartThawed]), i(sk[wire.StartStem]), i(sk[wire.StartCold]), i(sk[wire.StartNone]),
+			f(r.RunSumMs), f(r.RunP50Ms), f(r.RunP99Ms), f(r.QueueSumMs), f(r.GbSeconds), f(r.CpuSeconds),
+			i(r.BytesIn), i(r.BytesOut)})
 	}
 	w.Flush()
 	ctx.SetStatusCode(fasthttp.StatusOK)
@@ -214,46 +277,8 @@ func writeCSV(ctx *fasthttp.RequestCtx, rows []datastore.ReportRow) {
 	ctx.SetBody(b.Bytes())
 }
 
-// callJSON is one usage record as the calls API shows it.
-type callJSON struct {
-	CallID      string    `json:"call_id"`
-	Function    string    `json:"function"`
-	Revision    string    `json:"revision,omitempty"`
-	Tenant      string    `json:"tenant,omitempty"`
-	Trigger     string    `json:"trigger"`
-	ReceivedAt  time.Time `json:"received_at"`
-	QueueWaitMs float64   `json:"queue_wait_ms"`
-	Start       string    `json:"start,omitempty"`
-	InitMs      float64   `json:"init_ms"`
-	RunMs       float64   `json:"run_ms"`
-	TotalMs     float64   `json:"total_ms"`
-	CPUUserMs   float64   `json:"cpu_user_ms"`
-	CPUSystemMs float64   `json:"cpu_system_ms"`
-	MemoryPeak  int64     `json:"memory_peak_bytes"`
-	MemoryLimit int64     `json:"memory_limit_bytes"`
-	Shared      bool      `json:"shared,omitempty"`
-	BytesIn     int64     `json:"bytes_in"`
-	BytesOut    int64     `json:"bytes_out"`
-	Status      int       `json:"status"`
-	ErrorClass  string    `json:"error_class,omitempty"`
-	ContainerID string    `json:"container_id,omitempty"`
-	Node        string    `json:"node"`
-	GBSeconds   float64   `json:"gb_seconds"`
-	CPUSeconds  float64   `json:"cpu_seconds"`
-}
-
-func toCallJSON(r *datastore.UsageRecord) callJSON {
-	return callJSON{
-		CallID: r.CallID, Function: r.Function, Revision: r.Revision, Tenant: r.Tenant, Trigger: r.Trigger,
-		ReceivedAt: r.ReceivedAt.UTC(), QueueWaitMs: ms(r.QueueWait), Start: r.Start, InitMs: ms(r.InitTime),
-		RunMs: ms(r.RunTime), TotalMs: ms(r.TotalTime), CPUUserMs: ms(r.CPUUser), CPUSystemMs: ms(r.CPUSystem),
-		MemoryPeak: r.MemoryPeakBytes, MemoryLimit: r.MemoryLimitBytes, Shared: r.Shared, BytesIn: r.BytesIn,
-		BytesOut: r.BytesOut, Status: r.Status, ErrorClass: r.ErrorClass, ContainerID: r.ContainerID, Node: r.Node,
-		GBSeconds: r.GBSeconds(), CPUSeconds: r.CPUSeconds(),
-	}
-}
-
-// calls serves GET /v1/calls/{id} and GET /v1/calls?function=&since=&limit=.
+// calls serves GET /v1/calls/{id} (a kiln.v1.CallRecord) and GET
+// /v1/calls?function=&tenant=&since=&limit= (a kiln.v1.CallList), as JSON.
 func (s *HTTPServer) calls(ctx *fasthttp.RequestCtx, rest string) {
 	if string(ctx.Method()) != fasthttp.MethodGet {
 		s.methodNotAllowed(ctx, "GET")
@@ -264,15 +289,12 @@ func (s *HTTPServer) calls(ctx *fasthttp.RequestCtx, rest string) {
 		return
 	}
 	if id, ok := strings.CutPrefix(rest, "/"); ok && id != "" {
-		r, err := s.agent.GetCall(ctx, id)
-		if err == nil && !who.admin && r.Tenant != who.tenant {
-			err = fmt.Errorf("%w: call %q", agent.ErrNotFound, id)
-		}
+		rec, err := getCall(ctx, s.agent, who, id)
 		if err != nil {
 			s.writeError(ctx, err)
 			return
 		}
-		writeAny(ctx, fasthttp.StatusOK, toCallJSON(&r))
+		writeUsageJSON(ctx, rec)
 		return
 	}
 	if rest != "" && rest != "/" {
@@ -306,11 +328,21 @@ func (s *HTTPServer) calls(ctx *fasthttp.RequestCtx, rest string) {
 		s.writeError(ctx, err)
 		return
 	}
-	out := make([]callJSON, len(rs))
+	out := &kilnv1.CallList{Calls: make([]*kilnv1.CallRecord, len(rs))}
 	for i := range rs {
-		out[i] = toCallJSON(&rs[i])
+		out.Calls[i] = callRecord(&rs[i])
 	}
-	writeAny(ctx, fasthttp.StatusOK, map[string]any{"calls": out})
+	writeUsageJSON(ctx, out)
+}
+
+// usageJSONOptions write the usage API's messages with every field present,
+// zero or not, as that API has always answered; optional fields and
+// timestamps appear only when set.
+var usageJSONOptions = protojson.MarshalOptions{UseProtoNames: true, EmitDefaultValues: true}
+
+// writeUsageJSON answers 200 with m as the usage API's JSON.
+func writeUsageJSON(ctx *fasthttp.RequestCtx, m proto.Message) {
+	writeMessage(ctx, fasthttp.StatusOK, usageJSONOptions, m)
 }
 
 func writeAny(ctx *fasthttp.RequestCtx, status int, v any) {

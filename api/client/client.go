@@ -171,7 +171,7 @@ func (c *Client) Deploy(ctx context.Context, name string, spec *kilnv1.FunctionS
 		return nil, fmt.Errorf("deploy: %w", err)
 	}
 	fn := new(kilnv1.Function)
-	if err := c.do(ctx, http.MethodPut, "/v1/functions/"+name, body, fn); err != nil {
+	if err := c.do(ctx, http.MethodPut, "/v1/functions/"+name, nil, body, maxManagementBody, fn); err != nil {
 		return nil, err
 	}
 	return fn, nil
@@ -184,7 +184,7 @@ func (c *Client) Get(ctx context.Context, name string) (*kilnv1.Function, error)
 		return nil, err
 	}
 	fn := new(kilnv1.Function)
-	if err := c.do(ctx, http.MethodGet, "/v1/functions/"+name, nil, fn); err != nil {
+	if err := c.do(ctx, http.MethodGet, "/v1/functions/"+name, nil, nil, maxManagementBody, fn); err != nil {
 		return nil, err
 	}
 	return fn, nil
@@ -193,7 +193,7 @@ func (c *Client) Get(ctx context.Context, name string) (*kilnv1.Function, error)
 // List returns the deployed functions, in the agent's order.
 func (c *Client) List(ctx context.Context) ([]*kilnv1.Function, error) {
 	list := new(kilnv1.FunctionList)
-	if err := c.do(ctx, http.MethodGet, "/v1/functions", nil, list); err != nil {
+	if err := c.do(ctx, http.MethodGet, "/v1/functions", nil, nil, maxManagementBody, list); err != nil {
 		return nil, err
 	}
 	return list.GetFunctions(), nil
@@ -205,7 +205,7 @@ func (c *Client) Delete(ctx context.Context, name string) error {
 	if err := validName(name); err != nil {
 		return err
 	}
-	return c.do(ctx, http.MethodDelete, "/v1/functions/"+name, nil, nil)
+	return c.do(ctx, http.MethodDelete, "/v1/functions/"+name, nil, nil, maxManagementBody, nil)
 }
 
 // Containers returns the containers of the function name, in the agent's
@@ -216,7 +216,7 @@ func (c *Client) Containers(ctx context.Context, name string) ([]*kilnv1.Contain
 		return nil, err
 	}
 	list := new(kilnv1.ContainerList)
-	if err := c.do(ctx, http.MethodGet, "/v1/functions/"+name+"/containers", nil, list); err != nil {
+	if err := c.do(ctx, http.MethodGet, "/v1/functions/"+name+"/containers", nil, nil, maxManagementBody, list); err != nil {
 		return nil, err
 	}
 	return list.GetContainers(), nil
@@ -331,10 +331,11 @@ func (c *Client) Invoke(ctx context.Context, name string, body []byte, header ht
 	}, nil
 }
 
-// do sends a management request with a JSON body (none when nil) and decodes
-// a successful answer into out (ignored when nil).
-func (c *Client) do(ctx context.Context, method, path string, body []byte, out proto.Message) error {
-	req, err := c.newRequest(ctx, method, path, nil, body)
+// do sends a request with the JSON of a message as its body (none when
+// body is nil) and decodes a successful answer of at most limit bytes into
+// out (ignored when nil). Fields a newer agent added are ignored.
+func (c *Client) do(ctx context.Context, method, path string, query url.Values, body []byte, limit int64, out proto.Message) error {
+	req, err := c.newRequest(ctx, method, path, query, body)
 	if err != nil {
 		return err
 	}
@@ -342,24 +343,9 @@ func (c *Client) do(ctx context.Context, method, path string, body []byte, out p
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
+	data, err := c.send(req, limit)
+	if err != nil || out == nil {
 		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return readAPIError(resp)
-	}
-	if out == nil {
-		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))
-		return nil
-	}
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxManagementBody+1))
-	if err != nil {
-		return fmt.Errorf("%s %s: reading the answer: %w", method, path, err)
-	}
-	if len(data) > maxManagementBody {
-		return fmt.Errorf("%s %s: answer larger than %d bytes", method, path, maxManagementBody)
 	}
 	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(data, out); err != nil {
 		return fmt.Errorf("%s %s: decoding the answer: %w", method, path, err)

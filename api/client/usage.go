@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/kilnfx/kiln/api/wire"
+	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
 )
 
 // maxReportBody bounds a usage report or a list of calls read into memory
@@ -96,70 +97,14 @@ func (q UsageQuery) values() url.Values {
 	return v
 }
 
-// UsageReport is the answer of [Client.Usage].
-type UsageReport struct {
-	// GroupBy is the grouping of the rows.
-	GroupBy string `json:"group_by"`
-	// Rows holds one row per group, in the agent's order (by name or by
-	// time).
-	Rows []UsageRow `json:"rows"`
-}
-
-// UsageRow is the usage of one group of calls.
-type UsageRow struct {
-	// Group is the function or tenant name, the bucket's start in RFC 3339
-	// for time groupings, or "" for wire.GroupByNone.
-	Group string `json:"group"`
-	// Time is the bucket's start for time groupings, else zero.
-	Time time.Time `json:"time,omitzero"`
-	// Count is the number of calls.
-	Count int64 `json:"count"`
-	// ByStatus counts the calls by the class of their HTTP status.
-	ByStatus StatusCounts `json:"by_status"`
-	// ByStart counts the calls by how their container was started.
-	ByStart StartCounts `json:"by_start"`
-	// RunSumMs is the sum of the run times in milliseconds; RunP50Ms and
-	// RunP99Ms are estimated percentiles (within about 19%).
-	RunSumMs float64 `json:"run_sum_ms"`
-	RunP50Ms float64 `json:"run_p50_ms"`
-	RunP99Ms float64 `json:"run_p99_ms"`
-	// QueueSumMs is the sum of the waits for a container in milliseconds.
-	QueueSumMs float64 `json:"queue_sum_ms"`
-	// GBSeconds is memory limit times run time; CPUSeconds the CPU time
-	// used.
-	GBSeconds  float64 `json:"gb_seconds"`
-	CPUSeconds float64 `json:"cpu_seconds"`
-	// BytesIn and BytesOut are request and answer body bytes.
-	BytesIn  int64 `json:"bytes_in"`
-	BytesOut int64 `json:"bytes_out"`
-}
-
-// StatusCounts counts calls by HTTP status class; Other counts statuses
-// below 200 or above 599 (0 when the call got no answer).
-type StatusCounts struct {
-	S2xx  int64 `json:"2xx"`
-	S3xx  int64 `json:"3xx"`
-	S4xx  int64 `json:"4xx"`
-	S5xx  int64 `json:"5xx"`
-	Other int64 `json:"other"`
-}
-
-// StartCounts counts calls by start kind; None counts calls refused before
-// they reached a container.
-type StartCounts struct {
-	Warm   int64 `json:"warm"`
-	Thawed int64 `json:"thawed"`
-	Stem   int64 `json:"stem"`
-	Cold   int64 `json:"cold"`
-	None   int64 `json:"none"`
-}
-
-// Usage returns the usage report q selects.
-func (c *Client) Usage(ctx context.Context, q UsageQuery) (*UsageReport, error) {
+// Usage returns the usage report q selects: a row per group (one row
+// without grouping), by name or by time, each row's by_status and by_start
+// holding every key of wire's Status and Start constants.
+func (c *Client) Usage(ctx context.Context, q UsageQuery) (*kilnv1.ReportResponse, error) {
 	v := q.values()
 	v.Set("format", "json")
-	r := new(UsageReport)
-	if err := c.doJSON(ctx, http.MethodGet, "/v1/usage", v, nil, maxReportBody, r); err != nil {
+	r := new(kilnv1.ReportResponse)
+	if err := c.do(ctx, http.MethodGet, "/v1/usage", v, nil, maxReportBody, r); err != nil {
 		return nil, err
 	}
 	return r, nil
@@ -171,39 +116,6 @@ func (c *Client) UsageCSV(ctx context.Context, q UsageQuery) ([]byte, error) {
 	v := q.values()
 	v.Set("format", "csv")
 	return c.get(ctx, "/v1/usage", v, "text/csv", maxReportBody)
-}
-
-// Call is the usage record of one call.
-type Call struct {
-	CallID      string    `json:"call_id"`
-	Function    string    `json:"function"`
-	Revision    string    `json:"revision,omitempty"`
-	Tenant      string    `json:"tenant,omitempty"`
-	Trigger     string    `json:"trigger"`
-	ReceivedAt  time.Time `json:"received_at"`
-	QueueWaitMs float64   `json:"queue_wait_ms"`
-	// Start is how the container was started (warm, thawed, stem, cold);
-	// empty when the call never reached one.
-	Start       string  `json:"start,omitempty"`
-	InitMs      float64 `json:"init_ms"`
-	RunMs       float64 `json:"run_ms"`
-	TotalMs     float64 `json:"total_ms"`
-	CPUUserMs   float64 `json:"cpu_user_ms"`
-	CPUSystemMs float64 `json:"cpu_system_ms"`
-	MemoryPeak  int64   `json:"memory_peak_bytes"`
-	MemoryLimit int64   `json:"memory_limit_bytes"`
-	// Shared is set when the container served other calls at the same time.
-	Shared   bool  `json:"shared,omitempty"`
-	BytesIn  int64 `json:"bytes_in"`
-	BytesOut int64 `json:"bytes_out"`
-	// Status is the HTTP status answered; ErrorClass kiln's error class,
-	// if any.
-	Status      int     `json:"status"`
-	ErrorClass  string  `json:"error_class,omitempty"`
-	ContainerID string  `json:"container_id,omitempty"`
-	Node        string  `json:"node"`
-	GBSeconds   float64 `json:"gb_seconds"`
-	CPUSeconds  float64 `json:"cpu_seconds"`
 }
 
 // CallQuery selects calls for [Client.ListCalls]. Zero fields do not
@@ -218,20 +130,22 @@ type CallQuery struct {
 }
 
 // GetCall returns the usage record of the call id (an X-Kiln-Call-Id). An
-// unknown id is an *APIError of class wire.ClassNotFound.
-func (c *Client) GetCall(ctx context.Context, id string) (*Call, error) {
+// unknown id, or another tenant's when the token is a tenant's key, is an
+// *APIError of class wire.ClassNotFound.
+func (c *Client) GetCall(ctx context.Context, id string) (*kilnv1.CallRecord, error) {
 	if err := validSegment("call id", id); err != nil {
 		return nil, err
 	}
-	call := new(Call)
-	if err := c.doJSON(ctx, http.MethodGet, "/v1/calls/"+id, nil, nil, maxManagementBody, call); err != nil {
+	call := new(kilnv1.CallRecord)
+	if err := c.do(ctx, http.MethodGet, "/v1/calls/"+id, nil, nil, maxManagementBody, call); err != nil {
 		return nil, err
 	}
 	return call, nil
 }
 
-// ListCalls returns the usage records of the calls q selects, newest first.
-func (c *Client) ListCalls(ctx context.Context, q CallQuery) ([]Call, error) {
+// ListCalls returns the usage records of the calls q selects, newest first;
+// none is an empty slice.
+func (c *Client) ListCalls(ctx context.Context, q CallQuery) ([]*kilnv1.CallRecord, error) {
 	if q.Limit < 0 || q.Limit > wire.MaxCallLimit {
 		return nil, fmt.Errorf("list calls: limit %d is outside 1..%d", q.Limit, wire.MaxCallLimit)
 	}
@@ -242,13 +156,14 @@ func (c *Client) ListCalls(ctx context.Context, q CallQuery) ([]Call, error) {
 	if q.Limit > 0 {
 		v.Set("limit", strconv.Itoa(q.Limit))
 	}
-	var out struct {
-		Calls []Call `json:"calls"`
-	}
-	if err := c.doJSON(ctx, http.MethodGet, "/v1/calls", v, nil, maxReportBody, &out); err != nil {
+	list := new(kilnv1.CallList)
+	if err := c.do(ctx, http.MethodGet, "/v1/calls", v, nil, maxReportBody, list); err != nil {
 		return nil, err
 	}
-	return out.Calls, nil
+	if list.Calls == nil {
+		return []*kilnv1.CallRecord{}, nil
+	}
+	return list.Calls, nil
 }
 
 // doJSON sends a request with a JSON body (none when nil) and decodes a

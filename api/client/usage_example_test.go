@@ -24,6 +24,6 @@ func ExampleClient_Usage() {
 	}
 	for _, r := range rep.Rows {
 		fmt.Printf("%s: %d calls, %d failed, p99 %.2fms, %.3f GB-s\n",
-			r.Group, r.Count, r.ByStatus.S5xx, r.RunP99Ms, r.GBSeconds)
+			r.Group, r.Count, r.ByStatus[wire.Status5xx], r.RunP99Ms, r.GbSeconds)
 	}
 }

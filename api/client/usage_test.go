@@ -15,6 +15,7 @@ import (
 	"testing/iotest"
 	"time"
 
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/kilnfx/kiln/api/wire"
@@ -203,12 +204,13 @@ func TestUsage(t *testing.T) {
 	if r.Header.Get("Accept") != "application/json" {
 		t.Errorf("Accept %q", r.Header.Get("Accept"))
 	}
-	want := UsageRow{
-		Group: "2026-03-01T10:00:00Z", Time: time.Date(2026, 3, 1, 10, 0, 0, 0, time.UTC), Count: 12,
-		ByStatus: StatusCounts{S2xx: 9, S4xx: 2, S5xx: 1}, ByStart: StartCounts{Warm: 7, Thawed: 3, Stem: 1, Cold: 1},
-		RunSumMs: 120.5, RunP50Ms: 8.25, RunP99Ms: 40, QueueSumMs: 3.5, GBSeconds: 0.0151, CPUSeconds: 0.09, BytesIn: 100, BytesOut: 2048,
+	want := &kilnv1.ReportRow{
+		Group: "2026-03-01T10:00:00Z", Time: timestamppb.New(time.Date(2026, 3, 1, 10, 0, 0, 0, time.UTC)), Count: 12,
+		ByStatus: map[string]int64{"2xx": 9, "3xx": 0, "4xx": 2, "5xx": 1, "other": 0},
+		ByStart:  map[string]int64{"warm": 7, "thawed": 3, "stem": 1, "cold": 1, "none": 0},
+		RunSumMs: 120.5, RunP50Ms: 8.25, RunP99Ms: 40, QueueSumMs: 3.5, GbSeconds: 0.0151, CpuSeconds: 0.09, BytesIn: 100, BytesOut: 2048,
 	}
-	if rep.GroupBy != "hour" || len(rep.Rows) != 1 || rep.Rows[0] != want {
+	if rep.GroupBy != "hour" || len(rep.Rows) != 1 || !proto.Equal(rep.Rows[0], want) {
 		t.Errorf("Usage = %+v", rep)
 	}
 
@@ -235,18 +237,18 @@ func TestUsage(t *testing.T) {
 func TestCalls(t *testing.T) {
 	m, c := newMeterAPI(t)
 	ctx := t.Context()
-	want := Call{
-		CallID: "0197a3c2-5b1e-7c3d-9f00-1a2b3c4d5e6f", Function: "hello", Revision: "r1", Tenant: "acme", Trigger: "http",
-		ReceivedAt: time.Date(2026, 3, 1, 10, 0, 0, 123e6, time.UTC), QueueWaitMs: 0.5, Start: "warm", RunMs: 1.25, TotalMs: 2,
-		CPUUserMs: 1, CPUSystemMs: 0.5, MemoryPeak: 1 << 20, MemoryLimit: 128 << 20, BytesIn: 5, BytesOut: 7, Status: 200,
-		ContainerID: "c1", Node: "n1", GBSeconds: 0.0001, CPUSeconds: 0.0015,
+	want := &kilnv1.CallRecord{
+		CallId: "0197a3c2-5b1e-7c3d-9f00-1a2b3c4d5e6f", Function: "hello", Revision: proto.String("r1"), Tenant: proto.String("acme"), Trigger: "http",
+		ReceivedAt: timestamppb.New(time.Date(2026, 3, 1, 10, 0, 0, 123e6, time.UTC)), QueueWaitMs: 0.5, Start: proto.String("warm"), RunMs: 1.25, TotalMs: 2,
+		CpuUserMs: 1, CpuSystemMs: 0.5, MemoryPeakBytes: 1 << 20, MemoryLimitBytes: 128 << 20, BytesIn: 5, BytesOut: 7, Status: 200,
+		ContainerId: proto.String("c1"), Node: "n1", GbSeconds: 0.0001, CpuSeconds: 0.0015,
 	}
-	call, err := c.GetCall(ctx, want.CallID)
+	call, err := c.GetCall(ctx, want.CallId)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if *call != want {
-		t.Errorf("GetCall = %+v\nwant %+v", *call, want)
+	if !proto.Equal(call, want) {
+		t.Errorf("GetCall = %v\nwant %v", call, want)
 	}
 	var apiErr *APIError
 	if _, err := c.GetCall(ctx, "nope"); !errors.As(err, &apiErr) || apiErr.Class != wire.ClassNotFound {
@@ -257,7 +259,7 @@ func TestCalls(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(calls) != 1 || calls[0] != want {
+	if len(calls) != 1 || !proto.Equal(calls[0], want) {
 		t.Errorf("ListCalls = %+v", calls)
 	}
 	r, _ := m.last()

@@ -1,7 +1,8 @@
 // Package wire holds the names and limits of kiln's public API that its
 // server (package api) and its Go client (package api/client) both speak:
 // the headers and gRPC trailer keys kiln sets, the error classes it answers
-// with, the groupings of usage reports and the bounds of call listings.
+// with, the start kinds and status classes of usage records and reports,
+// the groupings of usage reports and the bounds of call listings.
 //
 // The messages themselves are the kiln.v1 protos (proto/kiln/v1): the gRPC
 // API speaks them as they are, the HTTP API as JSON (protojson with the
@@ -16,9 +17,9 @@ const (
 	// kiln gave a usage record, refused calls included: GET
 	// /v1/calls/{id} shows that record.
 	HeaderCallID = "X-Kiln-Call-Id"
-	// HeaderStart says how the call's container was started: warm,
-	// thawed, stem or cold. It is absent when the call reached no
-	// container.
+	// HeaderStart says how the call's container was started: StartWarm,
+	// StartThawed, StartStem or StartCold. It is absent when the call
+	// reached no container.
 	HeaderStart = "X-Kiln-Start"
 	// HeaderError is the error class of every error answer kiln gives
 	// itself, also in the body's class field; on the answer of a call it is
@@ -92,6 +93,29 @@ func Classes() []string {
 		ClassInsufficientStorage, ClassRequestTimeout, ClassCancelled, ClassFunctionError, ClassInternal,
 	}
 }
+
+// Start kinds: how a call's container was started, as HeaderStart, the
+// start of a call's usage record and the keys of a report row's by_start
+// name them.
+const (
+	StartWarm   = "warm"   // an idle, running container was reused
+	StartThawed = "thawed" // a frozen container was thawed
+	StartStem   = "stem"   // a stem cell became the function's container
+	StartCold   = "cold"   // a new container was started
+	// StartNone is the by_start key of calls refused before they reached a
+	// container; such calls have no start and no HeaderStart.
+	StartNone = "none"
+)
+
+// Keys of a report row's by_status: the calls counted by the class of the
+// HTTP status they were answered with.
+const (
+	Status2xx   = "2xx"
+	Status3xx   = "3xx"
+	Status4xx   = "4xx"
+	Status5xx   = "5xx"
+	StatusOther = "other" // below 200 or above 599; 0 when the call got no answer
+)
 
 // Groupings of a usage report: the group_by parameter of GET /v1/usage and
 // field of kiln.v1.ReportRequest, echoed in kiln.v1.ReportResponse.

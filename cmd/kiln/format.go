@@ -1,11 +1,9 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"math"
-	"reflect"
 	"regexp"
 	"slices"
 	"strconv"
@@ -14,6 +12,10 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // Output formats of -o.
@@ -52,9 +54,13 @@ func newTable(w io.Writer) *tabwriter.Writer {
 	return tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
 }
 
-// writeJSON writes v as indented JSON and a newline.
-func writeJSON(w io.Writer, v any) error {
-	b, err := json.MarshalIndent(v, "", "  ")
+// jsonOutput writes -o json: the agent's JSON (the proto field names, every
+// field that is not unset), indented.
+var jsonOutput = protojson.MarshalOptions{Multiline: true, Indent: "  ", UseProtoNames: true, EmitDefaultValues: true}
+
+// writeJSON writes m as indented JSON and a newline.
+func writeJSON(w io.Writer, m proto.Message) error {
+	b, err := jsonOutput.Marshal(m)
 	if err != nil {
 		return err
 	}
@@ -198,40 +204,36 @@ func parseAgo(v string) (time.Duration, bool) {
 	return days + d, true
 }
 
-// writeFields writes the exported fields of the struct v as "name: value"
-// lines in declaration order, named by their JSON names; empty values are
-// "-", times RFC 3339 in UTC.
-func writeFields(w io.Writer, v any) error {
+// writeFields writes the scalar and timestamp fields of m as "name: value"
+// lines in declaration order, named as in its JSON; empty and unset values
+// are "-", timestamps RFC 3339 in UTC.
+func writeFields(w io.Writer, m proto.Message) error {
 	tw := newTable(w)
-	rv := reflect.Indirect(reflect.ValueOf(v))
-	rt := rv.Type()
-	for i := range rt.NumField() {
-		f := rt.Field(i)
-		if !f.IsExported() {
+	msg := m.ProtoReflect()
+	fields := msg.Descriptor().Fields()
+	for i := range fields.Len() {
+		f := fields.Get(i)
+		if f.IsList() || f.IsMap() {
 			continue
 		}
-		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
-		if name == "-" {
-			continue
-		}
-		if name == "" {
-			name = f.Name
-		}
-		var val string
-		switch x := rv.Field(i).Interface().(type) {
-		case time.Time:
-			val = "-"
-			if !x.IsZero() {
-				val = x.UTC().Format(time.RFC3339Nano)
+		val := "-"
+		v := msg.Get(f)
+		switch {
+		case f.HasPresence() && !msg.Has(f):
+		case f.Kind() == protoreflect.MessageKind:
+			if ts, ok := v.Message().Interface().(*timestamppb.Timestamp); ok {
+				val = ts.AsTime().UTC().Format(time.RFC3339Nano)
+			} else {
+				continue
 			}
-		case float64:
-			val = strconv.FormatFloat(x, 'f', -1, 64)
-		case string:
-			val = orDash(x)
+		case f.Kind() == protoreflect.DoubleKind:
+			val = strconv.FormatFloat(v.Float(), 'f', -1, 64)
+		case f.Kind() == protoreflect.StringKind:
+			val = orDash(v.String())
 		default:
-			val = fmt.Sprint(x)
+			val = fmt.Sprint(v.Interface())
 		}
-		fmt.Fprintf(tw, "%s:\t%s\n", name, val)
+		fmt.Fprintf(tw, "%s:\t%s\n", f.Name(), val)
 	}
 	return tw.Flush()
 }

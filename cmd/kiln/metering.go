@@ -10,6 +10,7 @@ import (
 
 	"github.com/kilnfx/kiln/api/client"
 	"github.com/kilnfx/kiln/api/wire"
+	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
 )
 
 // timeFlagHelp says what --from, --to and --since accept.
@@ -89,7 +90,7 @@ With a tenant's API key as the token, only that tenant's usage is reported.`,
 }
 
 // writeUsageTable writes a usage report as a table.
-func writeUsageTable(c *cli, groupBy string, rep *client.UsageReport) error {
+func writeUsageTable(c *cli, groupBy string, rep *kilnv1.ReportResponse) error {
 	w := newTable(c.stdout)
 	group := "GROUP"
 	switch groupBy {
@@ -106,16 +107,16 @@ func writeUsageTable(c *cli, groupBy string, rep *client.UsageReport) error {
 		switch {
 		case groupBy == wire.GroupByNone:
 			name = "all"
-		case !r.Time.IsZero():
-			name = fmtTime(r.Time)
+		case r.Time != nil:
+			name = fmtTime(r.Time.AsTime())
 		case name == "":
 			name = "-"
 		}
 		i := func(n int64) string { return strconv.FormatInt(n, 10) }
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
-			name, i(r.Count), i(r.ByStatus.S2xx), i(r.ByStatus.S4xx), i(r.ByStatus.S5xx),
-			i(r.ByStart.Warm), i(r.ByStart.Thawed), i(r.ByStart.Stem), i(r.ByStart.Cold),
-			fmtMs(r.RunP50Ms), fmtMs(r.RunP99Ms), fmtFloat(r.GBSeconds), fmtFloat(r.CPUSeconds),
+			name, i(r.Count), i(r.ByStatus[wire.Status2xx]), i(r.ByStatus[wire.Status4xx]), i(r.ByStatus[wire.Status5xx]),
+			i(r.ByStart[wire.StartWarm]), i(r.ByStart[wire.StartThawed]), i(r.ByStart[wire.StartStem]), i(r.ByStart[wire.StartCold]),
+			fmtMs(r.RunP50Ms), fmtMs(r.RunP99Ms), fmtFloat(r.GbSeconds), fmtFloat(r.CpuSeconds),
 			fmtBytes(r.BytesIn), fmtBytes(r.BytesOut))
 	}
 	return w.Flush()
@@ -166,17 +167,14 @@ With a tenant's API key as the token, only that tenant's calls are shown.`,
 			return fmt.Errorf("calls: %w", c.agentError(cmd, err))
 		}
 		if *output == outJSON {
-			if calls == nil {
-				calls = []client.Call{}
-			}
-			return writeJSON(c.stdout, map[string]any{"calls": calls})
+			return writeJSON(c.stdout, &kilnv1.CallList{Calls: calls})
 		}
 		w := newTable(c.stdout)
 		fmt.Fprintln(w, "CALL ID\tRECEIVED\tFUNCTION\tTENANT\tSTATUS\tSTART\tRUN\tTOTAL\tERROR")
 		for _, r := range calls {
 			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n",
-				r.CallID, r.ReceivedAt.UTC().Format("2006-01-02T15:04:05.000Z07:00"), r.Function, orDash(r.Tenant),
-				r.Status, orDash(r.Start), fmtMs(r.RunMs), fmtMs(r.TotalMs), orDash(r.ErrorClass))
+				r.CallId, r.ReceivedAt.AsTime().Format("2006-01-02T15:04:05.000Z07:00"), r.Function, orDash(r.GetTenant()),
+				r.Status, orDash(r.GetStart()), fmtMs(r.RunMs), fmtMs(r.TotalMs), orDash(r.GetErrorClass()))
 		}
 		return w.Flush()
 	}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -16,9 +15,10 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/kilnfx/kiln/api/client"
 	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
 )
 
@@ -68,19 +68,37 @@ func (m *meterAgent) last(t *testing.T) seen {
 }
 
 const (
-	testCallJSON = `{"call_id":"0197a3c2-5b1e-7c3d-9f00-1a2b3c4d5e6f","function":"hello","tenant":"acme","trigger":"http",` +
-		`"received_at":"2026-03-01T10:00:00.123Z","queue_wait_ms":0.5,"start":"warm","init_ms":0,"run_ms":1.25,"total_ms":2,` +
-		`"cpu_user_ms":1,"cpu_system_ms":0.5,"memory_peak_bytes":1048576,"memory_limit_bytes":134217728,"bytes_in":5,"bytes_out":7,` +
-		`"status":200,"container_id":"c1","node":"n1","gb_seconds":0.0001,"cpu_seconds":0.0015}`
-	testCall2JSON = `{"call_id":"0197a3c2-0000-7000-8000-000000000002","function":"world","trigger":"http",` +
-		`"received_at":"2026-03-01T09:59:59Z","queue_wait_ms":0,"init_ms":0,"run_ms":0,"total_ms":0.3,` +
-		`"cpu_user_ms":0,"cpu_system_ms":0,"memory_peak_bytes":0,"memory_limit_bytes":0,"bytes_in":0,"bytes_out":0,` +
-		`"status":429,"error_class":"resource_exhausted","node":"n1","gb_seconds":0,"cpu_seconds":0}`
 	testUsageCSV = "group,count,status_2xx,status_3xx,status_4xx,status_5xx,status_other,warm,thawed,stem,cold,no_container," +
 		"run_sum_ms,run_p50_ms,run_p99_ms,queue_sum_ms,gb_seconds,cpu_seconds,bytes_in,bytes_out\r\n" +
 		"hello,3,3,0,0,0,0,1,1,1,0,0,3.5,1,1.5,0,0.0004,0.002,10,20\r\n"
 	testLogs = "2026-03-01T10:00:00Z c1 stdout: one\n\n2026-03-01T10:00:01Z c1 stderr: two\n"
 )
+
+// The usage messages the meter agent answers, as the agent's JSON.
+var (
+	testCall = &kilnv1.CallRecord{
+		CallId: "0197a3c2-5b1e-7c3d-9f00-1a2b3c4d5e6f", Function: "hello", Tenant: proto.String("acme"), Trigger: "http",
+		ReceivedAt: timestamppb.New(time.Date(2026, 3, 1, 10, 0, 0, 123e6, time.UTC)), QueueWaitMs: 0.5, Start: proto.String("warm"),
+		RunMs: 1.25, TotalMs: 2, CpuUserMs: 1, CpuSystemMs: 0.5, MemoryPeakBytes: 1 << 20, MemoryLimitBytes: 128 << 20,
+		BytesIn: 5, BytesOut: 7, Status: 200, ContainerId: proto.String("c1"), Node: "n1", GbSeconds: 0.0001, CpuSeconds: 0.0015,
+	}
+	testCall2 = &kilnv1.CallRecord{
+		CallId: "0197a3c2-0000-7000-8000-000000000002", Function: "world", Trigger: "http",
+		ReceivedAt: timestamppb.New(time.Date(2026, 3, 1, 9, 59, 59, 0, time.UTC)), TotalMs: 0.3,
+		Status: 429, ErrorClass: proto.String("resource_exhausted"), Node: "n1",
+	}
+	usageJSON = protojson.MarshalOptions{UseProtoNames: true, EmitDefaultValues: true}
+)
+
+// testRow is a report row of count calls, ok of them 2xx.
+func testRow(group string, count, ok int64) *kilnv1.ReportRow {
+	return &kilnv1.ReportRow{
+		Group: group, Count: count,
+		ByStatus: map[string]int64{"2xx": ok, "3xx": 0, "4xx": 1, "5xx": 0, "other": 0},
+		ByStart:  map[string]int64{"warm": 7, "thawed": 2, "stem": 1, "cold": 0, "none": 1},
+		RunSumMs: 20, RunP50Ms: 0.42, RunP99Ms: 1250, QueueSumMs: 1, GbSeconds: 0.000125, CpuSeconds: 12.5, BytesIn: 512, BytesOut: 1572864,
+	}
+}
 
 func (m *meterAgent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(r.Body)
@@ -117,22 +135,22 @@ func (m *meterAgent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/csv; charset=utf-8")
 		io.WriteString(w, testUsageCSV)
 	case p == "/v1/usage":
-		row := `"count":%d,"by_status":{"2xx":%d,"3xx":0,"4xx":1,"5xx":0,"other":0},"by_start":{"warm":7,"thawed":2,"stem":1,"cold":0,"none":1},` +
-			`"run_sum_ms":20,"run_p50_ms":0.42,"run_p99_ms":1250,"queue_sum_ms":1,"gb_seconds":0.000125,"cpu_seconds":12.5,"bytes_in":512,"bytes_out":1572864`
-		switch q.Get("group_by") {
+		rep := &kilnv1.ReportResponse{GroupBy: q.Get("group_by")}
+		switch rep.GroupBy {
 		case "function":
-			raw(http.StatusOK, `{"group_by":"function","rows":[{"group":"hello",`+fmt.Sprintf(row, 11, 10)+`},{"group":"world",`+fmt.Sprintf(row, 1, 0)+`}]}`)
+			rep.Rows = []*kilnv1.ReportRow{testRow("hello", 11, 10), testRow("world", 1, 0)}
 		case "hour":
-			raw(http.StatusOK, `{"group_by":"hour","rows":[{"group":"2026-03-01T10:00:00Z","time":"2026-03-01T10:00:00Z",`+fmt.Sprintf(row, 11, 10)+`}]}`)
-		case "tenant":
-			raw(http.StatusOK, `{"group_by":"tenant","rows":[{"group":"",`+fmt.Sprintf(row, 11, 10)+`}]}`)
+			r := testRow("2026-03-01T10:00:00Z", 11, 10)
+			r.Time = timestamppb.New(time.Date(2026, 3, 1, 10, 0, 0, 0, time.UTC))
+			rep.Rows = []*kilnv1.ReportRow{r}
 		default:
-			raw(http.StatusOK, `{"group_by":"","rows":[{"group":"",`+fmt.Sprintf(row, 11, 10)+`}]}`)
+			rep.Rows = []*kilnv1.ReportRow{testRow("", 11, 10)}
 		}
+		raw(http.StatusOK, usageJSON.Format(rep))
 	case p == "/v1/calls":
-		raw(http.StatusOK, `{"calls":[`+testCallJSON+`,`+testCall2JSON+`]}`)
+		raw(http.StatusOK, usageJSON.Format(&kilnv1.CallList{Calls: []*kilnv1.CallRecord{testCall, testCall2}}))
 	case p == "/v1/calls/0197a3c2-5b1e-7c3d-9f00-1a2b3c4d5e6f":
-		raw(http.StatusOK, testCallJSON)
+		raw(http.StatusOK, usageJSON.Format(testCall))
 	case strings.HasPrefix(p, "/v1/calls/"):
 		writeMsg(w, http.StatusNotFound, &kilnv1.Error{Error: "not found: call", Class: "not_found"})
 	case p == "/v1/functions/hello/containers":
@@ -292,13 +310,17 @@ world     1      0    1    0    7     2       1     0     420µs    1.25s    0.0
 
 	// JSON has every field.
 	r = kilnNow(t, env, "usage", "-o", "json", "--group-by", "hour")
-	var rep client.UsageReport
-	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil || r.code != 0 {
+	var rep kilnv1.ReportResponse
+	if err := protojson.Unmarshal([]byte(r.stdout), &rep); err != nil || r.code != 0 {
 		t.Fatalf("usage -o json: %+v: %v", r, err)
 	}
-	if len(rep.Rows) != 1 || rep.GroupBy != "hour" || rep.Rows[0].Count != 11 || rep.Rows[0].ByStart.None != 1 ||
-		rep.Rows[0].BytesOut != 1572864 || !rep.Rows[0].Time.Equal(time.Date(2026, 3, 1, 10, 0, 0, 0, time.UTC)) {
-		t.Errorf("usage -o json: %+v", rep)
+	if len(rep.Rows) != 1 || rep.GroupBy != "hour" || rep.Rows[0].Count != 11 || rep.Rows[0].ByStart["none"] != 1 ||
+		rep.Rows[0].BytesOut != 1572864 || !rep.Rows[0].Time.AsTime().Equal(time.Date(2026, 3, 1, 10, 0, 0, 0, time.UTC)) {
+		t.Errorf("usage -o json: %+v", &rep)
+	}
+	// Zero counts are written, as the agent writes them.
+	if !strings.Contains(r.stdout, `"3xx"`) || !strings.Contains(r.stdout, `"cold"`) {
+		t.Errorf("usage -o json leaves zero counts out:\n%s", r.stdout)
 	}
 
 	// CSV passes through unchanged.
@@ -350,8 +372,8 @@ func TestCallsCmd(t *testing.T) {
 	}
 
 	r = kilnNow(t, env, "calls", "-o", "json")
-	var list struct{ Calls []client.Call }
-	if err := json.Unmarshal([]byte(r.stdout), &list); err != nil || r.code != 0 || len(list.Calls) != 2 || list.Calls[1].ErrorClass != "resource_exhausted" {
+	var list kilnv1.CallList
+	if err := protojson.Unmarshal([]byte(r.stdout), &list); err != nil || r.code != 0 || len(list.Calls) != 2 || list.Calls[1].GetErrorClass() != "resource_exhausted" {
 		t.Errorf("calls -o json: %+v (%v)", r, err)
 	}
 
@@ -378,8 +400,8 @@ func TestCallsCmd(t *testing.T) {
 	}
 
 	r = kilnNow(t, env, "calls", "0197a3c2-5b1e-7c3d-9f00-1a2b3c4d5e6f", "-o", "json")
-	var call client.Call
-	if err := json.Unmarshal([]byte(r.stdout), &call); err != nil || r.code != 0 || call.Function != "hello" || call.MemoryLimit != 128<<20 {
+	var call kilnv1.CallRecord
+	if err := protojson.Unmarshal([]byte(r.stdout), &call); err != nil || r.code != 0 || call.Function != "hello" || call.MemoryLimitBytes != 128<<20 {
 		t.Errorf("calls ID -o json: %+v (%v)", r, err)
 	}
 

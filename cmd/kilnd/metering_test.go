@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -13,21 +14,17 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
 )
 
-type usageRow struct {
-	Group     string           `json:"group"`
-	Count     int64            `json:"count"`
-	ByStatus  map[string]int64 `json:"by_status"`
-	ByStart   map[string]int64 `json:"by_start"`
-	BytesIn   int64            `json:"bytes_in"`
-	BytesOut  int64            `json:"bytes_out"`
-	GBSeconds float64          `json:"gb_seconds"`
-}
-
 // usage asks for a usage report with token: "" sends the admin token, "-"
-// none.
-func (k *kilnd) usage(t *testing.T, query, token string) (int, []usageRow) {
+// none. The rows are decoded as the API's contract says: kiln.v1 messages
+// in protojson.
+func (k *kilnd) usage(t *testing.T, query, token string) (int, []*kilnv1.ReportRow) {
 	t.Helper()
 	req, _ := http.NewRequest("GET", k.url+"/v1/usage?"+query, nil)
 	if token == "" {
@@ -41,9 +38,9 @@ func (k *kilnd) usage(t *testing.T, query, token string) (int, []usageRow) {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var out struct{ Rows []usageRow }
+	var out kilnv1.ReportResponse
 	if resp.StatusCode == 200 {
-		if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		if err := decodeMessage(resp.Body, &out); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -101,7 +98,7 @@ func TestTenThousandCallsTenThousandRecords(t *testing.T) {
 	if len(ids) != n || statuses[202] != n {
 		t.Fatalf("client saw %d answers %v, want %d 202s", len(ids), statuses, n)
 	}
-	var rows []usageRow
+	var rows []*kilnv1.ReportRow
 	waitFor(t, "all records ingested", func() bool {
 		_, rows = k.usage(t, "function=probe-meter", "")
 		return len(rows) == 1 && rows[0].Count >= n
@@ -113,8 +110,8 @@ func TestTenThousandCallsTenThousandRecords(t *testing.T) {
 	if got := r.ByStart["warm"] + r.ByStart["thawed"] + r.ByStart["cold"] + r.ByStart["stem"]; got != n {
 		t.Errorf("start kinds sum to %d: %v", got, r.ByStart)
 	}
-	if r.GBSeconds <= 0 {
-		t.Errorf("GB-seconds = %v", r.GBSeconds)
+	if r.GbSeconds <= 0 {
+		t.Errorf("GB-seconds = %v", r.GbSeconds)
 	}
 	// Every call id the client saw has its record.
 	seen := map[string]bool{}
@@ -157,19 +154,24 @@ func (k *kilnd) callIDs(t *testing.T, fn, token string) map[string]bool {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var out struct {
-		Calls []struct {
-			CallID string `json:"call_id"`
-		}
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+	var out kilnv1.CallList
+	if err := decodeMessage(resp.Body, &out); err != nil {
 		t.Fatal(err)
 	}
 	ids := map[string]bool{}
 	for _, c := range out.Calls {
-		ids[c.CallID] = true
+		ids[c.CallId] = true
 	}
 	return ids
+}
+
+// decodeMessage reads the JSON of m from r.
+func decodeMessage(r io.Reader, m proto.Message) error {
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return err
+	}
+	return protojson.Unmarshal(b, m)
 }
 
 // TestKillLosesNoAnsweredCall SIGKILLs kilnd under load and checks that
@@ -254,7 +256,7 @@ func TestTenantsSeeOnlyTheirUsage(t *testing.T) {
 	if r := authed("POST", "/invoke/probe-tenant", "kiln_forged", []byte("x")); r.status != 401 {
 		t.Errorf("call with a wrong key = %d, want 401", r.status)
 	}
-	var rows []usageRow
+	var rows []*kilnv1.ReportRow
 	waitFor(t, "records ingested", func() bool {
 		_, rows = k.usage(t, "group_by=tenant", admin)
 		var total int64

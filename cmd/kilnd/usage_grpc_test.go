@@ -46,7 +46,7 @@ func TestUsageOverGRPC(t *testing.T) {
 		rec, err = usage.GetCall(ctx, &kilnv1.GetCallRequest{Id: id})
 		return err == nil
 	})
-	if rec.Function != "probe-usage" || rec.Status != 202 || rec.BytesIn != 3 || rec.Start != "cold" {
+	if rec.Function != "probe-usage" || rec.Status != 202 || rec.BytesIn != 3 || rec.GetStart() != "cold" {
 		t.Errorf("record = %v", rec)
 	}
 	rep, err := usage.Report(ctx, &kilnv1.ReportRequest{Function: "probe-usage", GroupBy: "function"})

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/csv"
-	"encoding/json"
 	"fmt"
 	"strconv"
 	"strings"
@@ -56,40 +55,37 @@ func (s *HTTPServer) admin(ctx *fasthttp.RequestCtx) bool {
 	return true
 }
 
-// keys serves /v1/keys: POST {"tenant": ...} creates, GET lists, DELETE
-// /v1/keys/{id} revokes.
+// keys serves /v1/keys: POST a kiln.v1.CreateApiKeyRequest creates a key
+// (201, the kiln.v1.ApiKey with its secret), GET lists them (a
+// kiln.v1.ApiKeyList, without secrets), DELETE /v1/keys/{id} revokes one.
 func (s *HTTPServer) keys(ctx *fasthttp.RequestCtx, rest string) {
 	method := string(ctx.Method())
 	switch {
 	case (rest == "" || rest == "/") && method == fasthttp.MethodPost:
-		var req struct {
-			Tenant string `json:"tenant"`
-		}
-		if err := json.Unmarshal(ctx.PostBody(), &req); err != nil {
+		var req kilnv1.CreateApiKeyRequest
+		if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(ctx.PostBody(), &req); err != nil {
 			s.writeError(ctx, fmt.Errorf("%w: body: %v", agent.ErrInvalidArgument, err))
 			return
 		}
-		key, k, err := s.agent.CreateKey(ctx, req.Tenant)
+		secret, k, err := s.agent.CreateKey(ctx, req.Tenant)
 		if err != nil {
 			s.writeError(ctx, err)
 			return
 		}
-		writeAny(ctx, fasthttp.StatusCreated, map[string]any{"id": k.ID, "tenant": k.Tenant, "key": key, "created": k.Created})
+		out := apiKey(k)
+		out.Key = &secret
+		writeCompleteJSON(ctx, fasthttp.StatusCreated, out)
 	case (rest == "" || rest == "/") && method == fasthttp.MethodGet:
 		ks, err := s.agent.ListKeys(ctx)
 		if err != nil {
 			s.writeError(ctx, err)
 			return
 		}
-		out := make([]map[string]any, 0, len(ks))
-		for _, k := range ks {
-			m := map[string]any{"id": k.ID, "tenant": k.Tenant, "created": k.Created}
-			if !k.Revoked.IsZero() {
-				m["revoked"] = k.Revoked
-			}
-			out = append(out, m)
+		out := &kilnv1.ApiKeyList{Keys: make([]*kilnv1.ApiKey, len(ks))}
+		for i, k := range ks {
+			out.Keys[i] = apiKey(k)
 		}
-		writeAny(ctx, fasthttp.StatusOK, map[string]any{"keys": out})
+		writeCompleteJSON(ctx, fasthttp.StatusOK, out)
 	case strings.HasPrefix(rest, "/") && method == fasthttp.MethodDelete:
 		if err := s.agent.RevokeKey(ctx, rest[1:]); err != nil {
 			s.writeError(ctx, err)
@@ -99,6 +95,15 @@ func (s *HTTPServer) keys(ctx *fasthttp.RequestCtx, rest string) {
 	default:
 		s.methodNotAllowed(ctx, "GET, POST, DELETE")
 	}
+}
+
+// apiKey is k as the API shows it, without its secret.
+func apiKey(k agent.Key) *kilnv1.ApiKey {
+	out := &kilnv1.ApiKey{Id: k.ID, Tenant: k.Tenant, Created: timestamppb.New(k.Created)}
+	if !k.Revoked.IsZero() {
+		out.Revoked = timestamppb.New(k.Revoked)
+	}
+	return out
 }
 
 // parseTime reads an RFC 3339 time or unix seconds.
@@ -156,7 +161,7 @@ func (s *HTTPServer) usage(ctx *fasthttp.RequestCtx) {
 		writeCSV(ctx, rep.Rows)
 		return
 	}
-	writeUsageJSON(ctx, rep)
+	writeCompleteJSON(ctx, fasthttp.StatusOK, rep)
 }
 
 // parseTimestamp reads an RFC 3339 time or unix seconds; "" is nil. Errors
@@ -294,7 +299,7 @@ func (s *HTTPServer) calls(ctx *fasthttp.RequestCtx, rest string) {
 			s.writeError(ctx, err)
 			return
 		}
-		writeUsageJSON(ctx, rec)
+		writeCompleteJSON(ctx, fasthttp.StatusOK, rec)
 		return
 	}
 	if rest != "" && rest != "/" {
@@ -332,26 +337,16 @@ func (s *HTTPServer) calls(ctx *fasthttp.RequestCtx, rest string) {
 	for i := range rs {
 		out.Calls[i] = callRecord(&rs[i])
 	}
-	writeUsageJSON(ctx, out)
+	writeCompleteJSON(ctx, fasthttp.StatusOK, out)
 }
 
-// usageJSONOptions write the usage API's messages with every field present,
-// zero or not, as that API has always answered; optional fields and
-// timestamps appear only when set.
-var usageJSONOptions = protojson.MarshalOptions{UseProtoNames: true, EmitDefaultValues: true}
+// completeJSON writes a message with every field present, zero or empty
+// or not, except optional fields and messages left unset: the JSON the
+// usage and keys APIs have always answered, so that a listing of nothing
+// is an empty list and a count of nothing is 0.
+var completeJSON = protojson.MarshalOptions{UseProtoNames: true, EmitDefaultValues: true}
 
-// writeUsageJSON answers 200 with m as the usage API's JSON.
-func writeUsageJSON(ctx *fasthttp.RequestCtx, m proto.Message) {
-	writeMessage(ctx, fasthttp.StatusOK, usageJSONOptions, m)
-}
-
-func writeAny(ctx *fasthttp.RequestCtx, status int, v any) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		ctx.SetStatusCode(fasthttp.StatusInternalServerError)
-		return
-	}
-	ctx.SetStatusCode(status)
-	ctx.SetContentType("application/json")
-	ctx.SetBody(append(b, '\n'))
+// writeCompleteJSON answers status with m written by completeJSON.
+func writeCompleteJSON(ctx *fasthttp.RequestCtx, status int, m proto.Message) {
+	writeMessage(ctx, status, completeJSON, m)
 }

@@ -3,10 +3,12 @@
 // /invoke/{name}, tenant API keys under /v1/keys, and metering under
 // /v1/usage and /v1/calls.
 //
-// Function requests and answers are the kiln.v1 messages as JSON (protojson
-// with the proto field names); keys, usage and calls are the plain JSON types
-// of this package ([Key], [UsageReport], [Call]). Every request carries the
-// token of [WithToken], if any, as "Authorization: Bearer TOKEN": the admin
+// Requests and answers are kiln.v1 messages (proto/kiln/v1, which the gRPC
+// API speaks too) as JSON, protojson with the proto field names: functions,
+// containers, API keys, usage reports and call records alike. The names the
+// client shares with the server besides (headers, error classes, groupings,
+// limits) are in package api/wire. Every request carries the token of
+// [WithToken], if any, as "Authorization: Bearer TOKEN": the admin
 // token for the management API, or a tenant's API key, which may read that
 // tenant's usage and calls. An error answered by kiln itself, as opposed to
 // by a function, is returned as an *APIError:
@@ -45,6 +47,10 @@ import (
 var ErrInvalidName = errors.New("invalid function name")
 
 var nameRE = regexp.MustCompile(`^[a-z][a-z0-9-]{0,62}$`)
+
+// jsonOptions write request bodies with the proto field names, as kiln's
+// API documents them.
+var jsonOptions = protojson.MarshalOptions{UseProtoNames: true}
 
 // Limits on answers read into memory.
 const (
@@ -166,7 +172,7 @@ func (c *Client) Deploy(ctx context.Context, name string, spec *kilnv1.FunctionS
 	if spec == nil {
 		return nil, errors.New("deploy: nil spec")
 	}
-	body, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(spec)
+	body, err := jsonOptions.Marshal(spec)
 	if err != nil {
 		return nil, fmt.Errorf("deploy: %w", err)
 	}

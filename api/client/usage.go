@@ -2,7 +2,6 @@ package client
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -20,49 +19,31 @@ import (
 // (10000 calls, or a month of minutes for many functions).
 const maxReportBody = 256 << 20
 
-// Key is a tenant's API key. Key (the secret) is set only in the answer of
-// [Client.CreateKey]: the agent keeps only its hash.
-type Key struct {
-	// ID names the key, for RevokeKey.
-	ID string `json:"id"`
-	// Tenant is the tenant the key authenticates and bills.
-	Tenant string `json:"tenant"`
-	// Key is the secret to send as "Authorization: Bearer KEY"; empty in
-	// listings.
-	Key string `json:"key,omitempty"`
-	// Created is when the key was made.
-	Created time.Time `json:"created"`
-	// Revoked is when the key was revoked; zero while it is valid.
-	Revoked time.Time `json:"revoked,omitzero"`
-}
-
-// CreateKey makes a new API key for tenant and returns it with its secret,
-// which the agent never shows again.
-func (c *Client) CreateKey(ctx context.Context, tenant string) (*Key, error) {
+// CreateKey makes a new API key for tenant and returns it with its secret
+// (Key), which the agent never shows again: it keeps only its hash.
+func (c *Client) CreateKey(ctx context.Context, tenant string) (*kilnv1.ApiKey, error) {
 	if tenant == "" {
 		return nil, errors.New("create key: empty tenant")
 	}
-	body, err := json.Marshal(map[string]string{"tenant": tenant})
+	body, err := jsonOptions.Marshal(&kilnv1.CreateApiKeyRequest{Tenant: tenant})
 	if err != nil {
 		return nil, fmt.Errorf("create key: %w", err)
 	}
-	k := new(Key)
-	if err := c.doJSON(ctx, http.MethodPost, "/v1/keys", nil, body, maxManagementBody, k); err != nil {
+	k := new(kilnv1.ApiKey)
+	if err := c.do(ctx, http.MethodPost, "/v1/keys", nil, body, maxManagementBody, k); err != nil {
 		return nil, err
 	}
 	return k, nil
 }
 
-// ListKeys returns every API key, revoked ones included, without their
-// secrets.
-func (c *Client) ListKeys(ctx context.Context) ([]Key, error) {
-	var out struct {
-		Keys []Key `json:"keys"`
-	}
-	if err := c.doJSON(ctx, http.MethodGet, "/v1/keys", nil, nil, maxManagementBody, &out); err != nil {
+// ListKeys returns every API key, revoked ones included (Revoked set),
+// without their secrets.
+func (c *Client) ListKeys(ctx context.Context) ([]*kilnv1.ApiKey, error) {
+	list := new(kilnv1.ApiKeyList)
+	if err := c.do(ctx, http.MethodGet, "/v1/keys", nil, nil, maxManagementBody, list); err != nil {
 		return nil, err
 	}
-	return out.Keys, nil
+	return list.Keys, nil
 }
 
 // RevokeKey revokes the API key id at once. An unknown id is an *APIError
@@ -71,7 +52,7 @@ func (c *Client) RevokeKey(ctx context.Context, id string) error {
 	if err := validSegment("key id", id); err != nil {
 		return err
 	}
-	return c.doJSON(ctx, http.MethodDelete, "/v1/keys/"+id, nil, nil, maxManagementBody, nil)
+	return c.do(ctx, http.MethodDelete, "/v1/keys/"+id, nil, nil, maxManagementBody, nil)
 }
 
 // UsageQuery selects and groups usage for [Client.Usage]. Zero fields do
@@ -164,30 +145,6 @@ func (c *Client) ListCalls(ctx context.Context, q CallQuery) ([]*kilnv1.CallReco
 		return []*kilnv1.CallRecord{}, nil
 	}
 	return list.Calls, nil
-}
-
-// doJSON sends a request with a JSON body (none when nil) and decodes a
-// successful answer of at most limit bytes into out (ignored when nil).
-func (c *Client) doJSON(ctx context.Context, method, path string, query url.Values, body []byte, limit int64, out any) error {
-	req, err := c.newRequest(ctx, method, path, query, body)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Accept", "application/json")
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	data, err := c.send(req, limit)
-	if err != nil {
-		return err
-	}
-	if out == nil {
-		return nil
-	}
-	if err := json.Unmarshal(data, out); err != nil {
-		return fmt.Errorf("%s %s: decoding the answer: %w", method, path, err)
-	}
-	return nil
 }
 
 // get sends a GET accepting the media type accept and returns the answer's

@@ -140,9 +140,9 @@ func TestKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Key{ID: "key-0a0b0c0d0e0f", Tenant: "acme", Key: "kiln_secret", Created: time.Date(2026, 3, 1, 10, 0, 0, 0, time.UTC)}
-	if *k != want {
-		t.Errorf("CreateKey = %+v, want %+v", *k, want)
+	want := &kilnv1.ApiKey{Id: "key-0a0b0c0d0e0f", Tenant: "acme", Key: proto.String("kiln_secret"), Created: timestamppb.New(time.Date(2026, 3, 1, 10, 0, 0, 0, time.UTC))}
+	if !proto.Equal(k, want) {
+		t.Errorf("CreateKey = %v, want %v", k, want)
 	}
 	r, body := m.last()
 	if r.Method != http.MethodPost || r.URL.Path != "/prefix/v1/keys" || string(body) != `{"tenant":"acme"}` || r.Header.Get("Content-Type") != "application/json" {
@@ -156,8 +156,8 @@ func TestKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(keys) != 2 || keys[0].ID != "key-1" || !keys[0].Revoked.IsZero() || keys[0].Key != "" ||
-		!keys[1].Revoked.Equal(time.Date(2026, 3, 2, 10, 0, 0, 0, time.UTC)) {
+	if len(keys) != 2 || keys[0].Id != "key-1" || keys[0].Revoked != nil || keys[0].GetKey() != "" ||
+		!keys[1].Revoked.AsTime().Equal(time.Date(2026, 3, 2, 10, 0, 0, 0, time.UTC)) {
 		t.Errorf("ListKeys = %+v", keys)
 	}
 

@@ -76,6 +76,14 @@ func fmtTime(t time.Time) string {
 	return t.UTC().Format(time.RFC3339)
 }
 
+// fmtTimestamp is fmtTime of ts, "-" when unset.
+func fmtTimestamp(ts *timestamppb.Timestamp) string {
+	if ts == nil {
+		return "-"
+	}
+	return fmtTime(ts.AsTime())
+}
+
 // fmtBytes formats a byte count with binary units: 512B, 1.5KiB, 12.3MiB,
 // 512KiB.
 func fmtBytes(n int64) string {

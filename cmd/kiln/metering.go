@@ -108,7 +108,7 @@ func writeUsageTable(c *cli, groupBy string, rep *kilnv1.ReportResponse) error {
 		case groupBy == wire.GroupByNone:
 			name = "all"
 		case r.Time != nil:
-			name = fmtTime(r.Time.AsTime())
+			name = fmtTimestamp(r.Time)
 		case name == "":
 			name = "-"
 		}
@@ -238,8 +238,8 @@ agent keeps only the key's hash: it cannot show the key again.`,
 			if err != nil {
 				return fmt.Errorf("keys create: %w", c.agentError(cmd, err))
 			}
-			fmt.Fprintf(c.stderr, "Created API key %s for tenant %s.\nStore the key now: it is not shown again.\n", k.ID, k.Tenant)
-			_, err = fmt.Fprintln(c.stdout, k.Key)
+			fmt.Fprintf(c.stderr, "Created API key %s for tenant %s.\nStore the key now: it is not shown again.\n", k.Id, k.Tenant)
+			_, err = fmt.Fprintln(c.stdout, k.GetKey())
 			return err
 		},
 	}
@@ -265,7 +265,7 @@ func (c *cli) keysListCmd() *cobra.Command {
 			w := newTable(c.stdout)
 			fmt.Fprintln(w, "ID\tTENANT\tCREATED\tREVOKED")
 			for _, k := range keys {
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", k.ID, k.Tenant, fmtTime(k.Created), fmtTime(k.Revoked))
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", k.Id, k.Tenant, fmtTimestamp(k.Created), fmtTimestamp(k.Revoked))
 			}
 			return w.Flush()
 		},

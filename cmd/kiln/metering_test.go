@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -118,15 +117,19 @@ func (m *meterAgent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	switch p := r.URL.Path; {
 	case p == "/v1/keys" && r.Method == http.MethodPost:
-		var req struct{ Tenant string }
-		if json.Unmarshal(body, &req) != nil || req.Tenant == "" || req.Tenant == "Bad" {
+		var req kilnv1.CreateApiKeyRequest
+		if protojson.Unmarshal(body, &req) != nil || req.Tenant == "" || req.Tenant == "Bad" {
 			writeMsg(w, http.StatusBadRequest, &kilnv1.Error{Error: "invalid argument: tenant", Class: "invalid_argument"})
 			return
 		}
-		raw(http.StatusCreated, `{"id":"key-0a0b0c0d0e0f","tenant":"`+req.Tenant+`","key":"kiln_s3cret","created":"2026-03-01T10:00:00Z"}`)
+		writeMsg(w, http.StatusCreated, &kilnv1.ApiKey{Id: "key-0a0b0c0d0e0f", Tenant: req.Tenant, Key: proto.String("kiln_s3cret"),
+			Created: timestamppb.New(time.Date(2026, 3, 1, 10, 0, 0, 0, time.UTC))})
 	case p == "/v1/keys" && r.Method == http.MethodGet:
-		raw(http.StatusOK, `{"keys":[{"id":"key-1","tenant":"acme","created":"2026-03-01T10:00:00Z"},`+
-			`{"id":"key-2","tenant":"beta","created":"2026-02-01T10:00:00.5Z","revoked":"2026-02-02T10:00:00Z"}]}`)
+		writeMsg(w, http.StatusOK, &kilnv1.ApiKeyList{Keys: []*kilnv1.ApiKey{
+			{Id: "key-1", Tenant: "acme", Created: timestamppb.New(time.Date(2026, 3, 1, 10, 0, 0, 0, time.UTC))},
+			{Id: "key-2", Tenant: "beta", Created: timestamppb.New(time.Date(2026, 2, 1, 10, 0, 0, 5e8, time.UTC)),
+				Revoked: timestamppb.New(time.Date(2026, 2, 2, 10, 0, 0, 0, time.UTC))},
+		}})
 	case p == "/v1/keys/key-1" && r.Method == http.MethodDelete:
 		w.WriteHeader(http.StatusNoContent)
 	case strings.HasPrefix(p, "/v1/keys/"):

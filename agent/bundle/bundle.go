@@ -156,7 +156,7 @@ func (u *unpacker) entry(h *tar.Header, r io.Reader) error {
 		}
 		u.seen[name] = kindDir
 		u.records = append(u.records, "d "+name)
-	case tar.TypeReg, tar.TypeRegA:
+	case tar.TypeReg: // tar.Reader reports old-style regular files (TypeRegA) as TypeReg
 		mode := os.FileMode(0o644)
 		if h.Mode&0o111 != 0 {
 			mode = 0o755

@@ -327,7 +327,7 @@ func (s *HTTPServer) handle(ctx *fasthttp.RequestCtx) {
 			s.keys(ctx, string(path[len(prefixKeys):]))
 		}
 	case bytes.HasPrefix(path, prefixUsage):
-		s.usage(ctx)
+		s.usage(ctx, string(path[len(prefixUsage):]))
 	case bytes.HasPrefix(path, prefixCalls):
 		s.calls(ctx, string(path[len(prefixCalls):]))
 	case string(path) == "/metrics" && s.metrics != nil:

@@ -59,6 +59,10 @@ func (s *HTTPServer) admin(ctx *fasthttp.RequestCtx) bool {
 // (201, the kiln.v1.ApiKey with its secret), GET lists them (a
 // kiln.v1.ApiKeyList, without secrets), DELETE /v1/keys/{id} revokes one.
 func (s *HTTPServer) keys(ctx *fasthttp.RequestCtx, rest string) {
+	if rest != "" && (rest[0] != '/' || strings.Contains(rest[1:], "/")) {
+		s.writeError(ctx, fmt.Errorf("%w: no route for /v1/keys%s", agent.ErrNotFound, rest))
+		return
+	}
 	method := string(ctx.Method())
 	switch {
 	case (rest == "" || rest == "/") && method == fasthttp.MethodPost:
@@ -123,7 +127,11 @@ func parseTime(field, v string) (time.Time, error) {
 // usage serves GET /v1/usage?from=&to=&function=&tenant=&group_by=&format=:
 // a kiln.v1.ReportResponse as JSON (format json, the default) or the same
 // rows as CSV.
-func (s *HTTPServer) usage(ctx *fasthttp.RequestCtx) {
+func (s *HTTPServer) usage(ctx *fasthttp.RequestCtx, rest string) {
+	if rest != "" && rest != "/" {
+		s.writeError(ctx, fmt.Errorf("%w: no route for /v1/usage%s", agent.ErrNotFound, rest))
+		return
+	}
 	if string(ctx.Method()) != fasthttp.MethodGet {
 		s.methodNotAllowed(ctx, "GET")
 		return

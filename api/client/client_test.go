@@ -1,11 +1,17 @@
 package client
 
+// These tests are of the client's transport: what it makes of answers kiln
+// would not give (a proxy's, a newer agent's, none at all) and what it sends
+// on every request. What kiln's server answers is checked against the real
+// server in contract_test.go.
+
 import (
 	"context"
 	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -14,118 +20,15 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/kilnfx/kiln/api/wire"
 	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
 )
 
-// fakeAPI is an in-memory kiln HTTP API.
-type fakeAPI struct {
-	mu    sync.Mutex
-	fns   map[string]*kilnv1.Function
-	order []string
-	// last request seen
-	lastHeader http.Header
-	lastBody   []byte
-}
-
-func newFakeAPI(t *testing.T) (*fakeAPI, *httptest.Server) {
-	f := &fakeAPI{fns: map[string]*kilnv1.Function{}}
-	srv := httptest.NewServer(f)
-	t.Cleanup(srv.Close)
-	return f, srv
-}
-
-var marshal = protojson.MarshalOptions{UseProtoNames: true}
-
-func writeError(w http.ResponseWriter, status int, class, msg string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set(wire.HeaderError, class)
-	w.WriteHeader(status)
-	b, _ := marshal.Marshal(&kilnv1.Error{Error: msg, Class: class})
-	w.Write(b)
-}
-
 func writeJSON(w http.ResponseWriter, m proto.Message) {
 	w.Header().Set("Content-Type", "application/json")
-	b, _ := marshal.Marshal(m)
+	b, _ := protojson.MarshalOptions{UseProtoNames: true}.Marshal(m)
 	w.Write(b)
-}
-
-func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	body, _ := io.ReadAll(r.Body)
-	f.lastHeader, f.lastBody = r.Header.Clone(), body
-	switch {
-	case r.URL.Path == "/v1/functions" && r.Method == http.MethodGet:
-		list := &kilnv1.FunctionList{}
-		for _, n := range f.order {
-			list.Functions = append(list.Functions, f.fns[n])
-		}
-		writeJSON(w, list)
-	case strings.HasPrefix(r.URL.Path, "/v1/functions/"):
-		name := strings.TrimPrefix(r.URL.Path, "/v1/functions/")
-		switch r.Method {
-		case http.MethodPut:
-			spec := new(kilnv1.FunctionSpec)
-			if err := protojson.Unmarshal(body, spec); err != nil {
-				writeError(w, http.StatusBadRequest, wire.ClassInvalidArgument, err.Error())
-				return
-			}
-			if len(spec.Code) == 0 {
-				writeError(w, http.StatusBadRequest, wire.ClassInvalidArgument, "spec.code: missing")
-				return
-			}
-			if _, ok := f.fns[name]; !ok {
-				f.order = append(f.order, name)
-			}
-			fn := &kilnv1.Function{Name: name, Spec: spec, Revision: "r1", Created: timestamppb.New(time.Unix(1, 0)), Updated: timestamppb.New(time.Unix(2, 0))}
-			f.fns[name] = fn
-			writeJSON(w, fn)
-		case http.MethodGet:
-			fn, ok := f.fns[name]
-			if !ok {
-				writeError(w, http.StatusNotFound, wire.ClassNotFound, "function "+name+" not found")
-				return
-			}
-			writeJSON(w, fn)
-		case http.MethodDelete:
-			if _, ok := f.fns[name]; !ok {
-				writeError(w, http.StatusNotFound, wire.ClassNotFound, "function "+name+" not found")
-				return
-			}
-			delete(f.fns, name)
-			w.WriteHeader(http.StatusNoContent)
-		}
-	case strings.HasPrefix(r.URL.Path, "/invoke/"):
-		name := strings.TrimPrefix(r.URL.Path, "/invoke/")
-		switch name {
-		case "echo":
-			w.Header().Set("X-Handler", "echo")
-			w.Header().Set("Content-Type", r.Header.Get("Content-Type"))
-			w.Write(body)
-		case "teapot":
-			w.WriteHeader(http.StatusTeapot)
-			w.Write([]byte("short and stout"))
-		case "fails":
-			w.Header().Set(wire.HeaderError, wire.ClassFunctionError)
-			w.WriteHeader(http.StatusInternalServerError)
-			w.Write([]byte("boom"))
-		case "busy":
-			w.Header().Set("Retry-After", "1")
-			writeError(w, http.StatusTooManyRequests, wire.ClassResourceExhausted, "too many calls")
-		case "proxy":
-			w.Header().Set(wire.HeaderError, wire.ClassUnavailable)
-			w.WriteHeader(http.StatusBadGateway)
-			w.Write([]byte("<html>bad gateway</html>"))
-		default:
-			writeError(w, http.StatusNotFound, wire.ClassNotFound, "function "+name+" not found")
-		}
-	default:
-		http.NotFound(w, r)
-	}
 }
 
 func TestNew(t *testing.T) {
@@ -138,76 +41,6 @@ func TestNew(t *testing.T) {
 		if _, err := New(ok); err != nil {
 			t.Errorf("New(%q) = %v", ok, err)
 		}
-	}
-}
-
-func TestManagement(t *testing.T) {
-	api, srv := newFakeAPI(t)
-	c, err := New(srv.URL, WithToken("secret"), WithUserAgent("test/1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-
-	spec := &kilnv1.FunctionSpec{Runtime: "go", Code: []byte("archive"), MemoryMb: 128, Timeout: durationpb.New(30 * time.Second)}
-	fn, err := c.Deploy(ctx, "hello", spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if fn.Name != "hello" || fn.Revision != "r1" || !proto.Equal(fn.Spec, spec) {
-		t.Errorf("Deploy = %v", fn)
-	}
-	if got := api.lastHeader.Get("Authorization"); got != "Bearer secret" {
-		t.Errorf("Authorization = %q", got)
-	}
-	if got := api.lastHeader.Get("User-Agent"); got != "test/1" {
-		t.Errorf("User-Agent = %q", got)
-	}
-	if got := api.lastHeader.Get("Content-Type"); got != "application/json" {
-		t.Errorf("Content-Type = %q", got)
-	}
-	// The body uses the proto field names and durations as strings.
-	for _, want := range []string{`"memory_mb":`, `"timeout":"30s"`} {
-		if !strings.Contains(strings.ReplaceAll(string(api.lastBody), " ", ""), want) {
-			t.Errorf("deploy body %s lacks %s", api.lastBody, want)
-		}
-	}
-
-	got, err := c.Get(ctx, "hello")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !proto.Equal(got, fn) {
-		t.Errorf("Get = %v, want %v", got, fn)
-	}
-
-	if _, err := c.Deploy(ctx, "world", &kilnv1.FunctionSpec{Runtime: "go", Code: []byte("archive")}); err != nil {
-		t.Fatal(err)
-	}
-	list, err := c.List(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(list) != 2 || list[0].Name != "hello" || list[1].Name != "world" {
-		t.Errorf("List = %v", list)
-	}
-
-	if err := c.Delete(ctx, "hello"); err != nil {
-		t.Fatal(err)
-	}
-	_, err = c.Get(ctx, "hello")
-	var apiErr *APIError
-	if !errors.As(err, &apiErr) || apiErr.Status != http.StatusNotFound || apiErr.Class != wire.ClassNotFound || apiErr.Message != "function hello not found" {
-		t.Fatalf("Get of a deleted function = %#v", err)
-	}
-	if err := c.Delete(ctx, "hello"); !errors.As(err, &apiErr) || apiErr.Class != wire.ClassNotFound {
-		t.Fatalf("Delete of a deleted function = %v", err)
-	}
-	if _, err := c.Deploy(ctx, "bad", &kilnv1.FunctionSpec{}); !errors.As(err, &apiErr) || apiErr.Class != wire.ClassInvalidArgument {
-		t.Fatalf("Deploy of an invalid spec = %v", err)
-	}
-	if _, err := c.Deploy(ctx, "bad", nil); err == nil {
-		t.Fatal("Deploy of a nil spec succeeded")
 	}
 }
 
@@ -233,66 +66,41 @@ func TestInvalidName(t *testing.T) {
 	}
 }
 
-func TestInvoke(t *testing.T) {
-	api, srv := newFakeAPI(t)
-	c, err := New(srv.URL + "/")
+// TestInvokeAnswersNotKilns checks Invoke's reading of answers: an error
+// class only when kiln set one, a function's own status as its answer, and
+// a proxy's error page kept as the message.
+func TestInvokeAnswersNotKilns(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/invoke/teapot":
+			w.WriteHeader(http.StatusTeapot)
+			w.Write([]byte("short and stout"))
+		case "/invoke/fails":
+			w.Header().Set(wire.HeaderError, wire.ClassFunctionError)
+			w.WriteHeader(http.StatusInternalServerError)
+			w.Write([]byte("boom"))
+		case "/invoke/proxy":
+			w.Header().Set(wire.HeaderError, wire.ClassUnavailable)
+			w.WriteHeader(http.StatusBadGateway)
+			w.Write([]byte("<html>bad gateway</html>"))
+		}
+	}))
+	defer srv.Close()
+	c, err := New(srv.URL)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-
-	res, err := c.Invoke(ctx, "echo", []byte("hi"), http.Header{"Content-Type": {"text/plain"}, "X-A": {"1", "2"}})
-	if err != nil {
-		t.Fatal(err)
+	if res, err := c.Invoke(ctx, "teapot", nil, nil); err != nil || res.Status != http.StatusTeapot || res.FunctionError || string(res.Body) != "short and stout" {
+		t.Errorf("Invoke(teapot) = %+v, %v", res, err)
 	}
-	if res.Status != http.StatusOK || string(res.Body) != "hi" || res.FunctionError || res.Header.Get("X-Handler") != "echo" || res.Header.Get("Content-Type") != "text/plain" {
-		t.Errorf("Invoke(echo) = %+v", res)
+	if res, err := c.Invoke(ctx, "fails", nil, nil); err != nil || res.Status != 500 || !res.FunctionError || string(res.Body) != "boom" {
+		t.Errorf("Invoke(fails) = %+v, %v", res, err)
 	}
-	if got := api.lastHeader.Values("X-A"); len(got) != 2 {
-		t.Errorf("X-A sent as %v", got)
-	}
-
-	// A function's own error status is its answer, not an error.
-	res, err = c.Invoke(ctx, "teapot", nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if res.Status != http.StatusTeapot || res.FunctionError || string(res.Body) != "short and stout" {
-		t.Errorf("Invoke(teapot) = %+v", res)
-	}
-
-	res, err = c.Invoke(ctx, "fails", nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if res.Status != http.StatusInternalServerError || !res.FunctionError || string(res.Body) != "boom" {
-		t.Errorf("Invoke(fails) = %+v", res)
-	}
-
-	tests := []struct {
-		name   string
-		status int
-		class  string
-		msg    string
-	}{
-		{"missing", http.StatusNotFound, wire.ClassNotFound, "function missing not found"},
-		{"busy", http.StatusTooManyRequests, wire.ClassResourceExhausted, "too many calls"},
-		{"proxy", http.StatusBadGateway, wire.ClassUnavailable, "<html>bad gateway</html>"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			res, err := c.Invoke(ctx, tt.name, nil, nil)
-			var apiErr *APIError
-			if !errors.As(err, &apiErr) {
-				t.Fatalf("Invoke = %+v, %v; want an *APIError", res, err)
-			}
-			if apiErr.Status != tt.status || apiErr.Class != tt.class || apiErr.Message != tt.msg {
-				t.Errorf("Invoke error = %#v", apiErr)
-			}
-			if !strings.Contains(apiErr.Error(), tt.class) {
-				t.Errorf("Error() = %q lacks the class", apiErr.Error())
-			}
-		})
+	var apiErr *APIError
+	_, err = c.Invoke(ctx, "proxy", nil, nil)
+	if !errors.As(err, &apiErr) || apiErr.Status != http.StatusBadGateway || apiErr.Class != wire.ClassUnavailable || apiErr.Message != "<html>bad gateway</html>" {
+		t.Errorf("Invoke(proxy) = %#v", err)
 	}
 }
 
@@ -369,5 +177,156 @@ func TestContextCancel(t *testing.T) {
 	defer cancel()
 	if _, err := c.Invoke(ctx, "slow", nil, nil); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("Invoke = %v, want DeadlineExceeded", err)
+	}
+}
+
+// recorder is a server that answers every request with an empty message
+// (or text, for CSV and logs) and keeps what it was sent.
+type recorder struct {
+	mu   sync.Mutex
+	reqs []*http.Request
+	body [][]byte
+}
+
+func (r *recorder) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	b, _ := io.ReadAll(req.Body)
+	r.mu.Lock()
+	r.reqs = append(r.reqs, req)
+	r.body = append(r.body, b)
+	r.mu.Unlock()
+	switch {
+	case strings.HasSuffix(req.URL.Path, "/logs"), req.URL.Query().Get("format") == "csv":
+		w.Write([]byte("text\n"))
+	case req.Method == http.MethodDelete:
+		w.WriteHeader(http.StatusNoContent)
+	default:
+		w.Write([]byte("{}"))
+	}
+}
+
+func (r *recorder) last() (*http.Request, string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.reqs[len(r.reqs)-1], string(r.body[len(r.body)-1])
+}
+
+func (r *recorder) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.reqs)
+}
+
+// TestEveryRequest checks what every method sends: its method and path
+// below the base URL's, the token, the User-Agent, the Accept and
+// Content-Type it means, the query it was given (times in UTC), and bodies
+// with the proto field names.
+func TestEveryRequest(t *testing.T) {
+	rec := &recorder{}
+	srv := httptest.NewServer(rec)
+	defer srv.Close()
+	c, err := New(srv.URL+"/prefix/", WithToken("tok"), WithUserAgent("test/1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	from := time.Date(2026, 3, 1, 11, 0, 0, 0, time.FixedZone("CET", 3600))
+	spec := &kilnv1.FunctionSpec{Runtime: "go", Code: []byte("archive"), MemoryMb: 128, Timeout: durationpb.New(30 * time.Second)}
+	for _, tt := range []struct {
+		call                 func() error
+		method, path, accept string
+		query                url.Values
+		body                 string // what the body holds, spaces left out
+	}{
+		{func() error { _, err := c.Deploy(ctx, "hello", spec); return err }, "PUT", "/v1/functions/hello", "application/json", nil, `"memory_mb":128`},
+		{func() error { _, err := c.Deploy(ctx, "hello", spec); return err }, "PUT", "/v1/functions/hello", "application/json", nil, `"timeout":"30s"`},
+		{func() error { _, err := c.Get(ctx, "hello"); return err }, "GET", "/v1/functions/hello", "application/json", nil, ""},
+		{func() error { _, err := c.List(ctx); return err }, "GET", "/v1/functions", "application/json", nil, ""},
+		{func() error { return c.Delete(ctx, "hello") }, "DELETE", "/v1/functions/hello", "application/json", nil, ""},
+		{func() error { _, err := c.Containers(ctx, "hello"); return err }, "GET", "/v1/functions/hello/containers", "application/json", nil, ""},
+		{func() error {
+			b, err := c.Logs(ctx, "hello", 10, false)
+			if err == nil {
+				b.Close()
+			}
+			return err
+		}, "GET", "/v1/functions/hello/logs", "text/plain", url.Values{"tail": {"10"}}, ""},
+		{func() error {
+			b, err := c.Logs(ctx, "hello", -1, true)
+			if err == nil {
+				b.Close()
+			}
+			return err
+		}, "GET", "/v1/functions/hello/logs", "text/plain", url.Values{"follow": {"1"}}, ""},
+		{func() error { _, err := c.CreateKey(ctx, "acme"); return err }, "POST", "/v1/keys", "application/json", nil, `{"tenant":"acme"}`},
+		{func() error { _, err := c.ListKeys(ctx); return err }, "GET", "/v1/keys", "application/json", nil, ""},
+		{func() error { return c.RevokeKey(ctx, "key-1") }, "DELETE", "/v1/keys/key-1", "application/json", nil, ""},
+		{func() error {
+			_, err := c.Usage(ctx, UsageQuery{From: from, To: from.Add(90 * time.Minute), Function: "hello", Tenant: "acme", GroupBy: wire.GroupByHour})
+			return err
+		}, "GET", "/v1/usage", "application/json", url.Values{
+			"from": {"2026-03-01T10:00:00Z"}, "to": {"2026-03-01T11:30:00Z"}, "function": {"hello"},
+			"tenant": {"acme"}, "group_by": {"hour"}, "format": {"json"},
+		}, ""},
+		{func() error { _, err := c.Usage(ctx, UsageQuery{}); return err }, "GET", "/v1/usage", "application/json", url.Values{"format": {"json"}}, ""},
+		{func() error { _, err := c.UsageCSV(ctx, UsageQuery{GroupBy: wire.GroupByFunction}); return err }, "GET", "/v1/usage", "text/csv",
+			url.Values{"format": {"csv"}, "group_by": {"function"}}, ""},
+		{func() error { _, err := c.GetCall(ctx, "call-1"); return err }, "GET", "/v1/calls/call-1", "application/json", nil, ""},
+		{func() error {
+			_, err := c.ListCalls(ctx, CallQuery{Function: "hello", Tenant: "acme", Since: time.Unix(1772359200, 0), Limit: 5})
+			return err
+		}, "GET", "/v1/calls", "application/json", url.Values{
+			"function": {"hello"}, "tenant": {"acme"}, "since": {"2026-03-01T10:00:00Z"}, "limit": {"5"},
+		}, ""},
+		{func() error { _, err := c.ListCalls(ctx, CallQuery{}); return err }, "GET", "/v1/calls", "application/json", nil, ""},
+		{func() error { _, err := c.Invoke(ctx, "hello", []byte("x"), http.Header{"X-A": {"1"}}); return err }, "POST", "/invoke/hello", "", nil, "x"},
+	} {
+		if err := tt.call(); err != nil {
+			t.Errorf("%s %s: %v", tt.method, tt.path, err)
+			continue
+		}
+		r, body := rec.last()
+		if r.Method != tt.method || r.URL.Path != "/prefix"+tt.path || r.URL.RawQuery != tt.query.Encode() {
+			t.Errorf("sent %s %s?%s, want %s /prefix%s?%s", r.Method, r.URL.Path, r.URL.RawQuery, tt.method, tt.path, tt.query.Encode())
+		}
+		if r.Header.Get("Authorization") != "Bearer tok" || r.Header.Get("User-Agent") != "test/1" || r.Header.Get("Accept") != tt.accept {
+			t.Errorf("%s %s sent Authorization %q, User-Agent %q, Accept %q", tt.method, tt.path,
+				r.Header.Get("Authorization"), r.Header.Get("User-Agent"), r.Header.Get("Accept"))
+		}
+		if !strings.Contains(strings.ReplaceAll(body, " ", ""), tt.body) {
+			t.Errorf("%s %s sent the body %q, want it to hold %q", tt.method, tt.path, body, tt.body)
+		}
+		// Message bodies say they are JSON; a call's body is the caller's.
+		wantCT := ""
+		if tt.method == "PUT" || tt.method == "POST" && tt.path == "/v1/keys" {
+			wantCT = "application/json"
+		}
+		if ct := r.Header.Get("Content-Type"); ct != wantCT {
+			t.Errorf("%s %s sent Content-Type %q, want %q", tt.method, tt.path, ct, wantCT)
+		}
+	}
+
+	// Input kiln would refuse sends nothing.
+	n := rec.count()
+	for _, bad := range []string{"", "a/b", "..", "."} {
+		if err := c.RevokeKey(ctx, bad); err == nil {
+			t.Errorf("RevokeKey(%q) succeeded", bad)
+		}
+		if _, err := c.GetCall(ctx, bad); err == nil {
+			t.Errorf("GetCall(%q) succeeded", bad)
+		}
+	}
+	for _, bad := range []int{-1, wire.MaxCallLimit + 1} {
+		if _, err := c.ListCalls(ctx, CallQuery{Limit: bad}); err == nil {
+			t.Errorf("ListCalls with limit %d succeeded", bad)
+		}
+	}
+	if _, err := c.CreateKey(ctx, ""); err == nil {
+		t.Error("CreateKey of an empty tenant succeeded")
+	}
+	if _, err := c.Deploy(ctx, "hello", nil); err == nil {
+		t.Error("Deploy of a nil spec succeeded")
+	}
+	if rec.count() != n {
+		t.Error("a request was sent for invalid input")
 	}
 }

@@ -53,10 +53,12 @@ const (
 	// ClassUnauthenticated: a token or key is missing, wrong, revoked, or
 	// not enough for the request.
 	ClassUnauthenticated = "unauthenticated"
-	// ClassResourceExhausted: the function's queue is full; retry later.
+	// ClassResourceExhausted: the function's queue is full, or the client's
+	// address has too many connections open; retry later.
 	ClassResourceExhausted = "resource_exhausted"
 	// ClassUnavailable: the node cannot take the call now (out of memory,
-	// shutting down); retry later.
+	// too many connections, shutting down, containerd away while the call
+	// needs a new container); retry later.
 	ClassUnavailable = "unavailable"
 	// ClassDeadlineExceeded: the call ran past its timeout.
 	ClassDeadlineExceeded = "deadline_exceeded"

@@ -321,8 +321,8 @@ type Error struct {
 	// class is the error class (Go: the Class constants of package
 	// api/wire): not_found, invalid_argument, unauthenticated,
 	// resource_exhausted, unavailable, deadline_exceeded, executor_failure,
-	// payload_too_large, insufficient_storage, cancelled, function_error,
-	// internal.
+	// payload_too_large, insufficient_storage, request_timeout, cancelled,
+	// function_error, internal.
 	Class         string `protobuf:"bytes,2,opt,name=class,proto3" json:"class,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

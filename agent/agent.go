@@ -41,10 +41,9 @@ type Agent struct {
 
 	deployMu sync.Mutex // serialises Deploy and Delete
 
-	usage    UsageSink
-	node     string
-	classify func(error) (status int, class string)
-	metrics  *Metrics
+	usage   UsageSink
+	node    string
+	metrics *Metrics
 
 	keysMu sync.RWMutex
 	keys   map[[32]byte]string // SHA-256 of valid API keys → tenant
@@ -70,7 +69,6 @@ type options struct {
 	codeLimits bundle.Limits
 	usage      UsageSink
 	node       string
-	classify   func(error) (status int, class string)
 	metrics    *Metrics
 }
 
@@ -90,13 +88,6 @@ func WithUsageSink(s UsageSink) Option { return func(o *options) { o.usage = s }
 
 // WithNode names the node in usage records (default: the host name).
 func WithNode(name string) Option { return func(o *options) { o.node = name } }
-
-// WithErrorClassifier sets how the status and error class of a failed call
-// are derived for its usage record and metrics; the API edge's mapping
-// (api.HTTPStatus) is the one to pass. The default answers 500 "internal".
-func WithErrorClassifier(f func(error) (status int, class string)) Option {
-	return func(o *options) { o.classify = f }
-}
 
 // WithMetrics sets where the agent counts calls (default: a private,
 // unexported set).
@@ -135,15 +126,11 @@ func New(ctx context.Context, store *datastore.Store, p *pool.Pool, dataDir stri
 		maxBody:      o.maxBody,
 		usage:        o.usage,
 		node:         o.node,
-		classify:     o.classify,
 		metrics:      o.metrics,
 		functions:    make(map[string]*function),
 	}
 	if a.node == "" {
 		a.node, _ = os.Hostname()
-	}
-	if a.classify == nil {
-		a.classify = func(error) (int, string) { return 500, "internal" }
 	}
 	if a.metrics == nil {
 		a.metrics = NewMetrics(nil)

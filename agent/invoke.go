@@ -9,7 +9,9 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/kilnfx/kiln/api/wire"
 	"github.com/kilnfx/kiln/datastore"
+	"github.com/kilnfx/kiln/errdefs"
 	"github.com/kilnfx/kiln/pool"
 	pb "github.com/kilnfx/kiln/proto/executorpb"
 )
@@ -224,7 +226,8 @@ func (a *Agent) meter(call *Call, received time.Time, rec *datastore.UsageRecord
 	rec.Node = a.node
 	rec.BytesIn = int64(len(call.Body))
 	if err != nil {
-		rec.Status, rec.ErrorClass = a.classify(err)
+		c := errdefs.Classify(err)
+		rec.Status, rec.ErrorClass = c.HTTP, c.Name
 	} else {
 		rec.Status = res.Status
 		rec.BytesOut = int64(len(res.Body))
@@ -266,7 +269,7 @@ func (a *Agent) Reject(call *Call, err error) (string, error) {
 }
 
 // ClassFunctionError is the error class of a call whose handler failed.
-const ClassFunctionError = "function_error"
+const ClassFunctionError = wire.ClassFunctionError
 
 func truncate(s string, n int) string {
 	if len(s) > n {

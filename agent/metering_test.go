@@ -10,7 +10,6 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/kilnfx/kiln/agent"
-	"github.com/kilnfx/kiln/api"
 	"github.com/kilnfx/kiln/datastore"
 	"github.com/kilnfx/kiln/pool"
 	"github.com/kilnfx/kiln/pool/fake"
@@ -57,7 +56,7 @@ func newMeteredEnv(t *testing.T) (*env, *sink) {
 		t.Fatal(err)
 	}
 	a, err := agent.New(context.Background(), store, p, dir,
-		agent.WithUsageSink(sk), agent.WithNode("node-1"), agent.WithErrorClassifier(api.HTTPStatus), agent.WithMaxBodyBytes(1024))
+		agent.WithUsageSink(sk), agent.WithNode("node-1"), agent.WithMaxBodyBytes(1024))
 	if err != nil {
 		t.Fatal(err)
 	}

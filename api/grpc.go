@@ -314,14 +314,14 @@ func (s *invokerServer) unaryError(ctx context.Context, req *kilnv1.InvokeReques
 // what the client is told, logging kiln's own failures.
 func (s *invokerServer) callError(ctx context.Context, req *kilnv1.InvokeRequest, err error) *kilnv1.InvokeError {
 	c := classify(err)
-	e := &kilnv1.InvokeError{Code: int32(c.grpc), Message: err.Error(), Class: c.name}
+	e := &kilnv1.InvokeError{Code: int32(c.GRPC), Message: err.Error(), Class: c.Name}
 	if errors.Is(ctx.Err(), context.Canceled) {
 		// The client gave up (cancelled the RPC, the stream or the
 		// request): not kiln's failure.
 		e.Code = int32(codes.Canceled)
 		return e
 	}
-	if c.http >= 500 && c.grpc != codes.DeadlineExceeded {
+	if c.HTTP >= 500 && c.GRPC != codes.DeadlineExceeded {
 		s.log.Warn("grpc call failed", "function", req.Function, "code", codes.Code(e.Code).String(), "err", err)
 	}
 	return e
@@ -350,7 +350,7 @@ func grpcError(err error) error {
 		return nil
 	}
 	c := classify(err)
-	return classStatus(c.grpc, err.Error(), c.name)
+	return classStatus(c.GRPC, err.Error(), c.Name)
 }
 
 // classStatus returns the status error kiln answers itself: code and msg,

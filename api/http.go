@@ -510,7 +510,7 @@ func (s *HTTPServer) writeError(ctx *fasthttp.RequestCtx, err error) {
 	if status >= 500 {
 		s.log.Warn("request failed", "path", string(ctx.Path()), "status", status, "err", err)
 	}
-	if c := classify(err); c.retry {
+	if c := classify(err); c.Retry {
 		ctx.Response.Header.Set("Retry-After", "1")
 	}
 	ctx.Response.Header.Set(wire.HeaderError, class)

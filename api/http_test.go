@@ -28,6 +28,7 @@ import (
 
 	"github.com/kilnfx/kiln/agent"
 	"github.com/kilnfx/kiln/api/wire"
+	"github.com/kilnfx/kiln/errdefs"
 	"github.com/kilnfx/kiln/datastore"
 	"github.com/kilnfx/kiln/datastore/journal"
 	"github.com/kilnfx/kiln/executor/sdk"
@@ -98,7 +99,7 @@ func newHTTPEnv(t *testing.T, opts ...HTTPOption) *httpEnv {
 		t.Fatal(err)
 	}
 	a, err := agent.New(ctx, store, p, dir, agent.WithMaxBodyBytes(testMaxBody), agent.WithLogger(quiet),
-		agent.WithUsageSink(j), agent.WithErrorClassifier(HTTPStatus), agent.WithNode("node-1"))
+		agent.WithUsageSink(j), agent.WithNode("node-1"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -374,12 +375,15 @@ func TestHTTPWriteError(t *testing.T) {
 		status int
 		class  string
 	}{{errors.New("boom"), 500, wire.ClassInternal}}
-	for _, c := range errorClasses {
+	for _, c := range errdefs.Classes() {
+		if c.Err == errdefs.ErrInternal || c.Err == errdefs.ErrFunction {
+			continue
+		}
 		cases = append(cases, struct {
 			err    error
 			status int
 			class  string
-		}{fmt.Errorf("%w: details", c.err), c.http, c.name})
+		}{fmt.Errorf("%w: details", c.Err), c.HTTP, c.Name})
 	}
 	for _, tt := range cases {
 		t.Run(tt.class, func(t *testing.T) {

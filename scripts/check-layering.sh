@@ -3,7 +3,8 @@
 # containerd's client is imported only under pool/containerd (no
 # exemption), nothing but pool/containerd's own tree and cmd/ imports
 # pool/containerd, api/ never imports pool/ nor the executor protocol, and the leaf rooms (executor,
-# datastore, proto) import none of agent, pool or api.
+# datastore, proto) import none of agent, pool or api; errdefs and api/wire
+# are leaves.
 set -euo pipefail
 mod=github.com/kilnfx/kiln
 fail=0
@@ -37,6 +38,12 @@ while read -r pkg imports; do
     $mod/executor|$mod/executor/*|$mod/datastore|$mod/datastore/*|$mod/proto/*)
       if grep -qE "(^| )$mod/(agent|pool|api)(/| |$)" <<<" $imports "; then
         echo "layering: $pkg imports agent, pool or api"; fail=1
+      fi ;;
+  esac
+  case "$pkg" in
+    $mod/api/wire|$mod/errdefs)
+      if grep -qE "(^| )$mod/" <<<" ${imports//$mod\/api\/wire/} "; then
+        echo "layering: $pkg is a leaf and imports kiln packages other than api/wire"; fail=1
       fi ;;
   esac
 done < <(go list -f '{{.ImportPath}} {{join .Imports " "}}' ./...)

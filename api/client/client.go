@@ -39,6 +39,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/kilnfx/kiln/api/wire"
+	"github.com/kilnfx/kiln/errdefs"
 	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
 )
 
@@ -67,6 +68,17 @@ type APIError struct {
 	Class string
 	// Message is kiln's human-readable message.
 	Message string
+}
+
+// Unwrap returns the sentinel of the error's class (package errdefs), so
+// that errors.Is(err, errdefs.ErrNotFound) works on the client's side as on
+// the agent's: every class kiln answers with maps back. An answer without a
+// class, or with one kiln does not know, unwraps to nothing.
+func (e *APIError) Unwrap() error {
+	if c, ok := errdefs.Lookup(e.Class); ok {
+		return c.Err
+	}
+	return nil
 }
 
 // Error implements error: kiln's message, then the class and the HTTP status,

@@ -8,6 +8,7 @@ package client
 import (
 	"context"
 	"errors"
+	"github.com/kilnfx/kiln/errdefs"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -328,5 +329,20 @@ func TestEveryRequest(t *testing.T) {
 	}
 	if rec.count() != n {
 		t.Error("a request was sent for invalid input")
+	}
+}
+
+// TestErrorsUnwrapToTheirClass: every class kiln answers with maps back to
+// its errdefs sentinel, on both transports.
+func TestErrorsUnwrapToTheirClass(t *testing.T) {
+	for _, c := range errdefs.Classes() {
+		for _, err := range []error{&APIError{Status: c.HTTP, Class: c.Name}, &GRPCError{Code: c.GRPC, Class: c.Name}} {
+			if !errors.Is(err, c.Err) {
+				t.Errorf("%T of class %s is not %v", err, c.Name, c.Err)
+			}
+		}
+	}
+	if errors.Unwrap(&APIError{Status: 418, Class: "teapot"}) != nil {
+		t.Error("an unknown class unwraps to a sentinel")
 	}
 }

@@ -97,7 +97,7 @@ func newServer(t *testing.T) *server {
 		t.Fatal(err)
 	}
 	a, err := agent.New(ctx, store, p, dir, agent.WithMaxBodyBytes(maxBody), agent.WithLogger(quiet),
-		agent.WithUsageSink(j), agent.WithErrorClassifier(api.HTTPStatus), agent.WithNode("node-1"))
+		agent.WithUsageSink(j), agent.WithNode("node-1"))
 	if err != nil {
 		t.Fatal(err)
 	}

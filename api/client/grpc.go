@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/kilnfx/kiln/api/wire"
+	"github.com/kilnfx/kiln/errdefs"
 	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
 )
 
@@ -40,6 +41,15 @@ type GRPCError struct {
 	Message string
 	// CallID is the call's id when kiln accepted the call before failing it.
 	CallID string
+}
+
+// Unwrap returns the sentinel of the error's class (package errdefs), as
+// APIError.Unwrap does.
+func (e *GRPCError) Unwrap() error {
+	if c, ok := errdefs.Lookup(e.Class); ok {
+		return c.Err
+	}
+	return nil
 }
 
 // Error implements error: kiln's message, then the class and the code, as

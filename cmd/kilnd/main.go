@@ -297,7 +297,6 @@ func run(args []string, stderr io.Writer) error {
 	aopts := []agent.Option{
 		agent.WithLogger(log),
 		agent.WithMaxBodyBytes(cfg.maxBody),
-		agent.WithErrorClassifier(api.HTTPStatus),
 		agent.WithMetrics(agent.NewMetrics(reg)),
 	}
 

@@ -1,0 +1,123 @@
+// Package errdefs is kiln's one table of error classes: the sentinel error
+// of each class, the name it travels under (package api/wire), the HTTP
+// status and gRPC code both edges answer with, and whether the caller is
+// told to retry. Every layer imports it, the way containerd's errdefs is
+// imported everywhere: the agent wraps the sentinels, the edges map them
+// with Classify, the usage record keeps Classify's name and status, and
+// the Go client turns a class name back into its sentinel with Lookup, so
+// that errors.Is works on both sides of the wire.
+//
+// It imports only the standard library, grpc's codes and api/wire, which
+// imports nothing.
+package errdefs
+
+import (
+	"errors"
+	"net/http"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/kilnfx/kiln/api/wire"
+)
+
+// The sentinel errors of the classes. Errors wrap at most one of them.
+var (
+	// ErrNotFound: the function, call, key or route does not exist.
+	ErrNotFound = errors.New("not found")
+	// ErrInvalidArgument: a name, spec, archive or request is malformed.
+	ErrInvalidArgument = errors.New("invalid argument")
+	// ErrUnauthenticated: a key or token is missing, wrong or revoked.
+	ErrUnauthenticated = errors.New("unauthenticated")
+	// ErrResourceExhausted: the function's queue, or a connection cap, is
+	// full.
+	ErrResourceExhausted = errors.New("resource exhausted")
+	// ErrUnavailable: the node cannot take the call now (shutting down, out
+	// of memory, containerd away).
+	ErrUnavailable = errors.New("unavailable")
+	// ErrDeadlineExceeded: the call ran past its timeout.
+	ErrDeadlineExceeded = errors.New("deadline exceeded")
+	// ErrExecutorFailed: the function's process died or broke its session.
+	ErrExecutorFailed = errors.New("executor failed")
+	// ErrPayloadTooLarge: the request body or code archive is over the
+	// limit.
+	ErrPayloadTooLarge = errors.New("payload too large")
+	// ErrInsufficientStorage: the node's disk is full.
+	ErrInsufficientStorage = errors.New("insufficient storage")
+	// ErrRequestTimeout: a request's headers or body did not arrive in
+	// time. Only the HTTP edge meets it.
+	ErrRequestTimeout = errors.New("request timeout")
+	// ErrCancelled: the caller went away before the call finished.
+	ErrCancelled = errors.New("cancelled")
+	// ErrFunction: the function's handler failed the call. The agent
+	// answers it as the function's own status, not as an error; the client
+	// reports it under this sentinel.
+	ErrFunction = errors.New("function error")
+	// ErrInternal: anything else.
+	ErrInternal = errors.New("internal error")
+)
+
+// Class is one row of the table.
+type Class struct {
+	// Err is the class's sentinel.
+	Err error
+	// Name is the class's name on the wire (a wire.Class constant).
+	Name string
+	// HTTP is the status the HTTP edge answers with; GRPC the code the
+	// gRPC edge answers with.
+	HTTP int
+	GRPC codes.Code
+	// Retry says the answer carries Retry-After: the same call may succeed
+	// later.
+	Retry bool
+}
+
+// classes is the table. 499 is nginx's "client closed request": nobody
+// reads that answer, but the usage record keeps it. A function error's
+// status is the function's own; 500 is its default.
+var classes = []Class{
+	{ErrNotFound, wire.ClassNotFound, http.StatusNotFound, codes.NotFound, false},
+	{ErrInvalidArgument, wire.ClassInvalidArgument, http.StatusBadRequest, codes.InvalidArgument, false},
+	{ErrUnauthenticated, wire.ClassUnauthenticated, http.StatusUnauthorized, codes.Unauthenticated, false},
+	{ErrResourceExhausted, wire.ClassResourceExhausted, http.StatusTooManyRequests, codes.ResourceExhausted, true},
+	{ErrUnavailable, wire.ClassUnavailable, http.StatusServiceUnavailable, codes.Unavailable, true},
+	{ErrDeadlineExceeded, wire.ClassDeadlineExceeded, http.StatusGatewayTimeout, codes.DeadlineExceeded, false},
+	{ErrExecutorFailed, wire.ClassExecutorFailure, http.StatusBadGateway, codes.Unavailable, false},
+	{ErrPayloadTooLarge, wire.ClassPayloadTooLarge, http.StatusRequestEntityTooLarge, codes.ResourceExhausted, false},
+	{ErrInsufficientStorage, wire.ClassInsufficientStorage, http.StatusInsufficientStorage, codes.ResourceExhausted, true},
+	{ErrRequestTimeout, wire.ClassRequestTimeout, http.StatusRequestTimeout, codes.DeadlineExceeded, false},
+	{ErrCancelled, wire.ClassCancelled, 499, codes.Canceled, false},
+	{ErrFunction, wire.ClassFunctionError, http.StatusInternalServerError, codes.Unknown, false},
+}
+
+// Internal is the class of an error that wraps no sentinel.
+var Internal = Class{Err: ErrInternal, Name: wire.ClassInternal, HTTP: http.StatusInternalServerError, GRPC: codes.Internal}
+
+// Classify returns the class of err: the first row whose sentinel err
+// wraps, else Internal. nil is Internal too; callers classify failures.
+func Classify(err error) Class {
+	for _, c := range classes {
+		if errors.Is(err, c.Err) {
+			return c
+		}
+	}
+	return Internal
+}
+
+// Lookup returns the class named name, and false for a name kiln does not
+// answer with.
+func Lookup(name string) (Class, bool) {
+	if name == Internal.Name {
+		return Internal, true
+	}
+	for _, c := range classes {
+		if c.Name == name {
+			return c, true
+		}
+	}
+	return Class{}, false
+}
+
+// Classes returns every class, Internal last.
+func Classes() []Class {
+	return append(append([]Class(nil), classes...), Internal)
+}

@@ -28,9 +28,9 @@ import (
 
 	"github.com/kilnfx/kiln/agent"
 	"github.com/kilnfx/kiln/api/wire"
-	"github.com/kilnfx/kiln/errdefs"
 	"github.com/kilnfx/kiln/datastore"
 	"github.com/kilnfx/kiln/datastore/journal"
+	"github.com/kilnfx/kiln/errdefs"
 	"github.com/kilnfx/kiln/executor/sdk"
 	"github.com/kilnfx/kiln/pool"
 	"github.com/kilnfx/kiln/pool/fake"

@@ -12,7 +12,6 @@ import (
 
 	"github.com/kilnfx/kiln/api/client"
 	"github.com/kilnfx/kiln/bench/functions/handlers"
-	"github.com/kilnfx/kiln/executor/sdk"
 	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
 )
 
@@ -74,11 +73,7 @@ var (
 
 // Handlers are the benchmark functions' handlers by name, as the floor
 // serves them.
-var Handlers = map[string]sdk.Handler{
-	"echo":   handlers.Echo,
-	"json":   handlers.Transform,
-	"primes": handlers.Primes,
-}
+var Handlers = handlers.ByName
 
 // Env is what a scenario runs with.
 type Env struct {

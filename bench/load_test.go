@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -121,7 +122,8 @@ func TestSelectAddsFloors(t *testing.T) {
 	for _, s := range got {
 		names = append(names, s.Name)
 	}
-	if want := "floor,floor-grpc,warm-stream,stem"; strings.Join(names, ",") != want {
+	// warm-stream's floors, stem's, and floor-grpc-hop's own (floor-proc).
+	if want := "floor-grpc,floor-proc,floor-grpc-hop,warm-stream,stem"; strings.Join(names, ",") != want {
 		t.Errorf("Select = %v, want %s", names, want)
 	}
 	if _, err := Select("nope", false); err == nil {
@@ -131,6 +133,11 @@ func TestSelectAddsFloors(t *testing.T) {
 	all, _ := Select("", false)
 	if len(quick) >= len(all) || len(all) != len(Scenarios) {
 		t.Errorf("quick %d, all %d of %d scenarios", len(quick), len(all), len(Scenarios))
+	}
+	for _, want := range []string{"floor-proc", "floor-hop", "floor-grpc-hop"} {
+		if !slices.ContainsFunc(quick, func(s Scenario) bool { return s.Name == want }) {
+			t.Errorf("the quick set lacks %s", want)
+		}
 	}
 }
 

@@ -436,3 +436,83 @@ func TestInvoker(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// The benchmarks measure one call through each hop to an echoing peer in
+// the same process over a real unix socket, one at a time and from
+// GOMAXPROCS goroutines at once:
+//
+//	go test -run '^$' -bench . -count 10 ./bench/floor/ > new.txt && benchstat old.txt new.txt
+
+func BenchmarkFrameHop(b *testing.B) {
+	edge, fn := unixPairB(b)
+	h := NewFrameHop(edge)
+	defer h.Close()
+	go func() { _ = ServeFrames(fn, Echo) }()
+	benchHop(b, h)
+}
+
+func BenchmarkGRPCHop(b *testing.B) {
+	sock := filepath.Join(b.TempDir(), "grpc.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		b.Fatal(err)
+	}
+	g := ListenGRPC(l)
+	defer g.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = ServeGRPC(ctx, sock, Echo) }()
+	h, err := g.Accept(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	benchHop(b, h)
+}
+
+func benchHop(b *testing.B, h Hop) {
+	body := bytes.Repeat([]byte("x"), 64)
+	ctx := context.Background()
+	b.Run("calls=seq", func(b *testing.B) {
+		b.ReportAllocs()
+		var dst []byte
+		for i := 0; i < b.N; i++ {
+			var err error
+			if dst, err = h.Call(ctx, body, dst[:0]); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("calls=parallel", func(b *testing.B) {
+		b.ReportAllocs()
+		b.SetParallelism(16)
+		b.RunParallel(func(pb *testing.PB) {
+			var dst []byte
+			for pb.Next() {
+				var err error
+				if dst, err = h.Call(ctx, body, dst[:0]); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	})
+}
+
+func unixPairB(b *testing.B) (edge, fn net.Conn) {
+	l, err := net.Listen("unix", filepath.Join(b.TempDir(), "hop.sock"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := l.Accept()
+		accepted <- c
+	}()
+	fn, err = net.Dial("unix", l.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	edge = <-accepted
+	b.Cleanup(func() { edge.Close(); fn.Close() })
+	return edge, fn
+}

@@ -41,10 +41,16 @@ func writeFrame(w *bufio.Writer, id uint64, body []byte) error {
 	if len(body) > MaxBody {
 		return fmt.Errorf("%w: %d bytes", ErrFrameTooLarge, len(body))
 	}
-	var h [HeaderLen]byte
-	binary.LittleEndian.PutUint64(h[:8], id)
-	binary.LittleEndian.PutUint32(h[8:], uint32(len(body)))
-	if _, err := w.Write(h[:]); err != nil {
+	// The header goes straight into w's buffer: a local array would
+	// escape through Write and cost an allocation per frame.
+	if w.Available() < HeaderLen {
+		if err := w.Flush(); err != nil {
+			return err
+		}
+	}
+	h := binary.LittleEndian.AppendUint64(w.AvailableBuffer(), id)
+	h = binary.LittleEndian.AppendUint32(h, uint32(len(body)))
+	if _, err := w.Write(h); err != nil {
 		return err
 	}
 	_, err := w.Write(body)

@@ -117,6 +117,8 @@ type floorProc struct {
 func startFloorProc(bin string, gomaxprocs int, args ...string) (*floorProc, error) {
 	p := &floorProc{cmd: exec.Command(bin, args...), lines: make(chan string, 4), exited: make(chan struct{})}
 	p.cmd.Env = append(os.Environ(), "GOMAXPROCS="+strconv.Itoa(gomaxprocs))
+	// Killed with the harness, should it die without stopping it.
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	p.cmd.Stderr = limitedWriter{p}
 	out, err := p.cmd.StdoutPipe()
 	if err != nil {

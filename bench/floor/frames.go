@@ -1,29 +1,29 @@
 package floor
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 	"sync"
-	"sync/atomic"
 )
 
 // FrameHop is the edge's side of a frame connection: calls from many
 // goroutines go out as frames on the one connection, and one reader
 // goroutine hands each answer to its call by id.
 //
-// Writes are coalesced: a call writes its frame under wmu and flushes only
-// when no other call is waiting to write, so that calls arriving together
-// leave in one write(2), and a lone call in its own at once.
+// Writes are batched: a call appends its frame to pending and wakes the
+// writer goroutine, which first yields, so that the calls already runnable
+// (with one P, those the netpoller woke together) append theirs, and then
+// writes them all in one write(2). A lone call pays one goroutine switch.
 type FrameHop struct {
 	conn io.ReadWriteCloser
 	*calls
 
-	writers atomic.Int32 // calls waiting for wmu or holding it
-	wmu     sync.Mutex   // guards w
-	w       *bufio.Writer
+	mu      sync.Mutex // guards pending
+	pending []byte     // frames the writer has yet to take
+	wake    chan struct{}
 
 	done chan struct{} // closed when the reader stopped
 }
@@ -32,34 +32,54 @@ var _ Hop = (*FrameHop)(nil)
 
 // NewFrameHop starts the hop over conn, which it owns from now on.
 func NewFrameHop(conn io.ReadWriteCloser) *FrameHop {
-	h := &FrameHop{conn: conn, calls: newCalls(), w: newWriter(conn), done: make(chan struct{})}
+	h := &FrameHop{conn: conn, calls: newCalls(), wake: make(chan struct{}, 1), done: make(chan struct{})}
 	go h.read()
+	go h.write()
 	return h
 }
 
 // Call implements Hop.
 func (h *FrameHop) Call(ctx context.Context, body, dst []byte) ([]byte, error) {
+	if len(body) > MaxBody {
+		return nil, fmt.Errorf("%w: %d bytes", ErrFrameTooLarge, len(body))
+	}
 	id, c, err := h.add(dst)
 	if err != nil {
 		return nil, err
 	}
-	if err := h.write(id, body); err != nil {
-		return nil, h.abandon(c, fmt.Errorf("send: %w", err))
+	// Should the writer fail from now on, fail hands c its error.
+	h.mu.Lock()
+	h.pending = AppendFrame(h.pending, id, body)
+	h.mu.Unlock()
+	select {
+	case h.wake <- struct{}{}:
+	default: // the writer is awake already
 	}
 	return h.wait(ctx, id, c)
 }
 
-// write writes call id's frame, and flushes unless another call will.
-func (h *FrameHop) write(id uint64, body []byte) error {
-	h.writers.Add(1)
-	h.wmu.Lock()
-	defer h.wmu.Unlock()
-	err := writeFrame(h.w, id, body)
-	// The last writer in flushes for those before it.
-	if h.writers.Add(-1) == 0 && err == nil {
-		err = h.w.Flush()
+// write writes the pending frames, in batches, until the hop fails.
+func (h *FrameHop) write() {
+	var out []byte
+	for {
+		select {
+		case <-h.wake:
+		case <-h.done:
+			return
+		}
+		runtime.Gosched()
+		h.mu.Lock()
+		out, h.pending = h.pending, out[:0]
+		h.mu.Unlock()
+		if len(out) == 0 {
+			continue
+		}
+		if _, err := h.conn.Write(out); err != nil {
+			h.fail(fmt.Errorf("send: %w", err))
+			h.conn.Close()
+			return
+		}
 	}
-	return err
 }
 
 // read hands answers to their calls until the connection ends.

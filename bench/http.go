@@ -10,6 +10,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/kilnfx/kiln/api/wire"
+	"github.com/kilnfx/kiln/bench/floor"
 	"github.com/kilnfx/kiln/executor/sdk"
 )
 
@@ -36,29 +37,9 @@ func StartFloor(handlers map[string]sdk.Handler) (*Floor, error) {
 
 // FloorHandler returns the floor's request handler: the least an HTTP
 // server can do to run an sdk.Handler (no headers passed, no metering).
+// floor-proc runs the same one in its own process.
 func FloorHandler(handlers map[string]sdk.Handler) fasthttp.RequestHandler {
-	byPath := make(map[string]sdk.Handler, len(handlers))
-	for name, h := range handlers {
-		byPath["/"+name] = h
-	}
-	return func(ctx *fasthttp.RequestCtx) {
-		h := byPath[string(ctx.Path())]
-		if h == nil {
-			ctx.SetStatusCode(fasthttp.StatusNotFound)
-			return
-		}
-		resp, err := h(ctx, &sdk.Request{Method: string(ctx.Method()), Body: ctx.PostBody()})
-		switch {
-		case err != nil && (resp == nil || resp.Status == 0):
-			ctx.SetStatusCode(fasthttp.StatusInternalServerError)
-			ctx.SetBodyString(err.Error())
-		case resp != nil:
-			if resp.Status != 0 {
-				ctx.SetStatusCode(resp.Status)
-			}
-			ctx.SetBody(resp.Body)
-		}
-	}
+	return floor.Handler(handlers)
 }
 
 // Addr returns the floor's host:port.

@@ -396,9 +396,9 @@ func HasFlag(help, name string) bool {
 	return false
 }
 
-// BuildFunction builds the Go function in the package directory pkg (a
-// path inside this module, such as ./bench/functions/echo) as a static
-// binary in dir and returns its path.
+// BuildFunction builds the Go function or program in the package directory
+// pkg (a path inside this module, such as ./bench/functions/echo or
+// ./bench/cmd/kiln-floor) as a static binary in dir and returns its path.
 func BuildFunction(ctx context.Context, pkg, dir string) (string, error) {
 	out := filepath.Join(dir, filepath.Base(pkg))
 	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", out, pkg)

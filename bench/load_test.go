@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -121,7 +122,8 @@ func TestSelectAddsFloors(t *testing.T) {
 	for _, s := range got {
 		names = append(names, s.Name)
 	}
-	if want := "floor,floor-grpc,warm-stream,stem"; strings.Join(names, ",") != want {
+	// warm-stream's floors, stem's, and floor-grpc-hop's own (floor-proc).
+	if want := "floor-grpc,floor-proc,floor-grpc-hop,warm-stream,stem"; strings.Join(names, ",") != want {
 		t.Errorf("Select = %v, want %s", names, want)
 	}
 	if _, err := Select("nope", false); err == nil {
@@ -131,6 +133,11 @@ func TestSelectAddsFloors(t *testing.T) {
 	all, _ := Select("", false)
 	if len(quick) >= len(all) || len(all) != len(Scenarios) {
 		t.Errorf("quick %d, all %d of %d scenarios", len(quick), len(all), len(Scenarios))
+	}
+	for _, want := range []string{"floor-proc", "floor-hop", "floor-grpc-hop"} {
+		if !slices.ContainsFunc(quick, func(s Scenario) bool { return s.Name == want }) {
+			t.Errorf("the quick set lacks %s", want)
+		}
 	}
 }
 
@@ -153,24 +160,38 @@ func TestHelpParsing(t *testing.T) {
 }
 
 func TestReportRendersEveryResult(t *testing.T) {
-	r := &Run{Settings: Settings{Rate: 500, Levels: []int{1, 2}}, Scenarios: []string{"floor", "warm-http"}}
+	r := &Run{Settings: Settings{Rate: 500, Levels: []int{1, 2}}, Scenarios: []string{"floor-proc", "floor-hop", "warm-http"}}
 	l := NewLatencies()
 	l.BeginAt(time.Now().Add(-time.Second))
 	for i := 1; i <= 100; i++ {
 		l.RecordOpen(time.Duration(i)*time.Microsecond, time.Duration(i)*time.Microsecond, 0)
 	}
 	l.End()
-	floor := l.Result("floor")
-	floor.Floor = "floor"
+	floor := l.Result("floor-proc")
+	floor.Floor = "floor-proc"
+	hop := l.Result("floor-hop")
+	hop.Floor, hop.P50 = "floor-proc", 1.5*floor.P50
 	warm := l.Result("warm-http")
-	warm.Floor, warm.P50 = "floor", 3*floor.P50
-	r.Results = []Result{floor, warm, {Scenario: "metering-cost", Skipped: "no flag"}}
-	r.AddRatios()
-	if r.Results[1].RatioP50 != 3 {
-		t.Errorf("ratio %v, want 3", r.Results[1].RatioP50)
+	warm.Floor, warm.Beside, warm.P50 = "floor-proc", []string{"floor-hop"}, 3*floor.P50
+	tput := func(name string, perS float64) Result {
+		return Result{Scenario: name, Calls: 1000, P50: 1, P99: 1, Throughput: perS, Mode: "closed loop",
+			Levels: []Level{{X: 1, Throughput: perS / 4}, {X: 64, Throughput: perS}}}
 	}
-	md := r.Markdown(map[string]string{"floor": "the floor", "warm-http": "warm"})
-	for _, want := range []string{"| floor |", "| warm-http |", "skipped: no flag", "| warm HTTP p50 within 3× the floor's |", "met", "not measured"} {
+	tf, tk := tput("throughput-floor-proc", 40000), tput("throughput", 24000)
+	tk.Floor = "throughput-floor-proc"
+	r.Results = []Result{floor, hop, warm, tf, tk, {Scenario: "metering-cost", Skipped: "no flag"}}
+	r.AddRatios()
+	if r.Results[2].RatioP50 != 3 || r.Results[1].RatioP50 != 1.5 {
+		t.Errorf("ratios %v and %v, want 3 and 1.5", r.Results[2].RatioP50, r.Results[1].RatioP50)
+	}
+	md := r.Markdown(map[string]string{"floor-proc": "the floor", "warm-http": "warm"})
+	for _, want := range []string{
+		"| floor-proc |", "| warm-http |", "skipped: no flag",
+		"| warm HTTP p50 ≤ 2× floor-proc's | open loop: ", "= 3.00× floor-proc's", "2.00× floor-hop's",
+		"**not met**", "not measured",
+		"## Against every floor", "| warm-http | floor-proc (fits) |", "|  | floor-hop |",
+		"| warm HTTP throughput at 64 connections ≥ 0.5× floor-proc's | 24000/s = 0.60× floor-proc's 40000/s | met |",
+	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q", want)
 		}

@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
@@ -55,7 +56,10 @@ func (r *Run) WritePlots(dir, relTo string) error {
 		}
 	}
 	var main []Result
-	for _, n := range []string{"floor", "floor-seq", "floor-grpc", "floor-grpc-stream", "warm-http", "warm-http-seq", "warm-grpc", "warm-stream", "thawed", "stem", "cold", "burst"} {
+	for _, n := range []string{
+		"floor", "floor-proc", "floor-proc-seq", "floor-hop", "floor-grpc-hop", "floor-grpc-hop-unary", "floor-grpc-hop-stream",
+		"warm-http", "warm-http-seq", "warm-grpc", "warm-stream", "thawed", "stem", "cold", "burst",
+	} {
 		if x := r.Find(n); x != nil && len(x.CDF) > 0 {
 			main = append(main, *x)
 		}
@@ -181,7 +185,14 @@ func (r *Run) throughputPlot() (*plot.Plot, bool) {
 	p := newPlot("Throughput against concurrency (closed loop, echo)", "concurrent callers", "calls/s")
 	p.X.Scale = plot.LogScale{}
 	p.X.Tick.Marker = powersOfTwo{}
-	for i, x := range []*Result{r.Find("throughput-floor"), t} {
+	names := map[string]string{
+		"throughput-floor":          "in-process floor (reference)",
+		"throughput-floor-proc":     "floor-proc",
+		"throughput-floor-hop":      "floor-hop",
+		"throughput-floor-grpc-hop": "floor-grpc-hop",
+		"throughput":                "kiln warm-http",
+	}
+	for i, x := range []*Result{r.Find("throughput-floor"), r.Find("throughput-floor-proc"), r.Find("throughput-floor-hop"), r.Find("throughput-floor-grpc-hop"), t} {
 		if x == nil || len(x.Levels) == 0 {
 			continue
 		}
@@ -195,14 +206,13 @@ func (r *Run) throughputPlot() (*plot.Plot, bool) {
 		}
 		l.Color, pts.Color, pts.Shape = plotutil.Color(i), plotutil.Color(i), plotutil.Shape(i)
 		p.Add(l, pts)
-		name := "kiln warm-http"
 		if x.Scenario == "throughput-floor" {
-			name = "floor (in-process fasthttp)"
+			l.Dashes = []vg.Length{vg.Points(5), vg.Points(3)}
 		}
-		p.Legend.Add(name, l, pts)
+		p.Legend.Add(names[x.Scenario], l, pts)
 	}
 	p.Y.Min = 0
-	p.Y.Max *= 1.2 // room for the legend
+	p.Y.Max *= 1.45 // room for the legend
 	p.Y.Tick.Marker = plot.TickerFunc(func(lo, hi float64) []plot.Tick {
 		ts := plot.DefaultTicks{}.Ticks(lo, hi)
 		for i := range ts {
@@ -258,7 +268,7 @@ func (r *Run) cdfPlot(title string, rs []Result, all bool) (*plot.Plot, bool) {
 		case !all && n > 0: // the floor beside one scenario
 			l.Dashes = []vg.Length{vg.Points(5), vg.Points(3)}
 			l.Color = color.Gray{Y: 90}
-		case all && x.Scenario == x.Floor:
+		case all && strings.HasPrefix(x.Scenario, "floor"):
 			l.Dashes = []vg.Length{vg.Points(5), vg.Points(3)}
 		case all && n >= len(plotutil.DefaultColors):
 			l.Dashes = []vg.Length{vg.Points(2), vg.Points(2)}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -55,6 +56,10 @@ type Settings struct {
 	DensityMemoryMB int     `json:"density_memory_mb"`
 	FnGOMAXPROCS    int     `json:"function_gomaxprocs,omitempty"`
 	AllFunctions    bool    `json:"all_functions"`
+	// FloorEdgeGOMAXPROCS and FloorFnGOMAXPROCS are those of the
+	// out-of-process floors' edges (kilnd's share) and function processes.
+	FloorEdgeGOMAXPROCS int `json:"floor_edge_gomaxprocs,omitempty"`
+	FloorFnGOMAXPROCS   int `json:"floor_function_gomaxprocs,omitempty"`
 }
 
 // SettingsOf returns the load settings of c.
@@ -64,6 +69,7 @@ func SettingsOf(c Config) Settings {
 		Levels: c.Levels, LevelSeconds: c.LevelDuration.Seconds(), Thaws: c.Thaws, Stems: c.Stems, Colds: c.Colds,
 		Bursts: c.Bursts, BurstSize: c.BurstSize, DensitySteps: c.DensitySteps, DensityMemoryMB: c.DensityMemoryMB,
 		FnGOMAXPROCS: c.FnGOMAXPROCS, AllFunctions: c.AllFunctions,
+		FloorEdgeGOMAXPROCS: c.EdgeProcs(), FloorFnGOMAXPROCS: c.FnProcs(),
 	}
 }
 
@@ -78,25 +84,29 @@ func (r *Run) Find(name string) *Result {
 }
 
 // AddRatios fills every result's ratios to its floor, when the floor was
-// measured in this run. Throughput ratios are kept only between closed
-// loops (an open loop's throughput is its rate).
+// measured in this run.
 func (r *Run) AddRatios() {
 	for i := range r.Results {
 		x := &r.Results[i]
-		f := r.Find(x.Floor)
-		if f == nil || f.P50 == 0 || f.P99 == 0 || x.Calls == 0 {
-			continue
-		}
-		// Sweeps report their peak: latencies compare only at the same
-		// concurrency.
-		if pc, fc := x.Extra["peak_concurrency"], f.Extra["peak_concurrency"]; pc == fc {
-			x.RatioP50 = x.P50 / f.P50
-			x.RatioP99 = x.P99 / f.P99
-		}
-		if strings.HasPrefix(x.Mode, "closed loop") && strings.HasPrefix(f.Mode, "closed loop") && f.Throughput > 0 {
-			x.RatioThroughput = x.Throughput / f.Throughput
-		}
+		x.RatioP50, x.RatioP99, x.RatioThroughput = ratios(x, r.Find(x.Floor))
 	}
+}
+
+// ratios divides x's figures by floor f's (0 where they do not compare).
+// Throughput ratios are kept only between closed loops (an open loop's
+// throughput is its rate); sweeps report their peak, and their latencies
+// compare only at the same concurrency.
+func ratios(x, f *Result) (p50, p99, throughput float64) {
+	if f == nil || f.P50 == 0 || f.P99 == 0 || x.Calls == 0 {
+		return 0, 0, 0
+	}
+	if pc, fc := x.Extra["peak_concurrency"], f.Extra["peak_concurrency"]; pc == fc {
+		p50, p99 = x.P50/f.P50, x.P99/f.P99
+	}
+	if strings.HasPrefix(x.Mode, "closed loop") && strings.HasPrefix(f.Mode, "closed loop") && f.Throughput > 0 {
+		throughput = x.Throughput / f.Throughput
+	}
+	return p50, p99, throughput
 }
 
 // WriteJSON writes the run to dir as run-<time>.json and returns the path.
@@ -165,8 +175,8 @@ type Goal struct {
 	Met string
 }
 
-// Goals checks the run against kiln's targets. They are reported, never
-// asserted.
+// Goals checks the run against kiln's targets, each against the floor that
+// fits it. They are reported, never asserted.
 func (r *Run) Goals() []Goal {
 	var ts []Goal
 	check := func(what string, res *Result, ok func(*Result) (string, bool, bool)) {
@@ -186,13 +196,45 @@ func (r *Run) Goals() []Goal {
 		}
 		ts = append(ts, t)
 	}
-	check("warm HTTP p50 within 3× the floor's", r.Find("warm-http"), func(x *Result) (string, bool, bool) {
-		m := fmt.Sprintf("open loop: %s = %s× floor's %s", fmtUS(x.P50), fmtRatio(x.RatioP50), fmtUS(x.P50/max(x.RatioP50, 1e-9)))
-		// The same one call at a time: no idle gaps, no sender wake-up.
-		if seq := r.Find("warm-http-seq"); seq != nil && seq.RatioP50 > 0 {
-			m += fmt.Sprintf("; one call at a time: %s = %s× floor's %s", fmtUS(seq.P50), fmtRatio(seq.RatioP50), fmtUS(seq.P50/seq.RatioP50))
+	// against says how x's figure q compares with its floor's and with
+	// those beside, and returns the ratio to its floor (0: not measured).
+	against := func(x *Result, q func(*Result) float64) (string, float64) {
+		f := r.Find(x.Floor)
+		if f == nil || q(f) == 0 {
+			return fmtUS(q(x)) + " (floor " + x.Floor + " not measured)", 0
 		}
-		return m, x.RatioP50 <= 3, x.RatioP50 > 0
+		ratio := q(x) / q(f)
+		m := fmt.Sprintf("%s = %s× %s's %s", fmtUS(q(x)), fmtRatio(ratio), x.Floor, fmtUS(q(f)))
+		var beside []string
+		for _, n := range x.Beside {
+			if b := r.Find(n); b != nil && q(b) > 0 {
+				beside = append(beside, fmt.Sprintf("%s× %s's", fmtRatio(q(x)/q(b)), n))
+			}
+		}
+		if len(beside) > 0 {
+			m += " (" + strings.Join(beside, ", ") + ")"
+		}
+		return m, ratio
+	}
+	p50 := func(x *Result) float64 { return x.P50 }
+	p99 := func(x *Result) float64 { return x.P99 }
+	warmP50 := func(limit float64) func(*Result) (string, bool, bool) {
+		return func(x *Result) (string, bool, bool) {
+			m, ratio := against(x, p50)
+			m = "open loop: " + m
+			// The same one call at a time: no idle gaps, no sender wake-up.
+			if seq := r.Find("warm-http-seq"); seq != nil && seq.Calls > 0 {
+				sm, _ := against(seq, p50)
+				m += "; one call at a time: " + sm
+			}
+			return m, ratio <= limit, ratio > 0
+		}
+	}
+	check("warm HTTP p50 ≤ 2× floor-proc's", r.Find("warm-http"), warmP50(2))
+	check("stretch: warm HTTP p50 ≤ 1.5× floor-proc's", r.Find("warm-http"), warmP50(1.5))
+	check("warm HTTP p99 ≤ 3× floor-proc's p99", r.Find("warm-http"), func(x *Result) (string, bool, bool) {
+		m, ratio := against(x, p99)
+		return "open loop: " + m, ratio <= 3, ratio > 0
 	})
 	under := func(limit float64) func(*Result) (string, bool, bool) {
 		return func(x *Result) (string, bool, bool) { return "p50 " + fmtUS(x.P50), x.P50 < limit, true }
@@ -200,12 +242,35 @@ func (r *Run) Goals() []Goal {
 	check("thawed p50 under 1 ms", r.Find("thawed"), under(1000))
 	check("stem p50 under 10 ms", r.Find("stem"), under(10_000))
 	check("cold p50 under 150 ms", r.Find("cold"), under(150_000))
-	check("warm HTTP throughput at least half the floor's", r.Find("throughput"), func(x *Result) (string, bool, bool) {
-		f := r.Find("throughput-floor")
-		if f == nil {
-			return fmt.Sprintf("%.0f/s", x.Throughput), false, false
+	const conns = 64
+	check(fmt.Sprintf("warm HTTP throughput at %d connections ≥ 0.5× floor-proc's", conns), r.Find("throughput"), func(x *Result) (string, bool, bool) {
+		l := x.AtLevel(conns)
+		if l == nil {
+			return fmt.Sprintf("no level at %d connections", conns), false, false
 		}
-		return fmt.Sprintf("peak %.0f/s vs floor %.0f/s = %.2f", x.Throughput, f.Throughput, x.RatioThroughput), x.RatioThroughput >= 0.5, x.RatioThroughput > 0
+		f := r.Find("throughput-floor-proc")
+		if f == nil || f.AtLevel(conns) == nil || f.AtLevel(conns).Throughput == 0 {
+			return fmt.Sprintf("%.0f/s (floor-proc not measured)", l.Throughput), false, false
+		}
+		ratio := l.Throughput / f.AtLevel(conns).Throughput
+		m := fmt.Sprintf("%.0f/s = %s× floor-proc's %.0f/s", l.Throughput, fmtRatio(ratio), f.AtLevel(conns).Throughput)
+		var beside []string
+		for _, n := range x.Beside {
+			if b := r.Find(n); b != nil && b.AtLevel(conns) != nil && b.AtLevel(conns).Throughput > 0 {
+				beside = append(beside, fmt.Sprintf("%s× %s's", fmtRatio(l.Throughput/b.AtLevel(conns).Throughput), strings.TrimPrefix(n, "throughput-")))
+			}
+		}
+		if len(beside) > 0 {
+			m += " (" + strings.Join(beside, ", ") + ")"
+		}
+		return m, ratio >= 0.5, true
+	})
+	check("warm-stream ≥ 50k calls/s", r.Find("warm-stream"), func(x *Result) (string, bool, bool) {
+		m := fmt.Sprintf("%.0f calls/s", x.Throughput)
+		if f := r.Find(x.Floor); f != nil && f.Throughput > 0 {
+			m += fmt.Sprintf(" (%s: %.0f/s)", x.Floor, f.Throughput)
+		}
+		return m, x.Throughput >= 50_000, true
 	})
 	met := r.Find("metering-on")
 	if met == nil {
@@ -242,20 +307,32 @@ func (r *Run) Markdown(about map[string]string) string {
 	m, v := r.Machine, r.Versions
 	w("## Machine\n\n")
 	w("| | |\n|---|---|\n")
-	w("| CPU | %s, %d cores |\n| memory | %d MiB |\n| kernel | %s, cgroup %s |\n| GOMAXPROCS | %d (harness; kilnd and functions: Go's default) |\n",
-		m.CPU, m.Cores, m.MemoryMiB, m.Kernel, m.Cgroup, m.GOMAXPROCS)
+	w("| CPU | %s, %d cores |\n| memory | %d MiB |\n| kernel | %s, cgroup %s |\n", m.CPU, m.Cores, m.MemoryMiB, m.Kernel, m.Cgroup)
+	fnProcs := "kiln's default for a Go function without a CPU quota, 1"
+	if r.Settings.FnGOMAXPROCS > 0 {
+		fnProcs = fmt.Sprint(r.Settings.FnGOMAXPROCS)
+	}
+	w("| GOMAXPROCS | harness %d; kilnd its --gomaxprocs default (half the CPUs); functions %s; "+
+		"out-of-process floors: edge %s, function's process %s |\n",
+		m.GOMAXPROCS, fnProcs, orDash(itoaPos(r.Settings.FloorEdgeGOMAXPROCS), ""), orDash(itoaPos(r.Settings.FloorFnGOMAXPROCS), ""))
 	w("| other work on the machine | CPU %.0f%% busy in the second before the run, %.0f%% in the second after (harness idle) |\n", 100*r.BusyBefore, 100*r.BusyAfter)
 	w("| Go | %s |\n| kiln | %s |\n| containerd | %s |\n| OCI runtime | %s: %s |\n\n",
 		orDash(v.GoTool, v.Go), orDash(v.Kiln, "unknown (not a git checkout)"), orDash(v.Containerd, "not found"), v.Runtime, orDash(v.RuntimeVersion, "not found"))
 
 	w("## How to read this\n\n")
 	w("- Every row is one scenario (or one function of it), measured against a kilnd the harness started for it, with its own data directory and containerd. ")
-	w("The **floor** rows are the same handlers with no kiln at all, measured in the same run on the same machine: ")
-	w("`floor` is the function's handler in-process behind fasthttp on loopback, `floor-grpc` kiln's Invoker service echoing in-process over loopback gRPC. ")
-	w("Each kiln row is divided by its floor (column *floor*): the ratio is what kiln adds, and it moves less between machines than the absolute figures do.\n")
+	w("The **floor** rows are the same calls with no kiln at all, measured in the same run on the same machine, each in processes of its own (`kiln-floor`, bench/cmd/kiln-floor), ")
+	w("the edge with kilnd's GOMAXPROCS and the function's process with a function's: ")
+	w("`floor-proc` is the function's handler behind fasthttp in its own process; ")
+	w("`floor-hop` a fasthttp process relaying every call over one unix-socket connection of length-prefixed frames, many calls in flight, to a second process that echoes: the least any design with the function in another process pays; ")
+	w("`floor-grpc-hop` the same relay over one long-lived gRPC bidi stream, kiln's own shape, reached over HTTP and, as `-unary` and `-stream`, through kiln's Invoker service. ")
+	w("`floor` and `floor-grpc` run in the harness's own process: **references, not targets**, since no design with a second process can come near them.\n")
+	w("- Each kiln row is divided by the floor that fits it (column *floor*): warm HTTP rows and the one-call-at-a-time rows by `floor-proc`, warm gRPC rows by `floor-grpc-hop`'s gRPC rows, throughput by `floor-proc`'s. ")
+	w("The hop floors are divided by `floor-proc`: that ratio is what one hop to another process costs. ")
+	w("The ratio is what kiln adds, and it moves less between machines than the absolute figures do; *Against every floor* below shows the kiln rows beside the other floors too.\n")
 	w("- **Open loop** rows send at a fixed rate (%.0f calls/s) whatever the answers do, and measure each call from the time it *should* have been sent, as wrk2 does, ", r.Settings.Rate)
 	w("so a stall counts against every call it delayed (coordinated omission corrected). ")
-	if f := r.Find("floor"); f != nil && f.SendLagP50 > 0 {
+	if f := r.Find("floor-proc"); f != nil && f.SendLagP50 > 0 {
 		w("The load generator shares the machine: waking it to send costs time too (the floor's calls left p50 %s after they were due, p99 %s), and that lateness counts, for the floor as for kiln; ",
 			fmtUS(f.SendLagP50), fmtUS(f.SendLagP99))
 	}
@@ -316,21 +393,40 @@ func (r *Run) Markdown(about map[string]string) string {
 	}
 	w("\n")
 
-	if t, f := r.Find("throughput"), r.Find("throughput-floor"); t != nil && len(t.Levels) > 0 {
+	if rows := r.againstFloors(); len(rows) > 0 {
+		w("## Against every floor\n\n")
+		w("Each kiln row divided by the floor that fits it (first, *fits*) and by the others of the same shape. Sweeps compare at their peaks.\n\n")
+		w("| kiln row | floor | floor's p50 | floor's p99 | floor's calls/s | p50 ÷ floor | p99 ÷ floor | calls/s ÷ floor |\n")
+		w("|---|---|---:|---:|---:|---:|---:|---:|\n")
+		for _, row := range rows {
+			w("%s\n", row)
+		}
+		w("\n")
+	}
+
+	if t := r.Find("throughput"); t != nil && len(t.Levels) > 0 {
 		w("## Throughput against concurrency\n\n")
-		w("| concurrency | kiln calls/s | kiln p50 | kiln p99 | floor calls/s | floor p50 | floor p99 | kiln ÷ floor |\n")
-		w("|---:|---:|---:|---:|---:|---:|---:|---:|\n")
-		for i, l := range t.Levels {
-			var fl Level
-			if f != nil && i < len(f.Levels) {
-				fl = f.Levels[i]
+		w("Calls/s of each closed loop; kiln's p50 and p99 beside floor-proc's. In-process is the reference floor in the harness's own process.\n\n")
+		w("| concurrency | kiln calls/s | kiln p50 | kiln p99 | floor-proc calls/s | floor-proc p50 | floor-proc p99 | kiln ÷ floor-proc | floor-hop calls/s | floor-grpc-hop calls/s | in-process calls/s |\n")
+		w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+		level := func(name string, x int) Level {
+			if f := r.Find(name); f != nil {
+				if l := f.AtLevel(x); l != nil {
+					return *l
+				}
 			}
+			return Level{}
+		}
+		for _, l := range t.Levels {
+			fp := level("throughput-floor-proc", l.X)
 			ratio := 0.0
-			if fl.Throughput > 0 {
-				ratio = l.Throughput / fl.Throughput
+			if fp.Throughput > 0 {
+				ratio = l.Throughput / fp.Throughput
 			}
-			w("| %d | %.0f | %s | %s | %s | %s | %s | %s |\n", l.X, l.Throughput, fmtUS(l.P50), fmtUS(l.P99),
-				fmtRate(fl.Throughput), fmtUS(fl.P50), fmtUS(fl.P99), fmtRatio(ratio))
+			w("| %d | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", l.X, l.Throughput, fmtUS(l.P50), fmtUS(l.P99),
+				fmtRate(fp.Throughput), fmtUS(fp.P50), fmtUS(fp.P99), fmtRatio(ratio),
+				fmtRate(level("throughput-floor-hop", l.X).Throughput), fmtRate(level("throughput-floor-grpc-hop", l.X).Throughput),
+				fmtRate(level("throughput-floor", l.X).Throughput))
 		}
 		w("\n")
 	}
@@ -417,7 +513,10 @@ var ladder = []struct {
 	step    string
 	results []string
 }{
-	{"floor", []string{"floor-seq", "floor"}},
+	{"in-process (ref.)", []string{"floor-seq", "floor"}},
+	{"floor-proc", []string{"floor-proc-seq", "floor-proc"}},
+	{"floor-hop", []string{"floor-hop-seq", "floor-hop"}},
+	{"floor-grpc-hop", []string{"floor-grpc-hop-seq", "floor-grpc-hop"}},
 	{"warm", []string{"warm-http-seq", "warm-http"}},
 	{"thawed", []string{"thawed"}},
 	{"stem", []string{"stem"}},
@@ -436,4 +535,43 @@ func (r *Run) Ladder() (steps []string, results []Result) {
 		}
 	}
 	return steps, results
+}
+
+// againstFloors renders a table row for each floor of each kiln row that
+// names floors beside its own.
+func (r *Run) againstFloors() []string {
+	var rows []string
+	for i := range r.Results {
+		x := &r.Results[i]
+		if len(x.Beside) == 0 || x.Calls == 0 {
+			continue
+		}
+		named := false
+		for j, n := range append([]string{x.Floor}, x.Beside...) {
+			f := r.Find(n)
+			if f == nil || f.Calls == 0 {
+				continue
+			}
+			p50, p99, tput := ratios(x, f)
+			label := n
+			if j == 0 {
+				label += " (fits)"
+			}
+			name := ""
+			if !named {
+				name, named = x.Scenario, true
+			}
+			rows = append(rows, fmt.Sprintf("| %s | %s | %s | %s | %s | %s | %s | %s |", name, label,
+				fmtUS(f.P50), fmtUS(f.P99), fmtRate(f.Throughput), fmtRatio(p50), fmtRatio(p99), fmtRatio(tput)))
+		}
+	}
+	return rows
+}
+
+// itoaPos formats a positive n; "" otherwise.
+func itoaPos(n int) string {
+	if n <= 0 {
+		return ""
+	}
+	return strconv.Itoa(n)
 }

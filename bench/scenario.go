@@ -12,7 +12,6 @@ import (
 
 	"github.com/kilnfx/kiln/api/client"
 	"github.com/kilnfx/kiln/bench/functions/handlers"
-	"github.com/kilnfx/kiln/executor/sdk"
 	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
 )
 
@@ -26,6 +25,11 @@ type Config struct {
 	Functions map[string]string
 	// FnGOMAXPROCS, when positive, is set in the functions' environment.
 	FnGOMAXPROCS int
+	// Floor is the kiln-floor binary of the out-of-process floors;
+	// FloorGOMAXPROCS, when positive, the GOMAXPROCS of their edges
+	// (default: kilnd's, half the CPUs).
+	Floor           string
+	FloorGOMAXPROCS int
 	// AllFunctions runs floor and warm-http on the json and primes
 	// functions too, not only on echo.
 	AllFunctions bool
@@ -74,11 +78,7 @@ var (
 
 // Handlers are the benchmark functions' handlers by name, as the floor
 // serves them.
-var Handlers = map[string]sdk.Handler{
-	"echo":   handlers.Echo,
-	"json":   handlers.Transform,
-	"primes": handlers.Primes,
-}
+var Handlers = handlers.ByName
 
 // Env is what a scenario runs with.
 type Env struct {
@@ -107,7 +107,8 @@ type Scenario struct {
 	Weight float64
 	// Quick says whether -quick runs it by default.
 	Quick bool
-	// Floors names the floor scenarios it needs in the same run.
+	// Floors names the floor scenarios it needs in the same run: the one
+	// its rows are divided by, and those the report shows beside.
 	Floors []string
 	Run    func(ctx context.Context, e *Env) ([]Result, error)
 }
@@ -115,28 +116,36 @@ type Scenario struct {
 // Scenarios lists every scenario in the order a run measures them.
 var Scenarios = []Scenario{
 	{Name: "floor", Weight: 27, Quick: true, Run: runFloor,
-		About: "the functions' own handlers in-process behind fasthttp on loopback: the HTTP floor"},
+		About: "reference, not a target: the functions' own handlers in-process behind fasthttp on loopback, in the harness's process"},
 	{Name: "floor-grpc", Weight: 13, Quick: true, Run: runFloorGRPC,
-		About: "kiln's Invoker service echoing in-process over loopback gRPC, through api/client: the gRPC floor"},
-	{Name: "warm-http", Weight: 29, Quick: true, Floors: []string{"floor"}, Run: runWarmHTTP,
+		About: "reference, not a target: kiln's Invoker service echoing in-process over loopback gRPC, through api/client"},
+	{Name: "floor-proc", Weight: 27, Quick: true, Run: runFloorProc,
+		About: "the same handlers behind fasthttp in a process of their own (kiln-floor echo), with kilnd's GOMAXPROCS: the HTTP floor"},
+	{Name: "floor-hop", Weight: 10, Quick: true, Floors: []string{"floor-proc"}, Run: runFloorHop,
+		About: "a fasthttp process relaying every call over one unix-socket connection of length-prefixed frames, many calls in flight, " +
+			"to a second process that echoes (kiln-floor hop and sink): the least any design with the function in another process pays"},
+	{Name: "floor-grpc-hop", Weight: 25, Quick: true, Floors: []string{"floor-proc"}, Run: runFloorGRPCHop,
+		About: "the same relay over one long-lived gRPC bidi stream on a unix socket (kiln-floor grpc-hop and sink), " +
+			"reached over HTTP and through kiln's Invoker service (unary and InvokeStream): the floor of kiln's own shape, and of its gRPC rows"},
+	{Name: "warm-http", Weight: 29, Quick: true, Floors: []string{"floor-proc", "floor-hop", "floor-grpc-hop", "floor"}, Run: runWarmHTTP,
 		About: "a running container: HTTP → kilnd → executor stream → Go function"},
-	{Name: "warm-grpc", Weight: 10, Quick: true, Floors: []string{"floor-grpc"}, Run: runWarmGRPC,
+	{Name: "warm-grpc", Weight: 10, Quick: true, Floors: []string{"floor-grpc-hop", "floor-grpc"}, Run: runWarmGRPC,
 		About: "a running container through the gRPC unary Invoke"},
-	{Name: "warm-stream", Weight: 5, Quick: true, Floors: []string{"floor-grpc"}, Run: runWarmStream,
+	{Name: "warm-stream", Weight: 5, Quick: true, Floors: []string{"floor-grpc-hop", "floor-grpc"}, Run: runWarmStream,
 		About: "a running container, 64 calls in flight on one gRPC InvokeStream"},
-	{Name: "thawed", Weight: 5, Quick: true, Floors: []string{"floor"}, Run: runThawed,
+	{Name: "thawed", Weight: 5, Quick: true, Floors: []string{"floor-proc"}, Run: runThawed,
 		About: "a frozen container per call, thawed through the cgroup freezer"},
-	{Name: "stem", Weight: 21, Quick: true, Floors: []string{"floor"}, Run: runStem,
+	{Name: "stem", Weight: 21, Quick: true, Floors: []string{"floor-proc"}, Run: runStem,
 		About: "a frozen stem cell specialised into the function per call"},
-	{Name: "cold", Weight: 21, Quick: true, Floors: []string{"floor"}, Run: runCold,
+	{Name: "cold", Weight: 21, Quick: true, Floors: []string{"floor-proc"}, Run: runCold,
 		About: "a new container started per call (no stem cells)"},
-	{Name: "burst", Weight: 8, Floors: []string{"floor"}, Run: runBurst,
+	{Name: "burst", Weight: 8, Floors: []string{"floor-proc"}, Run: runBurst,
 		About: "200 calls at once on a function with no container"},
-	{Name: "throughput", Weight: 46, Quick: true, Run: runThroughput,
-		About: "closed loop at rising concurrency on warm-http and on the floor"},
-	{Name: "metering-cost", Weight: 65, Floors: []string{"floor"}, Run: runMetering,
+	{Name: "throughput", Weight: 115, Quick: true, Run: runThroughput,
+		About: "closed loop at rising concurrency on warm-http and on every HTTP floor"},
+	{Name: "metering-cost", Weight: 65, Floors: []string{"floor-proc"}, Run: runMetering,
 		About: "warm-http with metering on and off"},
-	{Name: "density", Weight: 75, Floors: []string{"floor"}, Run: runDensity,
+	{Name: "density", Weight: 75, Floors: []string{"floor-proc"}, Run: runDensity,
 		About: "memory per frozen container, and thaw latency as frozen containers pile up"},
 }
 
@@ -156,10 +165,21 @@ func Select(list string, quick bool) ([]Scenario, error) {
 	}
 	all := len(want) == 0
 	for _, s := range Scenarios {
-		if want[s.Name] || (all && (!quick || s.Quick)) {
+		if all && (!quick || s.Quick) {
 			want[s.Name] = true
+		}
+	}
+	// The floors of what is wanted, and theirs.
+	for added := true; added; {
+		added = false
+		for _, s := range Scenarios {
+			if !want[s.Name] {
+				continue
+			}
 			for _, f := range s.Floors {
-				want[f] = true
+				if !want[f] {
+					want[f], added = true, true
+				}
 			}
 		}
 	}
@@ -277,37 +297,9 @@ func runFloor(ctx context.Context, e *Env) ([]Result, error) {
 		return nil, err
 	}
 	defer f.Close()
-	c := NewHostClient(f.Addr(), 8)
-	var out []Result
-	for _, fn := range []struct {
-		name, path string
-		body       []byte
-		check      func([]byte) error
-	}{
-		{"floor", "/echo", EchoBody, EchoCheck(EchoBody)},
-		{"floor-json", "/json", JSONBody, nil},
-		{"floor-primes", "/primes", PrimesBody, nil},
-	}[:e.functions()] {
-		ol := e.openLoop("")
-		ol.Progress = e.part(len(out), e.functions()+1)
-		lat, err := ol.Run(ctx, HTTPTarget(c, fn.path, fn.body, fn.check))
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", fn.name, err)
-		}
-		r := lat.Result(fn.name)
-		r.Floor, r.Mode = fn.name, e.openMode()
-		r.Note = "in-process fasthttp, handler " + strings.TrimPrefix(fn.path, "/")
-		out = append(out, r)
-	}
-	// The floor of the one-call-at-a-time rows (thawed, stem, cold...).
-	lat, err := oneAtATime(ctx, e.part(e.functions(), e.functions()+1), e.Warmup, e.Calls, "",
-		HTTPTarget(c, "/echo", EchoBody, EchoCheck(EchoBody)), nil)
-	if err != nil {
-		return nil, fmt.Errorf("floor-seq: %w", err)
-	}
-	r := lat.Result("floor-seq")
-	r.Floor, r.Mode, r.Note = "floor-seq", seqMode, "in-process fasthttp, handler echo, back to back"
-	return append(out, r), nil
+	return e.httpFloor(ctx, f.Addr(), httpFloorRows{
+		prefix: "floor", functions: e.functions(), note: "reference: in-process fasthttp in the harness's process",
+	})
 }
 
 // seqMode is the mode of the back-to-back rows.
@@ -332,12 +324,12 @@ func runFloorGRPC(ctx context.Context, e *Env) ([]Result, error) {
 	}
 	unary := lat.Result("floor-grpc")
 	unary.Floor, unary.Mode = "floor-grpc", e.openMode()
-	unary.Note = "in-process gRPC echo, unary Invoke"
+	unary.Note = "reference: in-process gRPC echo in the harness's process, unary Invoke"
 	stream, err := e.streamLoop(ctx, c, "floor-grpc-stream", e.part(1, 2))
 	if err != nil {
 		return nil, err
 	}
-	stream.Floor, stream.Note = "floor-grpc-stream", "in-process gRPC echo, InvokeStream"
+	stream.Floor, stream.Note = "floor-grpc-stream", "reference: in-process gRPC echo in the harness's process, InvokeStream"
 	return []Result{unary, stream}, nil
 }
 
@@ -378,9 +370,9 @@ func runWarmHTTP(ctx context.Context, e *Env) ([]Result, error) {
 		body            []byte
 		check           func([]byte) error
 	}{
-		{"warm-http", "floor", "echo", EchoBody, EchoCheck(EchoBody)},
-		{"warm-http-json", "floor-json", "json", JSONBody, nil},
-		{"warm-http-primes", "floor-primes", "primes", PrimesBody, nil},
+		{"warm-http", "floor-proc", "echo", EchoBody, EchoCheck(EchoBody)},
+		{"warm-http-json", "floor-proc-json", "json", JSONBody, nil},
+		{"warm-http-primes", "floor-proc-primes", "primes", PrimesBody, nil},
 	}[:e.functions()] {
 		ol := e.openLoop("")
 		ol.Progress = e.part(len(out), e.functions()+1)
@@ -390,6 +382,11 @@ func runWarmHTTP(ctx context.Context, e *Env) ([]Result, error) {
 		}
 		r := lat.Result(fn.name)
 		r.Floor, r.Mode = fn.floor, e.openMode()
+		if fn.fn == "echo" {
+			r.Beside = []string{"floor-hop", "floor-grpc-hop", "floor"}
+		} else {
+			r.Beside = []string{strings.Replace(fn.floor, "floor-proc", "floor", 1)}
+		}
 		r.Note = "function " + fn.fn + ", one container (concurrency 64, never frozen)"
 		out = append(out, r)
 	}
@@ -399,7 +396,8 @@ func runWarmHTTP(ctx context.Context, e *Env) ([]Result, error) {
 		return nil, fmt.Errorf("warm-http-seq: %w", err)
 	}
 	r := lat.Result("warm-http-seq")
-	r.Floor, r.Mode, r.Note = "floor-seq", seqMode, "function echo, the same container"
+	r.Floor, r.Mode, r.Note = "floor-proc-seq", seqMode, "function echo, the same container"
+	r.Beside = []string{"floor-hop-seq", "floor-grpc-hop-seq", "floor-seq"}
 	return append(out, r), nil
 }
 
@@ -422,7 +420,8 @@ func runWarmGRPC(ctx context.Context, e *Env) ([]Result, error) {
 		return nil, err
 	}
 	r := lat.Result("warm-grpc")
-	r.Floor, r.Mode, r.Note = "floor-grpc", e.openMode(), "unary Invoke, one container"
+	r.Floor, r.Mode, r.Note = "floor-grpc-hop-unary", e.openMode(), "unary Invoke, one container"
+	r.Beside = []string{"floor-grpc"}
 	return []Result{r}, nil
 }
 
@@ -444,7 +443,8 @@ func runWarmStream(ctx context.Context, e *Env) ([]Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	r.Floor, r.Note = "floor-grpc-stream", "one container (concurrency 64)"
+	r.Floor, r.Note = "floor-grpc-hop-stream", "one container (concurrency 64)"
+	r.Beside = []string{"floor-grpc-stream"}
 	return []Result{r}, nil
 }
 
@@ -510,7 +510,7 @@ func runThawed(ctx context.Context, e *Env) ([]Result, error) {
 		return nil, err
 	}
 	r := lat.Result("thawed")
-	r.Floor, r.Mode = "floor-seq", "one call at a time, the container frozen before each"
+	r.Floor, r.Mode = "floor-proc-seq", "one call at a time, the container frozen before each"
 	r.Note = "freeze_after 0, one container; only calls answered X-Kiln-Start: thawed"
 	return []Result{r}, nil
 }
@@ -557,7 +557,7 @@ func runStem(ctx context.Context, e *Env) ([]Result, error) {
 		return nil, err
 	}
 	r := lat.Result("stem")
-	r.Floor, r.Mode = "floor-seq", "one call at a time, each to a new function"
+	r.Floor, r.Mode = "floor-proc-seq", "one call at a time, each to a new function"
 	r.Note = fmt.Sprintf("--stem-cells go=%d, refilled before each call; only calls answered X-Kiln-Start: stem", stems)
 	return []Result{r}, nil
 }
@@ -597,7 +597,7 @@ func runCold(ctx context.Context, e *Env) ([]Result, error) {
 		return nil, err
 	}
 	r := lat.Result("cold")
-	r.Floor, r.Mode = "floor-seq", "one call at a time, each to a new function"
+	r.Floor, r.Mode = "floor-proc-seq", "one call at a time, each to a new function"
 	r.Note = "no stem cells, runtime " + e.RuntimeBinary + "; the previous function deleted before each call"
 	return []Result{r}, nil
 }

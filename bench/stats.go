@@ -148,8 +148,10 @@ func clamp(d time.Duration) int64 { return min(max(d.Nanoseconds(), histMin), hi
 // figures. Durations are in microseconds.
 type Result struct {
 	Scenario string `json:"scenario"`
-	// Floor names the result this one's ratios divide by.
-	Floor string `json:"floor,omitempty"`
+	// Floor names the result this one's ratios divide by: the floor that
+	// fits it. Beside names other floors the report shows it against.
+	Floor  string   `json:"floor,omitempty"`
+	Beside []string `json:"beside,omitempty"`
 	// Mode says how the load was applied: "open loop 500/s", "closed loop
 	// c=64", "one call at a time".
 	Mode  string `json:"mode,omitempty"`

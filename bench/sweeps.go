@@ -89,7 +89,7 @@ func runBurst(ctx context.Context, e *Env) ([]Result, error) {
 	lat.EndAt(now)
 	r := lat.Result("burst")
 	slices.Sort(alls)
-	r.Floor = "floor-seq"
+	r.Floor = "floor-proc-seq"
 	r.Mode = fmt.Sprintf("%d bursts of %d calls released at once, %d connections", e.Bursts, e.BurstSize, e.BurstSize)
 	r.Extra = map[string]float64{"all_answered_ms": alls[len(alls)/2], "all_answered_max_ms": alls[len(alls)-1]}
 	r.Note = fmt.Sprintf("all %d answered after %.0f ms (median of %d bursts); function defaults: max_containers 10, concurrency 1",
@@ -116,12 +116,45 @@ func openConns(c *fasthttp.HostClient, n int) {
 	wg.Wait()
 }
 
+// throughputFloors are the floors runThroughput measures beside kiln, by
+// the name of their rows: the in-process reference, then kiln-floor's.
+var throughputFloors = []struct{ name, kind string }{
+	{"throughput-floor", ""},
+	{"throughput-floor-proc", "echo"},
+	{"throughput-floor-hop", "hop"},
+	{"throughput-floor-grpc-hop", "grpc-hop"},
+}
+
 func runThroughput(ctx context.Context, e *Env) ([]Result, error) {
-	f, err := StartFloor(Handlers)
-	if err != nil {
-		return nil, err
+	maxC := slices.Max(e.Levels)
+	type part struct {
+		name, note string
+		t          Target
+		best       *Latencies
+		r          Result
 	}
-	defer f.Close()
+	var parts []*part
+	for _, fl := range throughputFloors {
+		p := &part{name: fl.name}
+		if fl.kind == "" {
+			f, err := StartFloor(Handlers)
+			if err != nil {
+				return nil, err
+			}
+			defer f.Close()
+			p.t = HTTPTarget(NewHostClient(f.Addr(), maxC), "/echo", EchoBody, EchoCheck(EchoBody))
+			p.note = "reference: in-process fasthttp echo, sharing the harness's process"
+		} else {
+			f, err := e.startProcFloor(ctx, fl.kind)
+			if err != nil {
+				return nil, err
+			}
+			defer f.Close()
+			p.t = HTTPTarget(NewHostClient(f.Addr, maxC), "/echo", EchoBody, EchoCheck(EchoBody))
+			p.note = "kiln-floor " + fl.kind + " (" + f.Procs() + ")"
+		}
+		parts = append(parts, p)
+	}
 	k, err := e.startKilnd(ctx)
 	if err != nil {
 		return nil, err
@@ -129,7 +162,6 @@ func runThroughput(ctx context.Context, e *Env) ([]Result, error) {
 	defer e.stop(k)
 	// Enough warm containers for the highest level (64 calls each), so
 	// that no level waits for a cold start.
-	maxC := slices.Max(e.Levels)
 	s := e.warmSpec()
 	s.MinWarm = int32(min((maxC+63)/64, 10))
 	s.MaxContainers = max(s.MinWarm, 10)
@@ -147,22 +179,16 @@ func runThroughput(ctx context.Context, e *Env) ([]Result, error) {
 	}); err != nil {
 		return nil, err
 	}
-	parts := []struct {
-		name string
-		t    Target
-		best *Latencies
-		r    Result
-	}{
-		{name: "throughput-floor", t: HTTPTarget(NewHostClient(f.Addr(), maxC), "/echo", EchoBody, EchoCheck(EchoBody))},
-		{name: "throughput", t: HTTPTarget(NewHostClient(k.Addr, maxC), "/invoke/echo", EchoBody, EchoCheck(EchoBody))},
-	}
-	steps := 2 * len(e.Levels)
-	// Levels alternate floor and kiln so that drift of the machine hits
-	// both alike.
+	parts = append(parts, &part{
+		name: "throughput", t: HTTPTarget(NewHostClient(k.Addr, maxC), "/invoke/echo", EchoBody, EchoCheck(EchoBody)),
+		note: fmt.Sprintf("echo with %d warm containers taking 64 calls each", s.MinWarm),
+	})
+	steps := len(parts) * len(e.Levels)
+	// At each level every floor and kiln take their turn, so that drift of
+	// the machine hits all alike.
 	for li, c := range e.Levels {
-		for pi := range parts {
-			p := &parts[pi]
-			step := li*2 + pi
+		for pi, p := range parts {
+			step := li*len(parts) + pi
 			lat, err := ClosedLoop{
 				Concurrency: c, Duration: e.LevelDuration, Warmup: e.LevelWarmup,
 				Progress: func(done, total int) { e.Progress.Set((float64(step) + float64(done)/float64(total)) / float64(steps)) },
@@ -184,17 +210,29 @@ func runThroughput(ctx context.Context, e *Env) ([]Result, error) {
 	for _, p := range parts {
 		r := p.r
 		r.Mode = fmt.Sprintf("closed loop, concurrency %s, %v each", joinInts(e.Levels), e.LevelDuration)
-		r.Note = fmt.Sprintf("figures at the peak, concurrency %d", int(r.Extra["peak_concurrency"]))
-		if p.name == "throughput" {
-			r.Floor = "throughput-floor"
-			r.Note += fmt.Sprintf("; echo with %d warm containers taking 64 calls each", (maxC+63)/64)
-		} else {
-			r.Floor = "throughput-floor"
-			r.Note += "; in-process fasthttp echo, sharing the 2 cores with the load generator"
+		r.Note = fmt.Sprintf("figures at the peak, concurrency %d; %s", int(r.Extra["peak_concurrency"]), p.note)
+		switch p.name {
+		case "throughput":
+			r.Floor = "throughput-floor-proc"
+			r.Beside = []string{"throughput-floor-hop", "throughput-floor-grpc-hop", "throughput-floor"}
+		case "throughput-floor-hop", "throughput-floor-grpc-hop":
+			r.Floor = "throughput-floor-proc"
+		default:
+			r.Floor = p.name
 		}
 		out = append(out, r)
 	}
 	return out, nil
+}
+
+// AtLevel returns the level of r measured at concurrency x, or nil.
+func (r *Result) AtLevel(x int) *Level {
+	for i := range r.Levels {
+		if r.Levels[i].X == x {
+			return &r.Levels[i]
+		}
+	}
+	return nil
 }
 
 func joinInts(xs []int) string {
@@ -237,7 +275,7 @@ func runMetering(ctx context.Context, e *Env) ([]Result, error) {
 	for _, on := range []bool{false, true} {
 		name := map[bool]string{false: "metering-off", true: "metering-on"}[on]
 		r := lats[on].Result(name)
-		r.Floor = "floor"
+		r.Floor = "floor-proc"
 		r.Mode = fmt.Sprintf("open loop %.0f/s, 8 senders, %d rounds of %d calls", e.Rate, meteringRounds, calls)
 		r.Extra = map[string]float64{"median_round_p50_us": median(p50s[on]), "median_closed_loop_c16_per_s": median(tputs[on])}
 		r.Note = fmt.Sprintf("kilnd --metering=%v, a fresh kilnd per round, off and on alternating; round p50s %s; closed loop at concurrency 16: %s calls/s",
@@ -406,7 +444,7 @@ func runDensity(ctx context.Context, e *Env) ([]Result, error) {
 	mem := last.Extra["memory_per_container_mib"]
 	node := float64(availStart-availEnd) / (1 << 20) / float64(max(have, 1))
 	budget := parseBudgetHelp(e.Help)
-	r.Floor, r.Levels = "floor-seq", levels
+	r.Floor, r.Levels = "floor-proc-seq", levels
 	r.Extra = map[string]float64{
 		"frozen_measured":               float64(last.X),
 		"memory_per_container_mib":      mem,

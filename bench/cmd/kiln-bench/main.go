@@ -1,7 +1,7 @@
 // Command kiln-bench runs kiln's benchmark scenarios against kilnd
-// processes it starts itself, beside the in-process floors measured in the
-// same run, and writes the results as JSON, a markdown report and PNG
-// plots.
+// processes it starts itself, beside the floors measured in the same run
+// (kiln-floor processes it builds and starts, and in-process references),
+// and writes the results as JSON, a markdown report and PNG plots.
 //
 //	kiln-bench [-quick] [-scenarios floor,warm-http,...] [-out bench/results] [-report docs/BENCHMARKS.md]
 //
@@ -49,7 +49,8 @@ func run() error {
 		levels    = flag.String("levels", "", "throughput's concurrency `levels` (default 1,2,4,...,256; quick 1,8,64)")
 		density   = flag.String("density-steps", "", "density's frozen container `counts` (default 8,16,32,64,128,256; quick 8,16)")
 		budget    = flag.Duration("budget", 0, "time the run should take at most: density stops growing before it (default 8m30s, quick 50s)")
-		fnProcs   = flag.Int("fn-gomaxprocs", 0, "GOMAXPROCS of the benchmark functions (0: the Go default)")
+		fnProcs   = flag.Int("fn-gomaxprocs", 0, "GOMAXPROCS of the benchmark functions and of the floors' function processes (0: kiln's default, 1)")
+		edgeProcs = flag.Int("floor-gomaxprocs", 0, "GOMAXPROCS of the out-of-process floors' edges (0: kilnd's default, half the CPUs)")
 		fromJSON  = flag.String("from-json", "", "regenerate the report and plots from this run `file` instead of measuring")
 	)
 	flag.Parse()
@@ -66,7 +67,7 @@ func run() error {
 		selected []bench.Scenario
 	)
 	cfg := bench.Config{
-		Kilnd: *kilndBin, Executor: *executor, RuntimeBinary: *runtimeB, FnGOMAXPROCS: *fnProcs, AllFunctions: true,
+		Kilnd: *kilndBin, Executor: *executor, RuntimeBinary: *runtimeB, FnGOMAXPROCS: *fnProcs, FloorGOMAXPROCS: *edgeProcs, AllFunctions: true,
 		Rate: *rate, Calls: 4000, Warmup: 500,
 		StreamInFlight: 64, StreamDuration: 3 * time.Second,
 		Levels:        []int{1, 2, 4, 8, 16, 32, 64, 128, 256},
@@ -128,6 +129,9 @@ func run() error {
 		if cfg.Functions[fn], err = bench.BuildFunction(ctx, "./bench/functions/"+fn, tmp); err != nil {
 			return err
 		}
+	}
+	if cfg.Floor, err = bench.BuildFunction(ctx, "./bench/cmd/kiln-floor", tmp); err != nil {
+		return err
 	}
 
 	var names []string

@@ -100,3 +100,11 @@ func CountPrimes(n int) int {
 	}
 	return count
 }
+
+// ByName holds the handlers by the name of the benchmark function that
+// runs each: echo, json, primes.
+var ByName = map[string]sdk.Handler{
+	"echo":   Echo,
+	"json":   Transform,
+	"primes": Primes,
+}

@@ -97,7 +97,7 @@ func (p *Pool) acquire(ctx context.Context, fn *Function) (*Container, StartKind
 	case <-ctx.Done():
 	}
 	p.mu.Lock()
-	if s.removeWaiter(w) {
+	if s.removeWaiterLocked(w) {
 		p.mu.Unlock()
 		return nil, 0, fmt.Errorf("%w: %v", ErrQueueTimeout, ctx.Err())
 	}
@@ -121,7 +121,7 @@ func (p *Pool) scaleLocked(s *set) error {
 	}
 	if stem := p.takeStemLocked(fn); stem != nil {
 		s.starting++
-		p.goWork(func() { p.specialize(s, fn, stem) })
+		p.goWorkLocked(func() { p.specialize(s, fn, stem) })
 		return nil
 	}
 	if !p.reserveLocked(fn.MemoryBytes, true) {
@@ -131,7 +131,7 @@ func (p *Pool) scaleLocked(s *set) error {
 		return nil
 	}
 	s.starting++
-	p.goWork(func() { p.startFor(s, fn, false) })
+	p.goWorkLocked(func() { p.startFor(s, fn, false) })
 	return nil
 }
 
@@ -193,7 +193,9 @@ func (p *Pool) dispatchLocked(s *set) {
 	}
 }
 
-func (s *set) removeWaiter(w *waiter) bool {
+// removeWaiterLocked takes w out of the queue of s and reports whether it
+// was still there (no grant was sent to it).
+func (s *set) removeWaiterLocked(w *waiter) bool {
 	for i, x := range s.waiters {
 		if x == w {
 			s.waiters = append(s.waiters[:i], s.waiters[i+1:]...)

@@ -15,9 +15,9 @@ import (
 // function's min_warm, or the stem cell count, after a start failed.
 const prewarmRetry = time.Second
 
-// goWork runs f in the background as pool work that Settle waits for.
+// goWorkLocked runs f in the background as pool work that Settle waits for.
 // p.mu must be held (so that Settle and Close see the Add).
-func (p *Pool) goWork(f func()) {
+func (p *Pool) goWorkLocked(f func()) {
 	p.wg.Add(1)
 	p.work.Add(1)
 	go func() {
@@ -43,7 +43,7 @@ func (p *Pool) ensureWarmLocked(s *set) {
 		}
 		s.prewarming++
 		fn := s.fn
-		p.goWork(func() { p.startFor(s, fn, true) })
+		p.goWorkLocked(func() { p.startFor(s, fn, true) })
 	}
 }
 
@@ -261,7 +261,7 @@ func (p *Pool) stopLocked(c *Container, why string) {
 		}
 	}
 	p.log.Debug("stopping container", "container", c.id, "reason", why)
-	p.goWork(func() { p.stop(c, fmt.Errorf("%w: container %s stopped: %s", ErrClosed, c.id, why)) })
+	p.goWorkLocked(func() { p.stop(c, fmt.Errorf("%w: container %s stopped: %s", ErrClosed, c.id, why)) })
 }
 
 // stop ends a container's session and removes it through the driver.

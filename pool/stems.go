@@ -23,7 +23,7 @@ func (p *Pool) refillStemsLocked(runtime string) {
 			return
 		}
 		p.stemStarting[runtime]++
-		p.goWork(func() { p.startStem(spec) })
+		p.goWorkLocked(func() { p.startStem(spec) })
 	}
 }
 

@@ -177,15 +177,15 @@ func (p *Pool) start(ctx context.Context, idPrefix, runtime string, spec Contain
 		}
 		return nil, fmt.Errorf("%w: start container for %s: %v", ErrExecutorFailed, idPrefix, err)
 	}
-	p.mu.Lock()
-	p.all[c.id] = c
-	p.mu.Unlock()
 	exited, err := p.driver.Exited(c.id)
 	if err != nil {
 		p.stop(c, err)
 		return nil, err
 	}
 	c.exited = exited
+	p.mu.Lock()
+	p.all[c.id] = c
+	p.mu.Unlock()
 	if err := c.waitReady(ctx, p.startTimeout); err != nil {
 		p.stop(c, err)
 		return nil, err

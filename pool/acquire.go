@@ -18,7 +18,8 @@ var (
 	ErrNoCapacity = errors.New("node out of memory for containers")
 )
 
-// set is one function's containers and waiting calls.
+// set is one function's containers and waiting calls. Pool.mu guards
+// its fields.
 type set struct {
 	fn         *Function
 	containers []*Container // live containers, any state but Stopping/Gone/Failed

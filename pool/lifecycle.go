@@ -117,11 +117,14 @@ func (p *Pool) adoptLocked(s *set, fn *Function, c *Container, kind StartKind, f
 	p.ensureWarmLocked(s)
 }
 
-// freezeNew freezes a container that has just become ready.
+// freezeNew freezes a container that has just become ready. When the
+// freeze fails it removes the container, with freezeMu no longer held: a
+// removal can take seconds.
 func (p *Pool) freezeNew(c *Container) error {
 	c.freezeMu.Lock()
-	defer c.freezeMu.Unlock()
-	if err := p.driver.Freeze(p.bg, c.id); err != nil {
+	err := p.driver.Freeze(p.bg, c.id)
+	c.freezeMu.Unlock()
+	if err != nil {
 		p.stop(c, fmt.Errorf("%w: freeze: %v", ErrExecutorFailed, err))
 		return err
 	}

@@ -86,7 +86,15 @@ type StemSpec struct {
 const MaxParallelOps = 8
 
 // Pool owns the node's containers. It is safe for concurrent use.
+//
+// Lock order: a Container's freezeMu before Pool.mu; never freezeMu while
+// holding Pool.mu. Pool.mu is held for bookkeeping only, never across a
+// driver call, a session send or a wait; freezeMu only across
+// Driver.Freeze and Driver.Thaw. The locks of the Clock's timers, of the
+// sessions and of the log rings are leaves: taken under Pool.mu at most,
+// they take no lock of the pool.
 type Pool struct {
+	// Immutable after New.
 	driver       Driver
 	runDir       string
 	log          *slog.Logger
@@ -103,9 +111,11 @@ type Pool struct {
 
 	bg     context.Context // background work; cancelled by Close
 	cancel context.CancelFunc
-	wg     sync.WaitGroup // every goroutine of the pool
-	work   sync.WaitGroup // starts, specialisations and removals in progress
+	wg     sync.WaitGroup // every goroutine of the pool; Add with mu held
+	work   sync.WaitGroup // starts, specialisations and removals in progress; Add with mu held
 
+	// mu guards the fields below, the fields of every set, and the
+	// Pool.mu fields of every Container.
 	mu           sync.Mutex
 	closed       bool
 	sets         map[string]*set
@@ -115,7 +125,7 @@ type Pool struct {
 	all          map[string]*Container // every container not yet removed
 	logs         map[string]*LogRing   // output of each function's containers; "" for stem cells
 
-	counters counters
+	counters counters // atomic
 }
 
 // counters are the pool's event counts, read by Stats.

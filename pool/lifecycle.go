@@ -215,21 +215,31 @@ func (p *Pool) watch(c *Container) {
 	}
 }
 
-// failLocked marks c Failed, stops it, and keeps its function at min_warm.
+// failLocked marks a live c Failed, takes it out of use and removes it in
+// the background; its function gets a replacement while below min_warm.
 func (p *Pool) failLocked(c *Container, why string) {
+	if !c.state.live() {
+		return
+	}
 	p.counters.failures.Add(1)
 	p.log.Info("container failed", "container", c.id, "reason", why)
-	p.stopLocked(c, why)
-	c.state = StateFailed
+	p.endLocked(c, StateFailed, why)
 }
 
-// stopLocked takes c out of its set (or the stem cells), releases its
-// memory and removes it in the background.
+// stopLocked marks a live c Stopping, takes it out of use and removes it in
+// the background.
 func (p *Pool) stopLocked(c *Container, why string) {
 	if !c.state.live() {
 		return
 	}
-	c.state = StateStopping
+	p.endLocked(c, StateStopping, why)
+}
+
+// endLocked moves c to Stopping or Failed, takes it out of its set (or the
+// stem cells), releases its memory and removes it in the background; the
+// removal takes it to Gone.
+func (p *Pool) endLocked(c *Container, to State, why string) {
+	c.state = to
 	p.memoryUsed -= c.memory
 	c.memory = 0
 	if c.freezeTimer != nil {
@@ -279,7 +289,7 @@ func (p *Pool) stop(c *Container, reason error) {
 	}
 	p.mu.Lock()
 	delete(p.all, c.id)
-	if c.state == StateStopping {
+	if c.state == StateStopping || c.state == StateFailed {
 		c.state = StateGone
 	}
 	p.mu.Unlock()

@@ -101,10 +101,8 @@ func (p *Pool) specialize(s *set, fn *Function, c *Container) {
 	defer p.mu.Unlock()
 	s.starting--
 	if err != nil {
-		p.counters.failures.Add(1)
 		p.log.Warn("stem cell specialisation failed", "function", fn.Name, "container", c.id, "err", err)
-		p.stopLocked(c, "specialisation failed")
-		c.state = StateFailed
+		p.failLocked(c, "specialisation failed")
 		p.failWaitersLocked(s, err)
 		return
 	}

@@ -133,7 +133,9 @@ func (p *Pool) freezeNew(c *Container) error {
 }
 
 // start creates a container from spec and waits for its executor's Ready.
-// It fills in the id, socket dir and outputs.
+// It fills in the id, socket dir and outputs. The container is Creating
+// until the driver has started its process, then Starting; start returns
+// it Starting, or an error once it has failed and is gone.
 func (p *Pool) start(ctx context.Context, idPrefix, runtime string, spec ContainerSpec) (*Container, error) {
 	suffix, err := randomHex(6)
 	if err != nil {
@@ -150,7 +152,7 @@ func (p *Pool) start(ctx context.Context, idPrefix, runtime string, spec Contain
 		state:   StateCreating,
 	}
 	if err := c.listen(); err != nil {
-		c.shutdown(err)
+		p.failStart(c, err, false)
 		return nil, err
 	}
 	spec.ID = c.id
@@ -167,14 +169,14 @@ func (p *Pool) start(ctx context.Context, idPrefix, runtime string, spec Contain
 	select {
 	case p.starts <- struct{}{}:
 	case <-ctx.Done():
-		c.shutdown(ctx.Err())
+		p.failStart(c, ctx.Err(), false)
 		return nil, ctx.Err()
 	}
 	defer func() { <-p.starts }()
 	t0 := time.Now()
 	c.expectReady.Store(true)
 	if err := p.driver.Start(ctx, spec); err != nil {
-		c.shutdown(err)
+		p.failStart(c, err, false)
 		if errors.Is(err, ErrUnavailable) {
 			return nil, fmt.Errorf("start container for %s: %w", idPrefix, err)
 		}
@@ -182,21 +184,39 @@ func (p *Pool) start(ctx context.Context, idPrefix, runtime string, spec Contain
 	}
 	exited, err := p.driver.Exited(c.id)
 	if err != nil {
-		p.stop(c, err)
+		p.failStart(c, err, true)
 		return nil, err
 	}
 	c.exited = exited
 	p.mu.Lock()
 	p.all[c.id] = c
+	c.state = StateStarting
 	p.mu.Unlock()
 	if err := c.waitReady(ctx, p.startTimeout); err != nil {
-		p.stop(c, err)
+		p.failStart(c, err, true)
 		return nil, err
 	}
 	p.wg.Add(1)
 	go p.watch(c)
 	p.log.Debug("container ready", "container", c.id, "took", time.Since(t0))
 	return c, nil
+}
+
+// failStart ends a container that failed before it was ready: Failed,
+// then Gone once the driver removed it (started) or at once (not started).
+func (p *Pool) failStart(c *Container, err error, started bool) {
+	p.mu.Lock()
+	c.state = StateFailed
+	p.mu.Unlock()
+	if started {
+		p.stop(c, err)
+		return
+	}
+	c.shutdown(err)
+	p.mu.Lock()
+	c.state = StateGone
+	p.mu.Unlock()
+	c.goneOnce.Do(func() { close(c.gone) })
 }
 
 // watch fails c when its process exits.

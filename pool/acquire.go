@@ -103,7 +103,8 @@ func (p *Pool) acquire(ctx context.Context, fn *Function) (*Container, StartKind
 		return nil, 0, fmt.Errorf("%w: %v", ErrQueueTimeout, ctx.Err())
 	}
 	p.mu.Unlock()
-	// A grant raced with the deadline: give the container back.
+	// A grant raced with the deadline: give the container back (a frozen
+	// one unthawed).
 	if g := <-w.ch; g.c != nil {
 		p.Release(g.c)
 	}
@@ -242,7 +243,12 @@ func (p *Pool) Release(c *Container) {
 		}
 		return
 	}
-	if c.active == 0 {
+	switch {
+	case c.state == StateThawing:
+		// Given back unthawed, by a call that gave up in the queue as
+		// the container was granted to it: it is still frozen.
+		c.state = StateFrozen
+	case c.active == 0:
 		c.state = StateReady
 	}
 	p.dispatchLocked(s)

@@ -80,6 +80,9 @@ func (p *Pool) Close(ctx context.Context) error {
 	p.mu.Lock()
 	var late []*Container
 	for _, c := range p.all {
+		if c.state.live() {
+			c.state = StateStopping
+		}
 		late = append(late, c)
 	}
 	p.mu.Unlock()

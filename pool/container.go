@@ -131,6 +131,16 @@ func (c *Container) Done() <-chan struct{} {
 	return nil
 }
 
+// hasExited reports whether the container's process has exited.
+func (c *Container) hasExited() bool {
+	select {
+	case <-c.exited:
+		return true
+	default:
+		return false
+	}
+}
+
 // alive reports whether the container has a live session.
 func (c *Container) alive() bool {
 	s := c.sess.Load()

@@ -68,9 +68,16 @@ func (p *Pool) startFor(s *set, fn *Function, prewarm bool) {
 	} else {
 		s.starting--
 	}
+	if err == nil && c.hasExited() {
+		err = fmt.Errorf("%w: container %s exited as it started", ErrExecutorFailed, c.id)
+	}
 	if err != nil {
+		if c != nil {
+			p.failLocked(c, err.Error())
+		} else {
+			p.counters.failures.Add(1)
+		}
 		p.memoryUsed -= fn.MemoryBytes
-		p.counters.failures.Add(1)
 		p.log.Warn("container start failed", "function", fn.Name, "err", err)
 		p.failWaitersLocked(s, err)
 		if prewarm && !p.closed {
@@ -94,8 +101,15 @@ func (p *Pool) startFor(s *set, fn *Function, prewarm bool) {
 // call, or leaves it idle.
 func (p *Pool) adoptLocked(s *set, fn *Function, c *Container, kind StartKind, frozen bool) {
 	if p.closed || p.sets[fn.Name] != s || s.fn.Revision != fn.Revision {
-		c.set = s
 		p.stopLocked(c, "no longer wanted")
+		if !p.closed && p.sets[fn.Name] == s {
+			// It was counted as starting for s: start another at the
+			// new revision if s still needs one.
+			p.ensureWarmLocked(s)
+			if len(s.waiters) > 0 {
+				_ = p.scaleLocked(s)
+			}
+		}
 		return
 	}
 	c.set = s
@@ -118,15 +132,13 @@ func (p *Pool) adoptLocked(s *set, fn *Function, c *Container, kind StartKind, f
 }
 
 // freezeNew freezes a container that has just become ready. When the
-// freeze fails it removes the container, with freezeMu no longer held: a
-// removal can take seconds.
+// freeze fails, the caller fails the container.
 func (p *Pool) freezeNew(c *Container) error {
 	c.freezeMu.Lock()
 	err := p.driver.Freeze(p.bg, c.id)
 	c.freezeMu.Unlock()
 	if err != nil {
-		p.stop(c, fmt.Errorf("%w: freeze: %v", ErrExecutorFailed, err))
-		return err
+		return fmt.Errorf("%w: freeze: %v", ErrExecutorFailed, err)
 	}
 	p.counters.freezes.Add(1)
 	return nil
@@ -219,7 +231,9 @@ func (p *Pool) failStart(c *Container, err error, started bool) {
 	c.goneOnce.Do(func() { close(c.gone) })
 }
 
-// watch fails c when its process exits.
+// watch fails c when its process exits. A container that is not in use
+// yet (Starting, Specializing) is left to the goroutine starting it, which
+// sees the exit once it is done.
 func (p *Pool) watch(c *Container) {
 	defer p.wg.Done()
 	select {
@@ -230,7 +244,7 @@ func (p *Pool) watch(c *Container) {
 	c.shutdown(fmt.Errorf("%w: container %s: process exited", ErrExecutorFailed, c.id))
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if c.state.live() {
+	if c.state.placed() {
 		p.failLocked(c, "process exited")
 	}
 }
@@ -259,6 +273,7 @@ func (p *Pool) stopLocked(c *Container, why string) {
 // stem cells), releases its memory and removes it in the background; the
 // removal takes it to Gone.
 func (p *Pool) endLocked(c *Container, to State, why string) {
+	placed := c.state.placed()
 	c.state = to
 	p.memoryUsed -= c.memory
 	c.memory = 0
@@ -268,7 +283,10 @@ func (p *Pool) endLocked(c *Container, to State, why string) {
 	if c.idleTimer != nil {
 		c.idleTimer.Stop()
 	}
-	if s := c.set; s != nil {
+	switch s := c.set; {
+	case !placed:
+		// Starting or Specializing: in no set, not among the stem cells.
+	case s != nil:
 		for i, x := range s.containers {
 			if x == c {
 				s.containers = append(s.containers[:i], s.containers[i+1:]...)
@@ -281,7 +299,7 @@ func (p *Pool) endLocked(c *Container, to State, why string) {
 				_ = p.scaleLocked(s)
 			}
 		}
-	} else {
+	default:
 		stems := p.stems[c.runtime]
 		for i, x := range stems {
 			if x == c {

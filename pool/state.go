@@ -56,3 +56,11 @@ func (s State) String() string {
 func (s State) live() bool {
 	return s != StateGone && s != StateFailed && s != StateStopping
 }
+
+// placed reports whether a container in this state is in its function's
+// set or among the stem cells. Before (Creating, Starting, Specializing)
+// the goroutine starting it owns it; after (Stopping, Failed, Gone) its
+// removal does.
+func (s State) placed() bool {
+	return s == StateReady || s == StateBusy || s == StateFrozen || s == StateThawing
+}

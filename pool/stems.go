@@ -40,9 +40,16 @@ func (p *Pool) startStem(spec StemSpec) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.stemStarting[spec.Runtime]--
+	if err == nil && c.hasExited() {
+		err = fmt.Errorf("%w: stem cell %s exited as it started", ErrExecutorFailed, c.id)
+	}
 	if err != nil {
+		if c != nil {
+			p.failLocked(c, err.Error())
+		} else {
+			p.counters.failures.Add(1)
+		}
 		p.memoryUsed -= spec.MemoryBytes
-		p.counters.failures.Add(1)
 		p.log.Warn("stem cell start failed", "runtime", spec.Runtime, "err", err)
 		if !p.closed {
 			// Try again later, as for min_warm.
@@ -100,6 +107,9 @@ func (p *Pool) specialize(s *set, fn *Function, c *Container) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	s.starting--
+	if err == nil && c.hasExited() {
+		err = fmt.Errorf("%w: container %s exited as it was specialised", ErrExecutorFailed, c.id)
+	}
 	if err != nil {
 		p.log.Warn("stem cell specialisation failed", "function", fn.Name, "container", c.id, "err", err)
 		p.failLocked(c, "specialisation failed")

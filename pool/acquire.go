@@ -174,10 +174,12 @@ func (p *Pool) assignLocked(c *Container) StartKind {
 		kind = c.firstKind
 	}
 	if c.state == StateFrozen {
-		c.state = StateThawing
+		p.setStateLocked(c, StateThawing)
 		return StartThawed
 	}
-	c.state = StateBusy
+	if c.state != StateBusy { // another call in a Busy one changes nothing
+		p.setStateLocked(c, StateBusy)
+	}
 	return kind
 }
 
@@ -247,9 +249,9 @@ func (p *Pool) Release(c *Container) {
 	case c.state == StateThawing:
 		// Given back unthawed, by a call that gave up in the queue as
 		// the container was granted to it: it is still frozen.
-		c.state = StateFrozen
+		p.setStateLocked(c, StateFrozen)
 	case c.active == 0:
-		c.state = StateReady
+		p.setStateLocked(c, StateReady)
 	}
 	p.dispatchLocked(s)
 	if c.active == 0 {
@@ -276,7 +278,7 @@ func (p *Pool) thaw(ctx context.Context, c *Container) error {
 	c.freezeMu.Unlock()
 	p.mu.Lock()
 	if err == nil && c.state == StateThawing {
-		c.state = StateBusy
+		p.setStateLocked(c, StateBusy)
 	}
 	p.mu.Unlock()
 	if err == nil {

@@ -81,7 +81,7 @@ func (p *Pool) Close(ctx context.Context) error {
 	var late []*Container
 	for _, c := range p.all {
 		if c.state.live() {
-			c.state = StateStopping
+			p.setStateLocked(c, StateStopping)
 		}
 		late = append(late, c)
 	}

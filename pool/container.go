@@ -77,7 +77,7 @@ type Container struct {
 	freezeMu sync.Mutex
 
 	// Guarded by Pool.mu.
-	state       State
+	state       State // set by Pool.setStateLocked only; a new Container is Creating
 	active      int   // calls holding the container
 	memory      int64 // bytes reserved in the node budget
 	lastUsed    time.Time

@@ -15,3 +15,19 @@ func (p *Pool) StateOf(c *Container) State {
 	defer p.mu.Unlock()
 	return c.state
 }
+
+// SetPanicOnIllegal sets whether an illegal state transition panics, as in
+// tests, or is logged and refused, as in production, and returns the old
+// setting. A test that changes it must not run in parallel.
+func SetPanicOnIllegal(on bool) bool {
+	old := panicOnIllegal
+	panicOnIllegal = on
+	return old
+}
+
+// SetState moves c to the state to through the pool's one door.
+func (p *Pool) SetState(c *Container, to State) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.setStateLocked(c, to)
+}

@@ -28,13 +28,13 @@ func (p *Pool) freezeIdle(c *Container) {
 		p.mu.Unlock()
 		return
 	}
-	c.state = StateFrozen
+	p.setStateLocked(c, StateFrozen)
 	p.mu.Unlock()
 	if err := p.driver.Freeze(p.bg, c.id); err != nil {
 		p.log.Warn("freeze", "container", c.id, "err", err)
 		p.mu.Lock()
 		if c.state == StateFrozen {
-			c.state = StateReady
+			p.setStateLocked(c, StateReady)
 		}
 		p.mu.Unlock()
 		return

@@ -117,10 +117,11 @@ func (p *Pool) adoptLocked(s *set, fn *Function, c *Container, kind StartKind, f
 	c.function.Store(&fn.Name)
 	c.lastUsed = p.clock.Now()
 	c.firstKind, c.fresh = kind, true
-	c.state = StateReady
 	if frozen {
-		c.state = StateFrozen
+		p.setStateLocked(c, StateFrozen)
 		c.fresh = false
+	} else {
+		p.setStateLocked(c, StateReady)
 	}
 	s.containers = append(s.containers, c)
 	p.dispatchLocked(s)
@@ -161,7 +162,6 @@ func (p *Pool) start(ctx context.Context, idPrefix, runtime string, spec Contain
 		logs:    NewTailBuffer(64 << 10),
 		readyC:  make(chan *session, 1),
 		gone:    make(chan struct{}),
-		state:   StateCreating,
 	}
 	if err := c.listen(); err != nil {
 		p.failStart(c, err, false)
@@ -202,7 +202,7 @@ func (p *Pool) start(ctx context.Context, idPrefix, runtime string, spec Contain
 	c.exited = exited
 	p.mu.Lock()
 	p.all[c.id] = c
-	c.state = StateStarting
+	p.setStateLocked(c, StateStarting)
 	p.mu.Unlock()
 	if err := c.waitReady(ctx, p.startTimeout); err != nil {
 		p.failStart(c, err, true)
@@ -218,7 +218,7 @@ func (p *Pool) start(ctx context.Context, idPrefix, runtime string, spec Contain
 // then Gone once the driver removed it (started) or at once (not started).
 func (p *Pool) failStart(c *Container, err error, started bool) {
 	p.mu.Lock()
-	c.state = StateFailed
+	p.setStateLocked(c, StateFailed)
 	p.mu.Unlock()
 	if started {
 		p.stop(c, err)
@@ -226,7 +226,7 @@ func (p *Pool) failStart(c *Container, err error, started bool) {
 	}
 	c.shutdown(err)
 	p.mu.Lock()
-	c.state = StateGone
+	p.setStateLocked(c, StateGone)
 	p.mu.Unlock()
 	c.goneOnce.Do(func() { close(c.gone) })
 }
@@ -274,7 +274,9 @@ func (p *Pool) stopLocked(c *Container, why string) {
 // removal takes it to Gone.
 func (p *Pool) endLocked(c *Container, to State, why string) {
 	placed := c.state.placed()
-	c.state = to
+	if !p.setStateLocked(c, to) {
+		return
+	}
 	p.memoryUsed -= c.memory
 	c.memory = 0
 	if c.freezeTimer != nil {
@@ -327,9 +329,7 @@ func (p *Pool) stop(c *Container, reason error) {
 	}
 	p.mu.Lock()
 	delete(p.all, c.id)
-	if c.state == StateStopping || c.state == StateFailed {
-		c.state = StateGone
-	}
+	p.setStateLocked(c, StateGone)
 	p.mu.Unlock()
 	c.goneOnce.Do(func() { close(c.gone) })
 }

@@ -111,8 +111,8 @@ type Pool struct {
 
 	bg     context.Context // background work; cancelled by Close
 	cancel context.CancelFunc
-	wg     sync.WaitGroup // every goroutine of the pool; Add with mu held
-	work   sync.WaitGroup // starts, specialisations and removals in progress; Add with mu held
+	wg     sync.WaitGroup // every goroutine of the pool
+	work   sync.WaitGroup // starts, specialisations and removals in progress
 
 	// mu guards the fields below, the fields of every set, and the
 	// Pool.mu fields of every Container.

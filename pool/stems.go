@@ -65,7 +65,7 @@ func (p *Pool) startStem(spec StemSpec) {
 	}
 	c.memory = spec.MemoryBytes
 	c.lastUsed = p.clock.Now()
-	c.state = StateFrozen
+	p.setStateLocked(c, StateFrozen)
 	if p.closed {
 		p.stopLocked(c, "pool closed")
 		return
@@ -93,7 +93,7 @@ func (p *Pool) takeStemLocked(fn *Function) *Container {
 		return nil
 	}
 	p.stems[fn.Runtime] = stems[:len(stems)-1]
-	c.state = StateSpecializing
+	p.setStateLocked(c, StateSpecializing)
 	c.active = 0
 	p.refillStemsLocked(fn.Runtime)
 	return c

@@ -31,3 +31,21 @@ func (p *Pool) SetState(c *Container, to State) bool {
 	defer p.mu.Unlock()
 	return p.setStateLocked(c, to)
 }
+
+// WithTransitionHook makes the pool call f, with Pool.mu held, on every
+// change of a container's state.
+func WithTransitionHook(f func(id string, from, to State)) Option {
+	return func(o *options) { o.onTransition = f }
+}
+
+// Transitions returns every move the table allows.
+func Transitions() (moves [][2]State) {
+	for from := range numStates {
+		for to := range numStates {
+			if transitions[from].has(to) {
+				moves = append(moves, [2]State{from, to})
+			}
+		}
+	}
+	return moves
+}

@@ -103,6 +103,7 @@ type Pool struct {
 	queueDepth   int
 	budget       int64
 	stemSpecs    map[string]StemSpec
+	onTransition func(id string, from, to State) // tests only; called with mu held
 
 	// starts and removals bound the container operations in flight at
 	// once: containerd times out when asked for hundreds together.
@@ -143,6 +144,7 @@ type options struct {
 	queueDepth   int
 	budget       int64
 	stems        []StemSpec
+	onTransition func(id string, from, to State) // tests only
 }
 
 // WithLogger sets the pool's logger.
@@ -194,6 +196,7 @@ func New(driver Driver, runDir string, opts ...Option) (*Pool, error) {
 		startTimeout: o.startTimeout,
 		queueDepth:   o.queueDepth,
 		budget:       o.budget,
+		onTransition: o.onTransition,
 		stemSpecs:    make(map[string]StemSpec),
 		sets:         make(map[string]*set),
 		stems:        make(map[string][]*Container),

@@ -134,6 +134,9 @@ func (p *Pool) setStateLocked(c *Container, to State) bool {
 		p.illegalLocked(c, to)
 		return false
 	}
+	if p.onTransition != nil {
+		p.onTransition(c.id, c.state, to)
+	}
 	c.state = to
 	return true
 }

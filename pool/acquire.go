@@ -22,16 +22,18 @@ var (
 // its fields.
 type set struct {
 	fn         *Function
-	containers []*Container // live containers, any state but Stopping/Gone/Failed
+	containers []*Container // adopted and not ending: Ready, Busy, Frozen or Thawing
 	starting   int          // starts or specialisations for waiting calls
 	prewarming int          // starts for min_warm
 	waiters    []*waiter    // FIFO
 }
 
+// waiter is a call queued for a container of a set.
 type waiter struct {
 	ch chan grant
 }
 
+// grant is what a waiter gets: a container, or why it gets none.
 type grant struct {
 	c    *Container
 	kind StartKind
@@ -66,6 +68,8 @@ func (p *Pool) Acquire(ctx context.Context, fn *Function) (*Container, StartKind
 	}
 }
 
+// acquire is Acquire without the thaw: a frozen container comes back
+// Thawing, for the caller to thaw.
 func (p *Pool) acquire(ctx context.Context, fn *Function) (*Container, StartKind, error) {
 	p.mu.Lock()
 	if p.closed {

@@ -301,7 +301,7 @@ func (p *Pool) endLocked(c *Container, to State, why string) {
 				_ = p.scaleLocked(s)
 			}
 		}
-	default:
+	default: // a stem cell, Frozen among the stem cells
 		stems := p.stems[c.runtime]
 		for i, x := range stems {
 			if x == c {
@@ -317,7 +317,8 @@ func (p *Pool) endLocked(c *Container, to State, why string) {
 	p.goWorkLocked(func() { p.stop(c, fmt.Errorf("%w: container %s stopped: %s", ErrClosed, c.id, why)) })
 }
 
-// stop ends a container's session and removes it through the driver.
+// stop ends a container's session, removes it through the driver and
+// takes it, Stopping or Failed, to Gone.
 func (p *Pool) stop(c *Container, reason error) {
 	c.shutdown(reason)
 	p.removals <- struct{}{}
@@ -334,6 +335,7 @@ func (p *Pool) stop(c *Container, reason error) {
 	c.goneOnce.Do(func() { close(c.gone) })
 }
 
+// randomHex returns n random bytes in hex.
 func randomHex(n int) (string, error) {
 	b := make([]byte, n)
 	if _, err := rand.Read(b); err != nil {

@@ -14,6 +14,9 @@
 // on a socket in each container's own directory, and the executor's dial and
 // Ready message are what make a container ready. No containerd call is made
 // on the path of a warm or thawed call: thawing writes the cgroup freezer.
+//
+// A container moves through the states drawn above State, and only by the
+// moves of its table.
 package pool
 
 import (

@@ -120,6 +120,10 @@ func (p *Pool) specialize(s *set, fn *Function, c *Container) {
 	p.adoptLocked(s, fn, c, StartStem, false)
 }
 
+// load is specialize's work on the Specializing c, without Pool.mu: thaw,
+// the code hard-linked (or copied) into the container's directory, the
+// function's limits, Init on the stem cell's session, and the function's
+// own Ready on a new one.
 func (p *Pool) load(ctx context.Context, fn *Function, c *Container) error {
 	t0 := time.Now()
 	c.freezeMu.Lock()
@@ -183,6 +187,7 @@ func (p *Pool) load(ctx context.Context, fn *Function, c *Container) error {
 	return nil
 }
 
+// copyExecutable copies the file src to a new executable dst.
 func copyExecutable(src, dst string) error {
 	b, err := os.ReadFile(src)
 	if err != nil {

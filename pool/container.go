@@ -48,11 +48,12 @@ func (k StartKind) String() string {
 // Container is one container and its executor session. Invoke and the
 // accessors are safe for concurrent use; the pool owns everything else.
 //
-// Its fields come in three kinds: those set before any other goroutine can
-// see the container and never changed after, those read and written
-// atomically, and those Pool.mu guards.
+// Its fields come in three kinds: those set as the container is made and
+// never changed after, those read and written atomically, and those
+// Pool.mu guards.
 type Container struct {
-	// Immutable once the Pool has published the container.
+	// Set as the container is made, each before anything that reads it can
+	// see the container; never changed after.
 	id      string
 	runtime string
 	dir     string // host directory mounted at ExecutorDir
@@ -62,7 +63,7 @@ type Container struct {
 	gone    chan struct{}   // closed once the driver removed the container
 	srv     *grpc.Server    // set by listen
 	lis     net.Listener    // set by listen
-	exited  <-chan struct{} // set by Pool.start from Driver.Exited
+	exited  <-chan struct{} // from Driver.Exited, before the container is Starting
 
 	// Atomic.
 	expectReady atomic.Bool             // a Session may begin now

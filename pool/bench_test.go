@@ -45,3 +45,30 @@ func BenchmarkInvoke(b *testing.B) {
 		p.Release(c)
 	}
 }
+
+// BenchmarkAcquireRelease measures the pool's own share of a warm call:
+// Acquire of an idle running container and its Release, without the call
+// itself. It must not allocate.
+func BenchmarkAcquireRelease(b *testing.B) {
+	p, err := pool.New(fake.New(echo), b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Close(context.Background())
+	ctx := context.Background()
+	fn := newFn("echo")
+	c, _, err := p.Acquire(ctx, fn)
+	if err != nil {
+		b.Fatal(err)
+	}
+	p.Release(c)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		c, _, err := p.Acquire(ctx, fn)
+		if err != nil {
+			b.Fatal(err)
+		}
+		p.Release(c)
+	}
+}

@@ -47,44 +47,51 @@ func (k StartKind) String() string {
 
 // Container is one container and its executor session. Invoke and the
 // accessors are safe for concurrent use; the pool owns everything else.
+//
+// Its fields come in three kinds: those set as the container is made and
+// never changed after, those read and written atomically, and those
+// Pool.mu guards.
 type Container struct {
+	// Set as the container is made, each before anything that reads it can
+	// see the container; never changed after.
 	id      string
 	runtime string
 	dir     string // host directory mounted at ExecutorDir
 	created time.Time
 	logs    *TailBuffer
-	exited  <-chan struct{}
+	readyC  chan *session   // receives the session once Ready arrived
+	gone    chan struct{}   // closed once the driver removed the container
+	srv     *grpc.Server    // set by listen
+	lis     net.Listener    // set by listen
+	exited  <-chan struct{} // from Driver.Exited, before the container is Starting
 
-	srv         *grpc.Server
-	lis         net.Listener
-	expectReady atomic.Bool
-	readyC      chan *session // receives the session once Ready arrived
-	sess        atomic.Pointer[session]
-	function    atomic.Pointer[string]
-
-	calls   atomic.Int64 // calls served
-	logRing atomic.Pointer[LogRing]
+	// Atomic.
+	expectReady atomic.Bool             // a Session may begin now
+	sess        atomic.Pointer[session] // the current session; nil before the first Ready
+	function    atomic.Pointer[string]  // the function served; nil for a stem cell
+	calls       atomic.Int64            // calls served
+	logRing     atomic.Pointer[LogRing] // where the process's output lines go
 
 	// freezeMu orders freezer writes: a thaw never overtakes the freeze it
-	// undoes.
+	// undoes. It is held across Driver.Freeze and Driver.Thaw and nothing
+	// longer, and taken before Pool.mu, never while holding it.
 	freezeMu sync.Mutex
 
 	// Guarded by Pool.mu.
-	state       State
+	state       State // set by Pool.setStateLocked only; a new Container is Creating
 	active      int   // calls holding the container
 	memory      int64 // bytes reserved in the node budget
 	lastUsed    time.Time
-	set         *set // nil for a stem cell
-	revision    string
-	retired     bool // stop when the last call releases it
+	set         *set   // the function's set once adopted; nil for a stem cell
+	revision    string // the function revision it runs, once adopted
+	retired     bool   // stop when the last call releases it
 	firstKind   StartKind
 	fresh       bool // not handed to any call yet
 	freezeTimer Timer
 	idleTimer   Timer
 
-	stopOnce sync.Once
-	goneOnce sync.Once
-	gone     chan struct{} // closed once the driver removed the container
+	stopOnce sync.Once // runs shutdown's work once
+	goneOnce sync.Once // closes gone once
 }
 
 // ID returns the container's id.
@@ -123,6 +130,16 @@ func (c *Container) Done() <-chan struct{} {
 		return s.done
 	}
 	return nil
+}
+
+// hasExited reports whether the container's process has exited.
+func (c *Container) hasExited() bool {
+	select {
+	case <-c.exited:
+		return true
+	default:
+		return false
+	}
 }
 
 // alive reports whether the container has a live session.

@@ -38,6 +38,7 @@ type Driver struct {
 	starts    int
 	thaws     int
 	freezes   int
+	hook      func(op, id string) error
 }
 
 type container struct {
@@ -57,8 +58,33 @@ func New(h sdk.Handler) *Driver {
 	return &Driver{handler: h, containers: make(map[string]*container)}
 }
 
+// SetHook makes the driver call f before an operation on a container: op
+// is "start", "dial" (in the executor, before it connects), "freeze",
+// "thaw", "update" or "remove". f may block, to hold the container where
+// it is; an error from f is what the operation returns (for "dial", the
+// executor exits without connecting). A nil f removes the hook.
+func (d *Driver) SetHook(f func(op, id string) error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.hook = f
+}
+
+// before runs the hook, if any, for op on the container id.
+func (d *Driver) before(op, id string) error {
+	d.mu.Lock()
+	f := d.hook
+	d.mu.Unlock()
+	if f == nil {
+		return nil
+	}
+	return f(op, id)
+}
+
 // Start implements pool.Driver.
 func (d *Driver) Start(ctx context.Context, spec pool.ContainerSpec) error {
+	if err := d.before("start", spec.ID); err != nil {
+		return err
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.FailStart != nil {
@@ -79,10 +105,14 @@ func (d *Driver) Start(ctx context.Context, spec pool.ContainerSpec) error {
 	}
 	d.containers[spec.ID] = c
 	socket := filepath.Join(spec.SocketDir, pool.SocketName)
+	noDial := d.NoDial
 	go func() {
 		defer close(c.exited)
-		if d.NoDial {
+		if noDial {
 			<-runCtx.Done()
+			return
+		}
+		if err := d.before("dial", spec.ID); err != nil {
 			return
 		}
 		var err error
@@ -123,6 +153,9 @@ func (d *Driver) Exited(id string) (<-chan struct{}, error) {
 
 // Remove implements pool.Driver.
 func (d *Driver) Remove(ctx context.Context, id string) error {
+	if err := d.before("remove", id); err != nil {
+		return err
+	}
 	d.mu.Lock()
 	c, ok := d.containers[id]
 	delete(d.containers, id)
@@ -161,6 +194,9 @@ func (d *Driver) Stats(ctx context.Context, id string) (pool.Stats, error) {
 
 // Freeze implements pool.Driver.
 func (d *Driver) Freeze(ctx context.Context, id string) error {
+	if err := d.before("freeze", id); err != nil {
+		return err
+	}
 	c, err := d.get(id)
 	if err != nil {
 		return err
@@ -174,6 +210,9 @@ func (d *Driver) Freeze(ctx context.Context, id string) error {
 
 // Thaw implements pool.Driver.
 func (d *Driver) Thaw(ctx context.Context, id string) error {
+	if err := d.before("thaw", id); err != nil {
+		return err
+	}
 	c, err := d.get(id)
 	if err != nil {
 		return err
@@ -187,6 +226,9 @@ func (d *Driver) Thaw(ctx context.Context, id string) error {
 
 // Update implements pool.Driver.
 func (d *Driver) Update(ctx context.Context, id string, memoryBytes, cpuMillis int64) error {
+	if err := d.before("update", id); err != nil {
+		return err
+	}
 	c, err := d.get(id)
 	if err != nil {
 		return err

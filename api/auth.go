@@ -23,6 +23,24 @@ type caller struct {
 	tenant string
 }
 
+// scopeTenant is the one tenant-scoping rule of usage and call records: it
+// returns the tenant whose records a query by c may read when it asks for
+// asked ("" for every tenant). The admin reads what it asks; a tenant reads
+// only its own, and asking for another tenant is an ErrUnauthenticated.
+func (c caller) scopeTenant(asked string) (string, error) {
+	if c.admin {
+		return asked, nil
+	}
+	if asked != "" && asked != c.tenant {
+		return "", fmt.Errorf("%w: a tenant's key sees only its own usage and calls", agent.ErrUnauthenticated)
+	}
+	return c.tenant, nil
+}
+
+// mayRead reports whether c may read a record billed to tenant, by the
+// rule of scopeTenant.
+func (c caller) mayRead(tenant string) bool { return c.admin || tenant == c.tenant }
+
 // identify authenticates the bearer credential tok ("" when none was
 // given). Errors wrap agent.ErrUnauthenticated.
 func (g gate) identify(tok string) (caller, error) {

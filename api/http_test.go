@@ -509,7 +509,7 @@ func TestHTTPAuth(t *testing.T) {
 		t.Errorf("the admin's usage by tenant: %v", &rep)
 	}
 	unauthenticated(t, e.do(t, "GET", "/v1/usage?tenant=globex", acme, nil), "own usage")
-	unauthenticated(t, e.do(t, "GET", "/v1/calls?tenant=globex", acme, nil), "own calls")
+	unauthenticated(t, e.do(t, "GET", "/v1/calls?tenant=globex", acme, nil), "own usage and calls")
 	var calls kilnv1.CallList
 	message(t, e.do(t, "GET", "/v1/calls", globex, nil), &calls)
 	if len(calls.Calls) != 1 || calls.Calls[0].GetTenant() != "globex" {

@@ -192,11 +192,9 @@ func report(ctx context.Context, a *agent.Agent, who caller, req *kilnv1.ReportR
 	if req.To != nil {
 		q.To = req.To.AsTime()
 	}
-	if !who.admin {
-		if q.Tenant != "" && q.Tenant != who.tenant {
-			return nil, fmt.Errorf("%w: a tenant's key sees only its own usage", agent.ErrUnauthenticated)
-		}
-		q.Tenant = who.tenant
+	var err error
+	if q.Tenant, err = who.scopeTenant(q.Tenant); err != nil {
+		return nil, err
 	}
 	rows, err := a.Report(ctx, q)
 	if err != nil {
@@ -213,7 +211,7 @@ func report(ctx context.Context, a *agent.Agent, who caller, req *kilnv1.ReportR
 // another tenant's call is not found, as an unknown one is.
 func getCall(ctx context.Context, a *agent.Agent, who caller, id string) (*kilnv1.CallRecord, error) {
 	r, err := a.GetCall(ctx, id)
-	if err == nil && !who.admin && r.Tenant != who.tenant {
+	if err == nil && !who.mayRead(r.Tenant) {
 		err = fmt.Errorf("%w: call %q", agent.ErrNotFound, id)
 	}
 	if err != nil {
@@ -329,12 +327,9 @@ func (s *HTTPServer) calls(ctx *fasthttp.RequestCtx, rest string) {
 		}
 		f.Limit = n
 	}
-	if !who.admin {
-		if f.Tenant != "" && f.Tenant != who.tenant {
-			s.writeError(ctx, fmt.Errorf("%w: a tenant's key sees only its own calls", agent.ErrUnauthenticated))
-			return
-		}
-		f.Tenant = who.tenant
+	if f.Tenant, err = who.scopeTenant(f.Tenant); err != nil {
+		s.writeError(ctx, err)
+		return
 	}
 	rs, err := s.agent.ListCalls(ctx, f)
 	if err != nil {

@@ -23,6 +23,7 @@ import (
 
 	"github.com/kilnfx/kiln/agent"
 	"github.com/kilnfx/kiln/api/wire"
+	"github.com/kilnfx/kiln/errdefs"
 	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
 )
 
@@ -313,7 +314,7 @@ func (s *invokerServer) unaryError(ctx context.Context, req *kilnv1.InvokeReques
 // callError turns an error of agent.Invoke for req, run under ctx, into
 // what the client is told, logging kiln's own failures.
 func (s *invokerServer) callError(ctx context.Context, req *kilnv1.InvokeRequest, err error) *kilnv1.InvokeError {
-	c := classify(err)
+	c := errdefs.Classify(err)
 	e := &kilnv1.InvokeError{Code: int32(c.GRPC), Message: err.Error(), Class: c.Name}
 	if errors.Is(ctx.Err(), context.Canceled) {
 		// The client gave up (cancelled the RPC, the stream or the
@@ -349,7 +350,7 @@ func grpcError(err error) error {
 	if err == nil {
 		return nil
 	}
-	c := classify(err)
+	c := errdefs.Classify(err)
 	return classStatus(c.GRPC, err.Error(), c.Name)
 }
 

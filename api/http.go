@@ -23,6 +23,7 @@ import (
 
 	"github.com/kilnfx/kiln/agent"
 	"github.com/kilnfx/kiln/api/wire"
+	"github.com/kilnfx/kiln/errdefs"
 	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
 )
 
@@ -510,7 +511,7 @@ func (s *HTTPServer) writeError(ctx *fasthttp.RequestCtx, err error) {
 	if status >= 500 {
 		s.log.Warn("request failed", "path", string(ctx.Path()), "status", status, "err", err)
 	}
-	if c := classify(err); c.Retry {
+	if c := errdefs.Classify(err); c.Retry {
 		ctx.Response.Header.Set("Retry-After", "1")
 	}
 	ctx.Response.Header.Set(wire.HeaderError, class)
@@ -532,7 +533,7 @@ func (s *HTTPServer) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 	case errors.Is(err, fasthttp.ErrBodyTooLarge):
 		err = fmt.Errorf("%w: body is over the %d byte limit", agent.ErrPayloadTooLarge, s.agent.MaxBodyBytes())
 	case errors.As(err, &netErr) && netErr.Timeout():
-		err = fmt.Errorf("%w: the request did not arrive in time", errRequestTimeout)
+		err = fmt.Errorf("%w: the request did not arrive in time", errdefs.ErrRequestTimeout)
 	default:
 		err = fmt.Errorf("%w: cannot read request: %v", agent.ErrInvalidArgument, err)
 	}

@@ -34,6 +34,9 @@ type Call struct {
 	Headers []Header
 	// Body is the request body; the agent does not keep it after Invoke.
 	Body []byte
+	// Trace, when not nil, records when the call passed each TracePoint,
+	// the executor's side included.
+	Trace *Trace
 }
 
 // Header is one HTTP-style header of a call or its answer; a key may
@@ -117,6 +120,7 @@ func init() {
 // cannot be written the call fails with ErrUnavailable rather than be
 // answered unrecorded.
 func (a *Agent) Invoke(ctx context.Context, call *Call) (*Result, error) {
+	call.Trace.Mark(TraceAgentStart)
 	received := call.Received
 	if received.IsZero() {
 		received = time.Now()
@@ -126,6 +130,7 @@ func (a *Agent) Invoke(ctx context.Context, call *Call) (*Result, error) {
 	res, err := a.invoke(ctx, call, rec)
 	err = a.meter(call, received, rec, res, err)
 	recordPool.Put(rec)
+	call.Trace.Mark(TraceMetered)
 	return res, err
 }
 
@@ -157,9 +162,11 @@ func (a *Agent) invoke(ctx context.Context, call *Call, rec *datastore.UsageReco
 	timeoutAt := time.Now().Add(fn.timeout)
 	ctx, cancel := context.WithDeadline(ctx, timeoutAt)
 	defer cancel()
+	call.Trace.Mark(TraceAcquireStart)
 	t0 := time.Now()
 	c, kind, err := a.pool.Acquire(ctx, fn.pool)
 	waited := time.Since(t0)
+	call.Trace.Mark(TraceAcquired)
 	if err != nil {
 		rec.QueueWait = waited
 		return res, a.callError(ctx, fn, err)
@@ -181,7 +188,9 @@ func (a *Agent) invoke(ctx context.Context, call *Call, rec *datastore.UsageReco
 		Method:           call.Method,
 		Path:             call.Path,
 		Query:            call.Query,
+		Trace:            call.Trace != nil,
 	})
+	call.Trace.Mark(TraceAgentWoke)
 	rec.Shared = fn.pool.Concurrency > 1
 	if err == nil && !time.Now().Before(deadline) {
 		// The answer came at or after the deadline (a handler that
@@ -208,6 +217,7 @@ func (a *Agent) invoke(ctx context.Context, call *Call, rec *datastore.UsageReco
 	res.Body = out.Body
 	res.FunctionError = out.Error
 	res.Exec = time.Duration(out.ExecNs)
+	call.Trace.setExecutor(out.Trace)
 	rec.RunTime = res.Exec
 	rec.CPUUser = time.Duration(out.CpuUserNs)
 	rec.CPUSystem = time.Duration(out.CpuSysNs)

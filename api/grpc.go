@@ -68,6 +68,7 @@ type grpcOptions struct {
 	adminToken   string
 	authRequired bool
 	untuned      bool // benchmarks only: grpc-go's defaults instead of kiln's
+	tracing      bool
 
 	maxConns, maxConnsPerIP int
 	handshakeTimeout        time.Duration
@@ -102,6 +103,10 @@ func WithGRPCHandshakeTimeout(d time.Duration) GRPCOption {
 func WithGRPCAdminToken(token string, required bool) GRPCOption {
 	return func(o *grpcOptions) { o.adminToken, o.authRequired = token, required }
 }
+
+// WithGRPCCallTracing lets a unary Invoke ask for its trace with
+// wire.MetadataTrace (default off: the key is ignored).
+func WithGRPCCallTracing(on bool) GRPCOption { return func(o *grpcOptions) { o.tracing = on } }
 
 // WithGRPCLogger sets the server's logger.
 func WithGRPCLogger(l *slog.Logger) GRPCOption { return func(o *grpcOptions) { o.log = l } }
@@ -205,6 +210,7 @@ func NewGRPCServer(a *agent.Agent, opts ...GRPCOption) (*GRPCServer, *health.Ser
 		maxInFlight: o.maxInFlight,
 		gate:        g,
 		drain:       s.drain,
+		tracing:     o.tracing,
 	})
 	kilnv1.RegisterFunctionsServer(s.srv, &functionsServer{agent: a, gate: g})
 	kilnv1.RegisterUsageServer(s.srv, &usageServer{agent: a, gate: g})
@@ -253,6 +259,13 @@ type invokerServer struct {
 	maxInFlight int
 	gate        gate
 	drain       <-chan struct{}
+	tracing     bool // unary calls asking with wire.MetadataTrace are traced
+}
+
+// wantsTrace reports whether the RPC of ctx asks for its trace.
+func wantsTrace(ctx context.Context) bool {
+	md, _ := metadata.FromIncomingContext(ctx)
+	return len(md.Get(wire.MetadataTrace)) > 0
 }
 
 // apiKey returns the tenant API key the RPC of ctx presents, or "".
@@ -272,7 +285,17 @@ func grpcBearer(ctx context.Context) string {
 
 // Invoke implements kiln.v1.Invoker.
 func (s *invokerServer) Invoke(ctx context.Context, req *kilnv1.InvokeRequest) (*kilnv1.InvokeResponse, error) {
+	var trace *agent.Trace
+	if s.tracing && wantsTrace(ctx) {
+		trace = new(agent.Trace)
+		trace.Mark(agent.TraceEdgeReceived)
+		defer func() {
+			trace.Mark(agent.TraceEdgeDone)
+			_ = grpc.SetHeader(ctx, metadata.Pairs(wire.MetadataTrace, string(trace.AppendTo(nil))))
+		}()
+	}
 	call := newCall(req, "grpc")
+	call.Trace = trace
 	call.Received = time.Now()
 	call.Key = s.apiKey(ctx)
 	timeout, err := requestTimeout(req)

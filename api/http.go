@@ -70,6 +70,7 @@ type HTTPServer struct {
 	disconnects *disconnectWatcher // nil: client disconnects are not noticed
 
 	conns         *connLimiter // the connections of every listener Serve was given
+	tracing       bool         // calls asking with wire.HeaderTrace are traced
 	headerTimeout time.Duration
 	bodyTimeout   time.Duration
 	maxDeploy     int
@@ -85,10 +86,15 @@ type httpOptions struct {
 	required      bool
 	metrics       fasthttp.RequestHandler
 	conns         *connLimiter
+	tracing       bool
 	headerTimeout time.Duration
 	bodyTimeout   time.Duration
 	maxDeploy     int
 }
+
+// WithCallTracing lets a call ask for its trace with wire.HeaderTrace
+// (default off: the header is ignored).
+func WithCallTracing(on bool) HTTPOption { return func(o *httpOptions) { o.tracing = on } }
 
 // WithHTTPLogger sets the server's logger.
 func WithHTTPLogger(l *slog.Logger) HTTPOption { return func(o *httpOptions) { o.log = l } }
@@ -181,6 +187,7 @@ func NewHTTPServer(a *agent.Agent, opts ...HTTPOption) *HTTPServer {
 		gate:          gate{agent: a, adminToken: o.adminToken, required: o.required},
 		metrics:       o.metrics,
 		conns:         o.conns,
+		tracing:       o.tracing,
 		headerTimeout: o.headerTimeout,
 		bodyTimeout:   o.bodyTimeout,
 		maxDeploy:     o.maxDeploy,
@@ -343,6 +350,15 @@ func (s *HTTPServer) handle(ctx *fasthttp.RequestCtx) {
 
 // invoke serves /invoke/{name}[/rest] for any method.
 func (s *HTTPServer) invoke(ctx *fasthttp.RequestCtx, rest []byte) {
+	var trace *agent.Trace
+	if s.tracing && len(ctx.Request.Header.Peek(wire.HeaderTrace)) > 0 {
+		trace = new(agent.Trace)
+		trace.Mark(agent.TraceEdgeReceived)
+		defer func() {
+			trace.Mark(agent.TraceEdgeDone)
+			ctx.Response.Header.SetBytesV(wire.HeaderTrace, trace.AppendTo(nil))
+		}()
+	}
 	name, sub := rest, []byte("/")
 	if i := bytes.IndexByte(rest, '/'); i >= 0 {
 		name, sub = rest[:i], rest[i:]
@@ -356,6 +372,7 @@ func (s *HTTPServer) invoke(ctx *fasthttp.RequestCtx, rest []byte) {
 		Path:     string(sub),
 		Query:    string(ctx.URI().QueryString()),
 		Body:     ctx.PostBody(),
+		Trace:    trace,
 	}
 	call.Headers = make([]agent.Header, 0, ctx.Request.Header.Len())
 	for k, v := range ctx.Request.Header.All() {

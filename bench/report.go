@@ -430,6 +430,30 @@ func (r *Run) Markdown(about map[string]string) string {
 		}
 		w("\n")
 	}
+	if h, g := r.Find("budget-http"), r.Find("budget-grpc"); h != nil && len(h.Budget) > 0 {
+		w("## Latency budget\n\n")
+		w("Where a warm echo call's time goes, one call at a time (`budget` scenario): every point is stamped with the host's CLOCK_MONOTONIC by the process that passes it (the load generator, kilnd, the executor in its container), so each segment is measured, not inferred. Medians of each segment; they need not add up to the call's median.\n\n")
+		w("| segment | HTTP p50 | HTTP p90 | share | gRPC p50 | gRPC p90 | share |\n|---|---:|---:|---:|---:|---:|---:|\n")
+		grpcSeg := map[string]Segment{}
+		if g != nil {
+			for _, s := range g.Budget {
+				grpcSeg[s.From+">"+s.To] = s
+			}
+		}
+		for _, s := range h.Budget {
+			gs, ok := grpcSeg[s.From+">"+s.To]
+			gp50, gp90, gsh := "—", "—", "—"
+			if ok {
+				gp50, gp90, gsh = fmtUS(gs.P50), fmtUS(gs.P90), fmt.Sprintf("%.0f%%", 100*gs.Share)
+			}
+			w("| %s | %s | %s | %.0f%% | %s | %s | %s |\n", s.Name, fmtUS(s.P50), fmtUS(s.P90), 100*s.Share, gp50, gp90, gsh)
+		}
+		gp50 := "—"
+		if g != nil {
+			gp50 = fmtUS(g.P50)
+		}
+		w("| **the whole call, as the load generator saw it** | **%s** | %s | | **%s** | | |\n\n", fmtUS(h.P50), fmtUS(h.P90), gp50)
+	}
 	if d := r.Find("density"); d != nil && len(d.Levels) > 0 {
 		w("## Density\n\n| frozen containers | cgroup memory each | start each | thaw p50 | thaw p99 | |\n|---:|---:|---:|---:|---:|---|\n")
 		for _, l := range d.Levels {

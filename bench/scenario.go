@@ -133,6 +133,8 @@ var Scenarios = []Scenario{
 		About: "a running container through the gRPC unary Invoke"},
 	{Name: "warm-stream", Weight: 5, Quick: true, Floors: []string{"floor-grpc-hop", "floor-grpc"}, Run: runWarmStream,
 		About: "a running container, 64 calls in flight on one gRPC InvokeStream"},
+	{Name: "budget", Weight: 8, Quick: true, Floors: []string{"floor-proc", "floor-hop", "floor-grpc-hop"}, Run: runBudget,
+		About: "where a warm call's time goes: echo calls one at a time, each traced with CLOCK_MONOTONIC stamps by the load generator, kilnd and the executor, over HTTP and gRPC"},
 	{Name: "thawed", Weight: 5, Quick: true, Floors: []string{"floor-proc"}, Run: runThawed,
 		About: "a frozen container per call, thawed through the cgroup freezer"},
 	{Name: "stem", Weight: 21, Quick: true, Floors: []string{"floor-proc"}, Run: runStem,

@@ -181,6 +181,9 @@ type Result struct {
 	RatioP50        float64 `json:"ratio_p50,omitempty"`
 	RatioP99        float64 `json:"ratio_p99,omitempty"`
 	RatioThroughput float64 `json:"ratio_throughput,omitempty"`
+	// Budget is where a traced call's time went, segment by segment
+	// (budget-http, budget-grpc).
+	Budget []Segment `json:"budget,omitempty"`
 	// Levels holds a sweep's steps (throughput, density).
 	Levels []Level `json:"levels,omitempty"`
 	// CDF is the latency distribution: (quantile, µs) points.

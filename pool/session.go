@@ -69,9 +69,16 @@ func (s *session) invoke(ctx context.Context, inv *pb.Invoke) (*pb.Result, error
 		s.forget(inv.CallId)
 		return nil, fmt.Errorf("%w: send invoke: %v", ErrExecutorFailed, err)
 	}
+	var sentAt int64
+	if inv.Trace {
+		sentAt = pb.MonotonicNow()
+	}
 	select {
 	case res := <-ch:
 		resultChanPool.Put(ch)
+		if res.Trace != nil {
+			res.Trace.AgentSentNs = sentAt
+		}
 		return res, nil
 	case <-ctx.Done():
 		if s.forget(inv.CallId) {
@@ -112,6 +119,9 @@ func (s *session) serve() error {
 		switch msg := m.Msg.(type) {
 		case *pb.ExecutorMsg_Result:
 			res := msg.Result
+			if res.Trace != nil {
+				res.Trace.AgentReceivedNs = pb.MonotonicNow()
+			}
 			s.mu.Lock()
 			ch, ok := s.pending[res.CallId]
 			delete(s.pending, res.CallId)

@@ -26,6 +26,13 @@ const (
 	// ClassFunctionError when the function failed the call, and absent
 	// when the function answered.
 	HeaderError = "X-Kiln-Error"
+	// HeaderTrace, on a call's request, asks a kilnd started with
+	// --trace-calls to trace the call; the answer then carries it with
+	// the CLOCK_MONOTONIC nanoseconds at which the call passed each point
+	// of its way through kilnd and the executor, as comma-separated
+	// name=ns pairs (see agent.TracePoint). Without --trace-calls it is
+	// ignored.
+	HeaderTrace = "X-Kiln-Trace"
 )
 
 // Trailer metadata keys kiln sets on a failed unary Invoke over gRPC.
@@ -36,6 +43,10 @@ const (
 	// HTTP. Every status error kiln answers itself also carries the class
 	// in a kiln.v1.Error status detail.
 	TrailerErrorClass = "kiln-error-class"
+	// MetadataTrace is HeaderTrace over gRPC: in a unary Invoke's request
+	// metadata it asks for a trace, which comes back in the answer's
+	// header metadata under the same key.
+	MetadataTrace = "kiln-trace"
 )
 
 // Error classes: the class field of kiln.v1.Error and kiln.v1.InvokeError,

@@ -52,6 +52,7 @@ type config struct {
 	metering        bool
 	retention       time.Duration
 	gomaxprocs      int
+	traceCalls      bool
 	maxConns        int
 	maxConnsPerIP   int
 	headerTimeout   time.Duration
@@ -87,6 +88,7 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	fs.StringVar(&c.executorBinary, "executor-binary", "", "static stem cell executor `binary` (default: kiln-executor beside kilnd)")
 	fs.BoolVar(&c.auth, "auth", true, "require the admin token (DATA_DIR/admin.token) for the management API; --auth=false admits requests without a token from loopback as the admin (never on a non-loopback address)")
 	fs.IntVar(&c.gomaxprocs, "gomaxprocs", -1, "Ps for kilnd itself: -1 is half the CPUs (at least 1), leaving the rest to containers; 0 keeps Go's default ($GOMAXPROCS, if set, wins)")
+	fs.BoolVar(&c.traceCalls, "trace-calls", false, "let a call ask for its trace (HTTP header X-Kiln-Trace, gRPC metadata kiln-trace): when it passed each point of its way through kilnd and the executor")
 	fs.BoolVar(&c.metering, "metering", true, "record one usage record per call (journal, then SQLite)")
 	fs.DurationVar(&c.retention, "retention", 30*24*time.Hour, "keep raw call records this long (0: forever); rollups are kept")
 	fs.IntVar(&c.maxConns, "max-conns", api.DefaultMaxConns, "connections each API listener (HTTP, gRPC) keeps open at once, at most a quarter of the descriptor limit (RLIMIT_NOFILE); more are refused (HTTP 503)")
@@ -371,11 +373,13 @@ func run(args []string, stderr io.Writer) error {
 		api.WithConnLimits(maxConns, cfg.maxConnsPerIP),
 		api.WithHeaderTimeout(cfg.headerTimeout),
 		api.WithBodyTimeout(cfg.bodyTimeout),
+		api.WithCallTracing(cfg.traceCalls),
 	)
 	grpcSrv, health := api.NewGRPCServer(a, api.WithGRPCLogger(log),
 		api.WithGRPCAdminToken(token, cfg.auth || !isLoopback(grpcLn.Addr())),
 		api.WithGRPCConnLimits(maxConns, cfg.maxConnsPerIP),
-		api.WithGRPCHandshakeTimeout(cfg.headerTimeout))
+		api.WithGRPCHandshakeTimeout(cfg.headerTimeout),
+		api.WithGRPCCallTracing(cfg.traceCalls))
 	if err := writeAgentInfo(cfg.dataDir, httpLn.Addr(), grpcLn.Addr()); err != nil {
 		return err
 	}

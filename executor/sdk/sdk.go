@@ -159,7 +159,11 @@ func (s *session) serve(ctx context.Context) error {
 		}
 		switch msg := m.Msg.(type) {
 		case *pb.AgentMsg_Invoke:
-			s.start(ctx, msg.Invoke)
+			var trace *pb.CallTrace
+			if msg.Invoke.Trace {
+				trace = &pb.CallTrace{ReceivedNs: pb.MonotonicNow()}
+			}
+			s.start(ctx, msg.Invoke, trace)
 		case *pb.AgentMsg_Cancel:
 			s.mu.Lock()
 			cancel := s.calls[msg.Cancel.CallId]
@@ -173,7 +177,9 @@ func (s *session) serve(ctx context.Context) error {
 	}
 }
 
-func (s *session) start(parent context.Context, inv *pb.Invoke) {
+// start runs inv's handler in a goroutine of its own and sends its Result;
+// trace, when not nil, is completed and sent with it.
+func (s *session) start(parent context.Context, inv *pb.Invoke, trace *pb.CallTrace) {
 	var (
 		ctx    context.Context
 		cancel context.CancelFunc
@@ -187,17 +193,21 @@ func (s *session) start(parent context.Context, inv *pb.Invoke) {
 	s.calls[inv.CallId] = cancel
 	s.mu.Unlock()
 	go func() {
-		res := s.run(ctx, inv)
+		res := s.run(ctx, inv, trace)
 		s.mu.Lock()
 		delete(s.calls, inv.CallId)
 		s.mu.Unlock()
 		cancel()
+		if trace != nil {
+			trace.SendingNs = pb.MonotonicNow()
+			res.Trace = trace
+		}
 		_ = s.send(&pb.ExecutorMsg{Msg: &pb.ExecutorMsg_Result{Result: res}})
 	}()
 }
 
 // run calls the handler for one Invoke, turning a panic into an error result.
-func (s *session) run(ctx context.Context, inv *pb.Invoke) (res *pb.Result) {
+func (s *session) run(ctx context.Context, inv *pb.Invoke, trace *pb.CallTrace) (res *pb.Result) {
 	req := &Request{
 		ID:     inv.CallId,
 		Method: inv.Method,
@@ -226,7 +236,13 @@ func (s *session) run(ctx context.Context, inv *pb.Invoke) (res *pb.Result) {
 		}
 		usage(res, &before)
 	}()
+	if trace != nil {
+		trace.HandlerStartNs = pb.MonotonicNow()
+	}
 	resp, err := s.handler(ctx, req)
+	if trace != nil {
+		trace.HandlerEndNs = pb.MonotonicNow()
+	}
 	res = &pb.Result{CallId: inv.CallId, ExecNs: time.Since(start).Nanoseconds()}
 	if resp != nil {
 		res.Status = int32(resp.Status)

@@ -472,8 +472,10 @@ type Invoke struct {
 	Method           string    `protobuf:"bytes,5,opt,name=method,proto3" json:"method,omitempty"`
 	Path             string    `protobuf:"bytes,6,opt,name=path,proto3" json:"path,omitempty"`
 	Query            string    `protobuf:"bytes,7,opt,name=query,proto3" json:"query,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// trace asks the executor to fill Result.trace.
+	Trace         bool `protobuf:"varint,8,opt,name=trace,proto3" json:"trace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Invoke) Reset() {
@@ -555,6 +557,13 @@ func (x *Invoke) GetQuery() string {
 	return ""
 }
 
+func (x *Invoke) GetTrace() bool {
+	if x != nil {
+		return x.Trace
+	}
+	return false
+}
+
 // Result is the executor's one answer to an Invoke.
 type Result struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
@@ -574,7 +583,9 @@ type Result struct {
 	CpuUserNs int64 `protobuf:"varint,7,opt,name=cpu_user_ns,json=cpuUserNs,proto3" json:"cpu_user_ns,omitempty"`
 	CpuSysNs  int64 `protobuf:"varint,8,opt,name=cpu_sys_ns,json=cpuSysNs,proto3" json:"cpu_sys_ns,omitempty"`
 	// max_rss_bytes is the process's peak resident set size so far.
-	MaxRssBytes   int64 `protobuf:"varint,9,opt,name=max_rss_bytes,json=maxRssBytes,proto3" json:"max_rss_bytes,omitempty"`
+	MaxRssBytes int64 `protobuf:"varint,9,opt,name=max_rss_bytes,json=maxRssBytes,proto3" json:"max_rss_bytes,omitempty"`
+	// trace holds the call's timestamps when its Invoke asked for them.
+	Trace         *CallTrace `protobuf:"bytes,10,opt,name=trace,proto3" json:"trace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -672,6 +683,107 @@ func (x *Result) GetMaxRssBytes() int64 {
 	return 0
 }
 
+func (x *Result) GetTrace() *CallTrace {
+	if x != nil {
+		return x.Trace
+	}
+	return nil
+}
+
+// CallTrace is when a traced call passed each point on the executor's
+// side, in nanoseconds of the host's CLOCK_MONOTONIC (which a container
+// shares with the agent), so that the agent can tell where a call's time
+// went.
+type CallTrace struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// received_ns: the executor has read and decoded the Invoke.
+	ReceivedNs int64 `protobuf:"varint,1,opt,name=received_ns,json=receivedNs,proto3" json:"received_ns,omitempty"`
+	// handler_start_ns and handler_end_ns bracket the handler.
+	HandlerStartNs int64 `protobuf:"varint,2,opt,name=handler_start_ns,json=handlerStartNs,proto3" json:"handler_start_ns,omitempty"`
+	HandlerEndNs   int64 `protobuf:"varint,3,opt,name=handler_end_ns,json=handlerEndNs,proto3" json:"handler_end_ns,omitempty"`
+	// sending_ns: the Result is built and about to be sent.
+	SendingNs int64 `protobuf:"varint,4,opt,name=sending_ns,json=sendingNs,proto3" json:"sending_ns,omitempty"`
+	// agent_sent_ns and agent_received_ns are stamped by the agent, when
+	// its Send of the Invoke returned and when it has read the Result; the
+	// executor leaves them 0.
+	AgentReceivedNs int64 `protobuf:"varint,5,opt,name=agent_received_ns,json=agentReceivedNs,proto3" json:"agent_received_ns,omitempty"`
+	AgentSentNs     int64 `protobuf:"varint,6,opt,name=agent_sent_ns,json=agentSentNs,proto3" json:"agent_sent_ns,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *CallTrace) Reset() {
+	*x = CallTrace{}
+	mi := &file_executor_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CallTrace) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CallTrace) ProtoMessage() {}
+
+func (x *CallTrace) ProtoReflect() protoreflect.Message {
+	mi := &file_executor_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CallTrace.ProtoReflect.Descriptor instead.
+func (*CallTrace) Descriptor() ([]byte, []int) {
+	return file_executor_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *CallTrace) GetReceivedNs() int64 {
+	if x != nil {
+		return x.ReceivedNs
+	}
+	return 0
+}
+
+func (x *CallTrace) GetHandlerStartNs() int64 {
+	if x != nil {
+		return x.HandlerStartNs
+	}
+	return 0
+}
+
+func (x *CallTrace) GetHandlerEndNs() int64 {
+	if x != nil {
+		return x.HandlerEndNs
+	}
+	return 0
+}
+
+func (x *CallTrace) GetSendingNs() int64 {
+	if x != nil {
+		return x.SendingNs
+	}
+	return 0
+}
+
+func (x *CallTrace) GetAgentReceivedNs() int64 {
+	if x != nil {
+		return x.AgentReceivedNs
+	}
+	return 0
+}
+
+func (x *CallTrace) GetAgentSentNs() int64 {
+	if x != nil {
+		return x.AgentSentNs
+	}
+	return 0
+}
+
 // Cancel tells the executor the caller gave up on a call; its handler sees
 // ctx.Done(). A Result may still follow and is ignored.
 type Cancel struct {
@@ -683,7 +795,7 @@ type Cancel struct {
 
 func (x *Cancel) Reset() {
 	*x = Cancel{}
-	mi := &file_executor_proto_msgTypes[7]
+	mi := &file_executor_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -695,7 +807,7 @@ func (x *Cancel) String() string {
 func (*Cancel) ProtoMessage() {}
 
 func (x *Cancel) ProtoReflect() protoreflect.Message {
-	mi := &file_executor_proto_msgTypes[7]
+	mi := &file_executor_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -708,7 +820,7 @@ func (x *Cancel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cancel.ProtoReflect.Descriptor instead.
 func (*Cancel) Descriptor() ([]byte, []int) {
-	return file_executor_proto_rawDescGZIP(), []int{7}
+	return file_executor_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Cancel) GetCallId() string {
@@ -730,7 +842,7 @@ type Log struct {
 
 func (x *Log) Reset() {
 	*x = Log{}
-	mi := &file_executor_proto_msgTypes[8]
+	mi := &file_executor_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -742,7 +854,7 @@ func (x *Log) String() string {
 func (*Log) ProtoMessage() {}
 
 func (x *Log) ProtoReflect() protoreflect.Message {
-	mi := &file_executor_proto_msgTypes[8]
+	mi := &file_executor_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -755,7 +867,7 @@ func (x *Log) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Log.ProtoReflect.Descriptor instead.
 func (*Log) Descriptor() ([]byte, []int) {
-	return file_executor_proto_rawDescGZIP(), []int{8}
+	return file_executor_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Log) GetStream() string {
@@ -789,7 +901,7 @@ type Ping struct {
 
 func (x *Ping) Reset() {
 	*x = Ping{}
-	mi := &file_executor_proto_msgTypes[9]
+	mi := &file_executor_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -801,7 +913,7 @@ func (x *Ping) String() string {
 func (*Ping) ProtoMessage() {}
 
 func (x *Ping) ProtoReflect() protoreflect.Message {
-	mi := &file_executor_proto_msgTypes[9]
+	mi := &file_executor_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -814,7 +926,7 @@ func (x *Ping) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ping.ProtoReflect.Descriptor instead.
 func (*Ping) Descriptor() ([]byte, []int) {
-	return file_executor_proto_rawDescGZIP(), []int{9}
+	return file_executor_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Ping) GetSeq() uint64 {
@@ -834,7 +946,7 @@ type Pong struct {
 
 func (x *Pong) Reset() {
 	*x = Pong{}
-	mi := &file_executor_proto_msgTypes[10]
+	mi := &file_executor_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -846,7 +958,7 @@ func (x *Pong) String() string {
 func (*Pong) ProtoMessage() {}
 
 func (x *Pong) ProtoReflect() protoreflect.Message {
-	mi := &file_executor_proto_msgTypes[10]
+	mi := &file_executor_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -859,7 +971,7 @@ func (x *Pong) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Pong.ProtoReflect.Descriptor instead.
 func (*Pong) Descriptor() ([]byte, []int) {
-	return file_executor_proto_rawDescGZIP(), []int{10}
+	return file_executor_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Pong) GetSeq() uint64 {
@@ -902,7 +1014,7 @@ const file_executor_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"0\n" +
 	"\x06Header\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value\"\xd9\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"\xef\x01\n" +
 	"\x06Invoke\x12\x17\n" +
 	"\acall_id\x18\x01 \x01(\tR\x06callId\x12,\n" +
 	"\x12deadline_unix_nano\x18\x02 \x01(\x03R\x10deadlineUnixNano\x122\n" +
@@ -910,7 +1022,8 @@ const file_executor_proto_rawDesc = "" +
 	"\x04body\x18\x04 \x01(\fR\x04body\x12\x16\n" +
 	"\x06method\x18\x05 \x01(\tR\x06method\x12\x12\n" +
 	"\x04path\x18\x06 \x01(\tR\x04path\x12\x14\n" +
-	"\x05query\x18\a \x01(\tR\x05query\"\x92\x02\n" +
+	"\x05query\x18\a \x01(\tR\x05query\x12\x14\n" +
+	"\x05trace\x18\b \x01(\bR\x05trace\"\xc5\x02\n" +
 	"\x06Result\x12\x17\n" +
 	"\acall_id\x18\x01 \x01(\tR\x06callId\x12\x16\n" +
 	"\x06status\x18\x02 \x01(\x05R\x06status\x122\n" +
@@ -921,7 +1034,18 @@ const file_executor_proto_rawDesc = "" +
 	"\vcpu_user_ns\x18\a \x01(\x03R\tcpuUserNs\x12\x1c\n" +
 	"\n" +
 	"cpu_sys_ns\x18\b \x01(\x03R\bcpuSysNs\x12\"\n" +
-	"\rmax_rss_bytes\x18\t \x01(\x03R\vmaxRssBytes\"!\n" +
+	"\rmax_rss_bytes\x18\t \x01(\x03R\vmaxRssBytes\x121\n" +
+	"\x05trace\x18\n" +
+	" \x01(\v2\x1b.kiln.executor.v1.CallTraceR\x05trace\"\xeb\x01\n" +
+	"\tCallTrace\x12\x1f\n" +
+	"\vreceived_ns\x18\x01 \x01(\x03R\n" +
+	"receivedNs\x12(\n" +
+	"\x10handler_start_ns\x18\x02 \x01(\x03R\x0ehandlerStartNs\x12$\n" +
+	"\x0ehandler_end_ns\x18\x03 \x01(\x03R\fhandlerEndNs\x12\x1d\n" +
+	"\n" +
+	"sending_ns\x18\x04 \x01(\x03R\tsendingNs\x12*\n" +
+	"\x11agent_received_ns\x18\x05 \x01(\x03R\x0fagentReceivedNs\x12\"\n" +
+	"\ragent_sent_ns\x18\x06 \x01(\x03R\vagentSentNs\"!\n" +
 	"\x06Cancel\x12\x17\n" +
 	"\acall_id\x18\x01 \x01(\tR\x06callId\"W\n" +
 	"\x03Log\x12\x16\n" +
@@ -947,7 +1071,7 @@ func file_executor_proto_rawDescGZIP() []byte {
 	return file_executor_proto_rawDescData
 }
 
-var file_executor_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_executor_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_executor_proto_goTypes = []any{
 	(*ExecutorMsg)(nil), // 0: kiln.executor.v1.ExecutorMsg
 	(*AgentMsg)(nil),    // 1: kiln.executor.v1.AgentMsg
@@ -956,31 +1080,33 @@ var file_executor_proto_goTypes = []any{
 	(*Header)(nil),      // 4: kiln.executor.v1.Header
 	(*Invoke)(nil),      // 5: kiln.executor.v1.Invoke
 	(*Result)(nil),      // 6: kiln.executor.v1.Result
-	(*Cancel)(nil),      // 7: kiln.executor.v1.Cancel
-	(*Log)(nil),         // 8: kiln.executor.v1.Log
-	(*Ping)(nil),        // 9: kiln.executor.v1.Ping
-	(*Pong)(nil),        // 10: kiln.executor.v1.Pong
-	nil,                 // 11: kiln.executor.v1.Init.EnvEntry
+	(*CallTrace)(nil),   // 7: kiln.executor.v1.CallTrace
+	(*Cancel)(nil),      // 8: kiln.executor.v1.Cancel
+	(*Log)(nil),         // 9: kiln.executor.v1.Log
+	(*Ping)(nil),        // 10: kiln.executor.v1.Ping
+	(*Pong)(nil),        // 11: kiln.executor.v1.Pong
+	nil,                 // 12: kiln.executor.v1.Init.EnvEntry
 }
 var file_executor_proto_depIdxs = []int32{
 	2,  // 0: kiln.executor.v1.ExecutorMsg.ready:type_name -> kiln.executor.v1.Ready
 	6,  // 1: kiln.executor.v1.ExecutorMsg.result:type_name -> kiln.executor.v1.Result
-	8,  // 2: kiln.executor.v1.ExecutorMsg.log:type_name -> kiln.executor.v1.Log
-	10, // 3: kiln.executor.v1.ExecutorMsg.pong:type_name -> kiln.executor.v1.Pong
+	9,  // 2: kiln.executor.v1.ExecutorMsg.log:type_name -> kiln.executor.v1.Log
+	11, // 3: kiln.executor.v1.ExecutorMsg.pong:type_name -> kiln.executor.v1.Pong
 	3,  // 4: kiln.executor.v1.AgentMsg.init:type_name -> kiln.executor.v1.Init
 	5,  // 5: kiln.executor.v1.AgentMsg.invoke:type_name -> kiln.executor.v1.Invoke
-	7,  // 6: kiln.executor.v1.AgentMsg.cancel:type_name -> kiln.executor.v1.Cancel
-	9,  // 7: kiln.executor.v1.AgentMsg.ping:type_name -> kiln.executor.v1.Ping
-	11, // 8: kiln.executor.v1.Init.env:type_name -> kiln.executor.v1.Init.EnvEntry
+	8,  // 6: kiln.executor.v1.AgentMsg.cancel:type_name -> kiln.executor.v1.Cancel
+	10, // 7: kiln.executor.v1.AgentMsg.ping:type_name -> kiln.executor.v1.Ping
+	12, // 8: kiln.executor.v1.Init.env:type_name -> kiln.executor.v1.Init.EnvEntry
 	4,  // 9: kiln.executor.v1.Invoke.headers:type_name -> kiln.executor.v1.Header
 	4,  // 10: kiln.executor.v1.Result.headers:type_name -> kiln.executor.v1.Header
-	0,  // 11: kiln.executor.v1.Agent.Session:input_type -> kiln.executor.v1.ExecutorMsg
-	1,  // 12: kiln.executor.v1.Agent.Session:output_type -> kiln.executor.v1.AgentMsg
-	12, // [12:13] is the sub-list for method output_type
-	11, // [11:12] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	7,  // 11: kiln.executor.v1.Result.trace:type_name -> kiln.executor.v1.CallTrace
+	0,  // 12: kiln.executor.v1.Agent.Session:input_type -> kiln.executor.v1.ExecutorMsg
+	1,  // 13: kiln.executor.v1.Agent.Session:output_type -> kiln.executor.v1.AgentMsg
+	13, // [13:14] is the sub-list for method output_type
+	12, // [12:13] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_executor_proto_init() }
@@ -1006,7 +1132,7 @@ func file_executor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_executor_proto_rawDesc), len(file_executor_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

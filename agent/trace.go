@@ -22,8 +22,9 @@ const (
 	TraceAcquireStart
 	// TraceAcquired: the pool handed over a container.
 	TraceAcquired
-	// TraceSent: the Invoke is on the session stream (Send returned).
-	TraceSent
+	// TraceSending: the Invoke is built and handed to the session stream's
+	// Send.
+	TraceSending
 	// TraceExecReceived: the executor has read and decoded the Invoke.
 	TraceExecReceived
 	// TraceHandlerStart and TraceHandlerEnd bracket the handler.
@@ -44,7 +45,7 @@ const (
 )
 
 var tracePointNames = [numTracePoints]string{
-	"edge_received", "agent_start", "acquire_start", "acquired", "sent",
+	"edge_received", "agent_start", "acquire_start", "acquired", "sending",
 	"exec_received", "handler_start", "handler_end", "exec_sending",
 	"agent_received", "agent_woke", "metered", "edge_done",
 }
@@ -95,7 +96,7 @@ func (t *Trace) setExecutor(ct *pb.CallTrace) {
 	if t == nil || ct == nil {
 		return
 	}
-	t.at[TraceSent] = ct.AgentSentNs
+	t.at[TraceSending] = ct.AgentSendingNs
 	t.at[TraceExecReceived] = ct.ReceivedNs
 	t.at[TraceHandlerStart] = ct.HandlerStartNs
 	t.at[TraceHandlerEnd] = ct.HandlerEndNs

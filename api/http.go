@@ -60,12 +60,19 @@ const idleTimeout = 2 * time.Minute
 
 // HTTPServer serves kiln's HTTP API over fasthttp.
 type HTTPServer struct {
-	agent       *agent.Agent
-	log         *slog.Logger
-	srv         *fasthttp.Server
-	metrics     fasthttp.RequestHandler
-	gate        gate
-	done        chan struct{} // closed by Shutdown: ends followed log streams
+	agent   *agent.Agent
+	log     *slog.Logger
+	srv     *fasthttp.Server
+	metrics fasthttp.RequestHandler
+	gate    gate
+	done    chan struct{} // closed by Shutdown: ends followed log streams
+	// base is the context of management requests, cancelled by Shutdown
+	// as fasthttp's RequestCtx is. A RequestCtx itself is never handed to
+	// code that may keep it: it is recycled once its request is answered
+	// (go-sqlite3, for one, reads a query's context from a goroutine of
+	// its own after the query returned).
+	base        context.Context
+	cancelBase  context.CancelFunc
 	closeDone   sync.Once
 	disconnects *disconnectWatcher // nil: client disconnects are not noticed
 
@@ -180,7 +187,10 @@ func NewHTTPServer(a *agent.Agent, opts ...HTTPOption) *HTTPServer {
 	if o.log == nil {
 		o.log = slog.Default()
 	}
+	base, cancelBase := context.WithCancel(context.Background())
 	s := &HTTPServer{
+		base:          base,
+		cancelBase:    cancelBase,
 		agent:         a,
 		log:           o.log,
 		done:          make(chan struct{}),
@@ -228,11 +238,20 @@ func (s *HTTPServer) Serve(ln net.Listener) error {
 	return s.srv.Serve(newLimitListener(ln, s.conns, s.log, "http", false, writeRefusal))
 }
 
-// connState is fasthttp's ConnState hook: a connection's slot is given
-// back when fasthttp closes it (or hands it over, hijacked). It runs twice
-// per request (active, idle) and must stay cheap.
+// connState is fasthttp's ConnState hook: a new connection is watched for
+// its client's disconnect, and its slot is given back when fasthttp closes
+// it (or hands it over, hijacked). It runs twice per request (active,
+// idle) and must stay cheap.
 func (s *HTTPServer) connState(c net.Conn, state fasthttp.ConnState) {
-	if state == fasthttp.StateClosed || state == fasthttp.StateHijacked {
+	switch state {
+	case fasthttp.StateNew:
+		if s.disconnects != nil {
+			s.disconnects.add(c)
+		}
+	case fasthttp.StateClosed, fasthttp.StateHijacked:
+		if s.disconnects != nil {
+			s.disconnects.remove(c)
+		}
 		s.conns.release(remoteIP(c))
 	}
 }
@@ -305,7 +324,7 @@ func isDeploy(h *fasthttp.RequestHeader) bool {
 // Shutdown stops accepting connections and waits, bounded by ctx, for the
 // requests in flight to finish.
 func (s *HTTPServer) Shutdown(ctx context.Context) error {
-	s.closeDone.Do(func() { close(s.done) })
+	s.closeDone.Do(func() { close(s.done); s.cancelBase() })
 	return s.srv.ShutdownWithContext(ctx)
 }
 
@@ -388,8 +407,8 @@ func (s *HTTPServer) invoke(ctx *fasthttp.RequestCtx, rest []byte) {
 	if s.disconnects != nil {
 		var cancel context.CancelFunc
 		callCtx, cancel = context.WithCancel(callCtx)
-		unwatch := s.disconnects.watch(ctx.Conn(), cancel)
-		defer func() { unwatch(); cancel() }()
+		s.disconnects.arm(ctx.Conn(), cancel)
+		defer func() { s.disconnects.disarm(ctx.Conn()); cancel() }()
 	}
 	res, err := s.agent.Invoke(callCtx, call)
 	if res != nil && res.CallID != "" {
@@ -446,7 +465,7 @@ func (s *HTTPServer) functions(ctx *fasthttp.RequestCtx, rest string) {
 			s.methodNotAllowed(ctx, "GET")
 			return
 		}
-		list, err := s.agent.List(ctx)
+		list, err := s.agent.List(s.base)
 		if err != nil {
 			s.writeError(ctx, err)
 			return
@@ -473,7 +492,7 @@ func (s *HTTPServer) functions(ctx *fasthttp.RequestCtx, rest string) {
 	}
 	switch method {
 	case fasthttp.MethodGet:
-		fn, err := s.agent.Get(ctx, name)
+		fn, err := s.agent.Get(s.base, name)
 		if err != nil {
 			s.writeError(ctx, err)
 			return
@@ -485,14 +504,14 @@ func (s *HTTPServer) functions(ctx *fasthttp.RequestCtx, rest string) {
 			s.writeError(ctx, fmt.Errorf("%w: spec: %s", agent.ErrInvalidArgument, specError(err)))
 			return
 		}
-		fn, err := s.agent.Deploy(ctx, name, spec)
+		fn, err := s.agent.Deploy(s.base, name, spec)
 		if err != nil {
 			s.writeError(ctx, err)
 			return
 		}
 		writeJSON(ctx, fasthttp.StatusOK, fn)
 	case fasthttp.MethodDelete:
-		if err := s.agent.Delete(ctx, name); err != nil {
+		if err := s.agent.Delete(s.base, name); err != nil {
 			s.writeError(ctx, err)
 			return
 		}
@@ -508,7 +527,7 @@ func (s *HTTPServer) containers(ctx *fasthttp.RequestCtx, name string) {
 		s.methodNotAllowed(ctx, "GET")
 		return
 	}
-	cs, err := s.agent.Containers(ctx, name)
+	cs, err := s.agent.Containers(s.base, name)
 	if err != nil {
 		s.writeError(ctx, err)
 		return

@@ -160,8 +160,19 @@ type limitListener struct {
 	closeOnce sync.Once
 	closed    chan struct{} // closed by Close: cuts a backoff short
 
+	// lingering holds a token for each refused connection closing
+	// gracefully (lingerClose); when it is full, refusals close at once.
+	lingering chan struct{}
+
 	acceptLog, refuseLog throttle
 }
+
+// Bounds of a refused connection's graceful close: how many may linger at
+// once, and for how long each waits for its client's end.
+const (
+	maxLingering = 64
+	lingerFor    = 500 * time.Millisecond
+)
 
 // newLimitListener returns ln limited by lim. See limitListener for the
 // meaning of the other arguments.
@@ -174,6 +185,7 @@ func newLimitListener(ln net.Listener, lim *connLimiter, log *slog.Logger, name 
 		refuse:    refuse,
 		track:     track,
 		closed:    make(chan struct{}),
+		lingering: make(chan struct{}, maxLingering),
 		acceptLog: throttle{every: logEvery},
 		refuseLog: throttle{every: logEvery},
 	}
@@ -224,15 +236,50 @@ func (l *limitListener) refuseConn(c net.Conn, ip netip.Addr, why refusal) {
 		// deadline only guards against the unexpected.
 		_ = c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
 		l.refuse(c, why)
-		discardReceived(c)
+		select {
+		case l.lingering <- struct{}{}:
+			go func() {
+				lingerClose(c)
+				<-l.lingering
+			}()
+		default:
+			discardReceived(c)
+			_ = c.Close()
+		}
+	} else {
+		_ = c.Close()
 	}
-	_ = c.Close()
 	if ok, skipped := l.refuseLog.allow(time.Now()); ok {
 		total, fromIP := l.lim.counts(ip)
 		l.log.Warn("connection refused", "listener", l.name, "reason", why.String(), "ip", ip.String(),
 			"open", total, "open_from_ip", fromIP, "max_conns", l.lim.total, "max_conns_per_ip", l.lim.perIP,
 			"refused_since_last_log", skipped)
 	}
+}
+
+// lingerClose closes c, whose refusal was written, gracefully: it sends
+// its FIN, then reads and drops what the client sends until the client
+// closes too or lingerFor passes. Closing a socket with unread data sends
+// a reset instead of a FIN, and a reset can make the client's kernel drop
+// the refusal written just before; a client that sends its request as it
+// connects may have it arrive only after the refusal was written.
+func lingerClose(c net.Conn) {
+	defer c.Close()
+	cw, ok := c.(interface{ CloseWrite() error })
+	if !ok || cw.CloseWrite() != nil {
+		discardReceived(c)
+		return
+	}
+	_ = c.SetReadDeadline(time.Now().Add(lingerFor))
+	buf := make([]byte, 4096)
+	for n := 0; n < 64<<10; {
+		m, err := c.Read(buf)
+		n += m
+		if err != nil {
+			return
+		}
+	}
+	discardReceived(c)
 }
 
 // discardReceived reads and drops, without waiting, what c's peer has sent

@@ -71,7 +71,7 @@ func (s *HTTPServer) keys(ctx *fasthttp.RequestCtx, rest string) {
 			s.writeError(ctx, fmt.Errorf("%w: body: %v", agent.ErrInvalidArgument, err))
 			return
 		}
-		secret, k, err := s.agent.CreateKey(ctx, req.Tenant)
+		secret, k, err := s.agent.CreateKey(s.base, req.Tenant)
 		if err != nil {
 			s.writeError(ctx, err)
 			return
@@ -80,7 +80,7 @@ func (s *HTTPServer) keys(ctx *fasthttp.RequestCtx, rest string) {
 		out.Key = &secret
 		writeCompleteJSON(ctx, fasthttp.StatusCreated, out)
 	case (rest == "" || rest == "/") && method == fasthttp.MethodGet:
-		ks, err := s.agent.ListKeys(ctx)
+		ks, err := s.agent.ListKeys(s.base)
 		if err != nil {
 			s.writeError(ctx, err)
 			return
@@ -91,7 +91,7 @@ func (s *HTTPServer) keys(ctx *fasthttp.RequestCtx, rest string) {
 		}
 		writeCompleteJSON(ctx, fasthttp.StatusOK, out)
 	case strings.HasPrefix(rest, "/") && method == fasthttp.MethodDelete:
-		if err := s.agent.RevokeKey(ctx, rest[1:]); err != nil {
+		if err := s.agent.RevokeKey(s.base, rest[1:]); err != nil {
 			s.writeError(ctx, err)
 			return
 		}
@@ -160,7 +160,7 @@ func (s *HTTPServer) usage(ctx *fasthttp.RequestCtx, rest string) {
 		s.writeError(ctx, fmt.Errorf("%w: format: %q is not json or csv", agent.ErrInvalidArgument, format))
 		return
 	}
-	rep, err := report(ctx, s.agent, who, req)
+	rep, err := report(s.base, s.agent, who, req)
 	if err != nil {
 		s.writeError(ctx, err)
 		return
@@ -300,7 +300,7 @@ func (s *HTTPServer) calls(ctx *fasthttp.RequestCtx, rest string) {
 		return
 	}
 	if id, ok := strings.CutPrefix(rest, "/"); ok && id != "" {
-		rec, err := getCall(ctx, s.agent, who, id)
+		rec, err := getCall(s.base, s.agent, who, id)
 		if err != nil {
 			s.writeError(ctx, err)
 			return
@@ -331,7 +331,7 @@ func (s *HTTPServer) calls(ctx *fasthttp.RequestCtx, rest string) {
 		s.writeError(ctx, err)
 		return
 	}
-	rs, err := s.agent.ListCalls(ctx, f)
+	rs, err := s.agent.ListCalls(s.base, f)
 	if err != nil {
 		s.writeError(ctx, err)
 		return

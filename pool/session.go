@@ -64,20 +64,20 @@ func (s *session) invoke(ctx context.Context, inv *pb.Invoke) (*pb.Result, error
 	s.pending[inv.CallId] = ch
 	s.mu.Unlock()
 
+	var sendingAt int64
+	if inv.Trace {
+		sendingAt = pb.MonotonicNow()
+	}
 	msg := &pb.AgentMsg{Msg: &pb.AgentMsg_Invoke{Invoke: inv}}
 	if err := s.send(msg); err != nil {
 		s.forget(inv.CallId)
 		return nil, fmt.Errorf("%w: send invoke: %v", ErrExecutorFailed, err)
 	}
-	var sentAt int64
-	if inv.Trace {
-		sentAt = pb.MonotonicNow()
-	}
 	select {
 	case res := <-ch:
 		resultChanPool.Put(ch)
 		if res.Trace != nil {
-			res.Trace.AgentSentNs = sentAt
+			res.Trace.AgentSendingNs = sendingAt
 		}
 		return res, nil
 	case <-ctx.Done():

@@ -703,11 +703,11 @@ type CallTrace struct {
 	HandlerEndNs   int64 `protobuf:"varint,3,opt,name=handler_end_ns,json=handlerEndNs,proto3" json:"handler_end_ns,omitempty"`
 	// sending_ns: the Result is built and about to be sent.
 	SendingNs int64 `protobuf:"varint,4,opt,name=sending_ns,json=sendingNs,proto3" json:"sending_ns,omitempty"`
-	// agent_sent_ns and agent_received_ns are stamped by the agent, when
-	// its Send of the Invoke returned and when it has read the Result; the
-	// executor leaves them 0.
+	// agent_sending_ns and agent_received_ns are stamped by the agent, when
+	// it hands the Invoke to the stream's Send and when it has read the
+	// Result; the executor leaves them 0.
 	AgentReceivedNs int64 `protobuf:"varint,5,opt,name=agent_received_ns,json=agentReceivedNs,proto3" json:"agent_received_ns,omitempty"`
-	AgentSentNs     int64 `protobuf:"varint,6,opt,name=agent_sent_ns,json=agentSentNs,proto3" json:"agent_sent_ns,omitempty"`
+	AgentSendingNs  int64 `protobuf:"varint,6,opt,name=agent_sending_ns,json=agentSendingNs,proto3" json:"agent_sending_ns,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -777,9 +777,9 @@ func (x *CallTrace) GetAgentReceivedNs() int64 {
 	return 0
 }
 
-func (x *CallTrace) GetAgentSentNs() int64 {
+func (x *CallTrace) GetAgentSendingNs() int64 {
 	if x != nil {
-		return x.AgentSentNs
+		return x.AgentSendingNs
 	}
 	return 0
 }
@@ -1036,7 +1036,7 @@ const file_executor_proto_rawDesc = "" +
 	"cpu_sys_ns\x18\b \x01(\x03R\bcpuSysNs\x12\"\n" +
 	"\rmax_rss_bytes\x18\t \x01(\x03R\vmaxRssBytes\x121\n" +
 	"\x05trace\x18\n" +
-	" \x01(\v2\x1b.kiln.executor.v1.CallTraceR\x05trace\"\xeb\x01\n" +
+	" \x01(\v2\x1b.kiln.executor.v1.CallTraceR\x05trace\"\xf1\x01\n" +
 	"\tCallTrace\x12\x1f\n" +
 	"\vreceived_ns\x18\x01 \x01(\x03R\n" +
 	"receivedNs\x12(\n" +
@@ -1044,8 +1044,8 @@ const file_executor_proto_rawDesc = "" +
 	"\x0ehandler_end_ns\x18\x03 \x01(\x03R\fhandlerEndNs\x12\x1d\n" +
 	"\n" +
 	"sending_ns\x18\x04 \x01(\x03R\tsendingNs\x12*\n" +
-	"\x11agent_received_ns\x18\x05 \x01(\x03R\x0fagentReceivedNs\x12\"\n" +
-	"\ragent_sent_ns\x18\x06 \x01(\x03R\vagentSentNs\"!\n" +
+	"\x11agent_received_ns\x18\x05 \x01(\x03R\x0fagentReceivedNs\x12(\n" +
+	"\x10agent_sending_ns\x18\x06 \x01(\x03R\x0eagentSendingNs\"!\n" +
 	"\x06Cancel\x12\x17\n" +
 	"\acall_id\x18\x01 \x01(\tR\x06callId\"W\n" +
 	"\x03Log\x12\x16\n" +

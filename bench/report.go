@@ -56,6 +56,8 @@ type Settings struct {
 	DensityMemoryMB int     `json:"density_memory_mb"`
 	FnGOMAXPROCS    int     `json:"function_gomaxprocs,omitempty"`
 	AllFunctions    bool    `json:"all_functions"`
+	// KilndArgs are the flags added to every kilnd.
+	KilndArgs []string `json:"kilnd_args,omitempty"`
 	// FloorEdgeGOMAXPROCS and FloorFnGOMAXPROCS are those of the
 	// out-of-process floors' edges (kilnd's share) and function processes.
 	FloorEdgeGOMAXPROCS int `json:"floor_edge_gomaxprocs,omitempty"`
@@ -68,7 +70,7 @@ func SettingsOf(c Config) Settings {
 		Rate: c.Rate, Calls: c.Calls, Warmup: c.Warmup, StreamInFlight: c.StreamInFlight, StreamSeconds: c.StreamDuration.Seconds(),
 		Levels: c.Levels, LevelSeconds: c.LevelDuration.Seconds(), Thaws: c.Thaws, Stems: c.Stems, Colds: c.Colds,
 		Bursts: c.Bursts, BurstSize: c.BurstSize, DensitySteps: c.DensitySteps, DensityMemoryMB: c.DensityMemoryMB,
-		FnGOMAXPROCS: c.FnGOMAXPROCS, AllFunctions: c.AllFunctions,
+		FnGOMAXPROCS: c.FnGOMAXPROCS, AllFunctions: c.AllFunctions, KilndArgs: c.KilndArgs,
 		FloorEdgeGOMAXPROCS: c.EdgeProcs(), FloorFnGOMAXPROCS: c.FnProcs(),
 	}
 }
@@ -498,10 +500,14 @@ func (r *Run) Markdown(about map[string]string) string {
 }
 
 func settingsLine(s Settings) string {
+	extra := ""
+	if len(s.KilndArgs) > 0 {
+		extra = "; every kilnd with " + strings.Join(s.KilndArgs, " ")
+	}
 	return fmt.Sprintf("open loop %.0f/s, %d calls after %d warm-up; stream %d in flight for %.1fs; throughput levels %s, %.1fs each; "+
 		"%d thaws, %d stem calls, %d cold calls; bursts: %d of %d calls; density steps %s at %d MiB",
 		s.Rate, s.Calls, s.Warmup, s.StreamInFlight, s.StreamSeconds, joinInts(s.Levels), s.LevelSeconds,
-		s.Thaws, s.Stems, s.Colds, s.Bursts, s.BurstSize, joinInts(s.DensitySteps), s.DensityMemoryMB)
+		s.Thaws, s.Stems, s.Colds, s.Bursts, s.BurstSize, joinInts(s.DensitySteps), s.DensityMemoryMB) + extra
 }
 
 func plotTitle(p string) string {

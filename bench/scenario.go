@@ -20,6 +20,9 @@ type Config struct {
 	// Kilnd and Executor are the binaries under test; RuntimeBinary the OCI
 	// runtime kilnd is told to use (runc or crun).
 	Kilnd, Executor, RuntimeBinary string
+	// KilndArgs are added to every kilnd's command line (after the
+	// harness's own, so that they win), e.g. a CPU placement to compare.
+	KilndArgs []string
 	// Functions maps a benchmark function's name (echo, json, primes) to
 	// its built binary.
 	Functions map[string]string
@@ -229,7 +232,7 @@ func (e *Env) openMode() string { return fmt.Sprintf("open loop %.0f/s, 8 sender
 
 // startKilnd starts a kilnd of the configured runtime with extra args.
 func (e *Env) startKilnd(ctx context.Context, args ...string) (*Kilnd, error) {
-	args = append([]string{"--runtime-binary", e.RuntimeBinary}, args...)
+	args = append(append([]string{"--runtime-binary", e.RuntimeBinary}, args...), e.KilndArgs...)
 	k, err := StartKilnd(ctx, e.Kilnd, args...)
 	if err == nil && e.LogDir != "" {
 		e.kilnds++

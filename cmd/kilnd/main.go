@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sys/unix"
 
 	"github.com/kilnfx/kiln/agent"
 	"github.com/kilnfx/kiln/api"
@@ -53,6 +54,8 @@ type config struct {
 	retention       time.Duration
 	gomaxprocs      int
 	traceCalls      bool
+	kilndCPUs       cpuList
+	containerCPUs   cpuList
 	maxConns        int
 	maxConnsPerIP   int
 	headerTimeout   time.Duration
@@ -88,6 +91,8 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	fs.StringVar(&c.executorBinary, "executor-binary", "", "static stem cell executor `binary` (default: kiln-executor beside kilnd)")
 	fs.BoolVar(&c.auth, "auth", true, "require the admin token (DATA_DIR/admin.token) for the management API; --auth=false admits requests without a token from loopback as the admin (never on a non-loopback address)")
 	fs.IntVar(&c.gomaxprocs, "gomaxprocs", -1, "Ps for kilnd itself: -1 is half the CPUs (at least 1), leaving the rest to containers; 0 keeps Go's default ($GOMAXPROCS, if set, wins)")
+	kilndCPUs := fs.String("kilnd-cpus", "", "CPUs kilnd's own threads run on, as a `LIST` (\"0\", \"0-3,8\"; default: all); its default --gomaxprocs is then their count")
+	containerCPUs := fs.String("container-cpus", "", "CPUs every container runs on, as a `LIST` (its cpuset; default: all)")
 	fs.BoolVar(&c.traceCalls, "trace-calls", false, "let a call ask for its trace (HTTP header X-Kiln-Trace, gRPC metadata kiln-trace): when it passed each point of its way through kilnd and the executor")
 	fs.BoolVar(&c.metering, "metering", true, "record one usage record per call (journal, then SQLite)")
 	fs.DurationVar(&c.retention, "retention", 30*24*time.Hour, "keep raw call records this long (0: forever); rollups are kept")
@@ -99,6 +104,16 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 		return c, err
 	}
 	var err error
+	var allowed unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &allowed); err != nil {
+		return c, fmt.Errorf("read kilnd's CPU affinity: %w", err)
+	}
+	if c.kilndCPUs, err = parseCPUList(*kilndCPUs, allowed); err != nil {
+		return c, fmt.Errorf("--kilnd-cpus %q: %v", *kilndCPUs, err)
+	}
+	if c.containerCPUs, err = parseCPUList(*containerCPUs, allowed); err != nil {
+		return c, fmt.Errorf("--container-cpus %q: %v", *containerCPUs, err)
+	}
 	if c.memoryBudget, err = parseBudget(*budget); err != nil {
 		return c, fmt.Errorf("--memory-budget %q: %v", *budget, err)
 	}
@@ -167,10 +182,19 @@ func run(args []string, stderr io.Writer) error {
 		}
 		return err
 	}
+	if cfg.kilndCPUs != nil {
+		// Before anything starts, so that every thread, containerd and
+		// its shims included, inherits the placement.
+		if err := pinProcess(cfg.kilndCPUs); err != nil {
+			return fmt.Errorf("--kilnd-cpus: %w", err)
+		}
+	}
 	if _, set := os.LookupEnv("GOMAXPROCS"); !set {
 		switch {
 		case cfg.gomaxprocs > 0:
 			runtime.GOMAXPROCS(cfg.gomaxprocs)
+		case cfg.gomaxprocs < 0 && cfg.kilndCPUs != nil:
+			runtime.GOMAXPROCS(len(cfg.kilndCPUs))
 		case cfg.gomaxprocs < 0:
 			// Measured on 2 vCPUs (docs/BENCHMARKS.md): one P for kilnd cut a
 			// sequential warm call's p50 by about a third at the same
@@ -241,6 +265,7 @@ func run(args []string, stderr io.Writer) error {
 
 	driver, err := ctrd.New(ctx, address,
 		ctrd.WithNamespace(cfg.namespace),
+		ctrd.WithCPUs(cfg.containerCPUs.String()),
 		ctrd.WithRuntimeBinary(cfg.runtimeBinary),
 		ctrd.WithStateDir(filepath.Join(cfg.dataDir, "driver")),
 		ctrd.WithLogger(log),

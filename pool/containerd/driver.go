@@ -119,6 +119,7 @@ type options struct {
 	callTimeout time.Duration
 	dialTimeout time.Duration
 	cgroupRoot  string
+	cpus        string // cpuset.cpus of every container; "" for all
 	log         *slog.Logger
 }
 

@@ -148,8 +148,17 @@ func (d *Driver) specOpts(spec pool.ContainerSpec) []oci.SpecOpts {
 	if spec.CPUMillis > 0 {
 		opts = append(opts, oci.WithCPUCFS(spec.CPUMillis*cpuPeriod/1000, cpuPeriod))
 	}
+	if d.opts.cpus != "" {
+		opts = append(opts, oci.WithCPUs(d.opts.cpus))
+	}
 	return opts
 }
+
+// WithCPUs confines every container, stem cells included, to the CPUs of
+// list, in the kernel's list format ("1", "2-3,6"), through its cpuset
+// cgroup (default: all the node's CPUs). The list must name online CPUs;
+// the caller checks it.
+func WithCPUs(list string) Option { return func(o *options) { o.cpus = list } }
 
 // withNoCapabilities empties every capability set.
 func withNoCapabilities(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {

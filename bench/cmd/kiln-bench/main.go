@@ -49,6 +49,7 @@ func run() error {
 		levels    = flag.String("levels", "", "throughput's concurrency `levels` (default 1,2,4,...,256; quick 1,8,64)")
 		density   = flag.String("density-steps", "", "density's frozen container `counts` (default 8,16,32,64,128,256; quick 8,16)")
 		budget    = flag.Duration("budget", 0, "time the run should take at most: density stops growing before it (default 8m30s, quick 50s)")
+		kilndArgs = flag.String("kilnd-args", "", "space-separated `flags` added to every kilnd the run starts (e.g. \"--kilnd-cpus 0 --container-cpus 1\")")
 		fnProcs   = flag.Int("fn-gomaxprocs", 0, "GOMAXPROCS of the benchmark functions and of the floors' function processes (0: kiln's default, 1)")
 		edgeProcs = flag.Int("floor-gomaxprocs", 0, "GOMAXPROCS of the out-of-process floors' edges (0: kilnd's default, half the CPUs)")
 		fromJSON  = flag.String("from-json", "", "regenerate the report and plots from this run `file` instead of measuring")
@@ -67,7 +68,7 @@ func run() error {
 		selected []bench.Scenario
 	)
 	cfg := bench.Config{
-		Kilnd: *kilndBin, Executor: *executor, RuntimeBinary: *runtimeB, FnGOMAXPROCS: *fnProcs, FloorGOMAXPROCS: *edgeProcs, AllFunctions: true,
+		Kilnd: *kilndBin, Executor: *executor, RuntimeBinary: *runtimeB, KilndArgs: strings.Fields(*kilndArgs), FnGOMAXPROCS: *fnProcs, FloorGOMAXPROCS: *edgeProcs, AllFunctions: true,
 		Rate: *rate, Calls: 4000, Warmup: 500,
 		StreamInFlight: 64, StreamDuration: 3 * time.Second,
 		Levels:        []int{1, 2, 4, 8, 16, 32, 64, 128, 256},

@@ -85,7 +85,7 @@ func NewPoolCollector(p *pool.Pool) *PoolCollector {
 		pool:       p,
 		containers: prometheus.NewDesc("kiln_containers", "Containers by function (empty for stem cells) and state.", []string{"function", "state"}, nil),
 		waiting:    prometheus.NewDesc("kiln_queued_calls", "Calls waiting for a container, by function.", []string{"function"}, nil),
-		memory:     prometheus.NewDesc("kiln_container_memory_reserved_bytes", "Sum of the memory limits of live containers.", nil, nil),
+		memory:     prometheus.NewDesc("kiln_container_memory_reserved_bytes", "Memory charged to the node budget for live containers: each one's limit, or a frozen one's use when the pool charges frozen containers by use.", nil, nil),
 		events: map[string]*prometheus.Desc{
 			"cold":           counter("kiln_cold_starts_total", "Containers created for calls or min_warm."),
 			"thaw":           counter("kiln_thaws_total", "Frozen containers thawed for a call."),
@@ -94,6 +94,7 @@ func NewPoolCollector(p *pool.Pool) *PoolCollector {
 			"eviction":       counter("kiln_evictions_total", "Frozen containers stopped to make room in the memory budget."),
 			"failure":        counter("kiln_container_failures_total", "Containers that failed (crash, timeout, failed start)."),
 			"idle":           counter("kiln_idle_stops_total", "Containers stopped after idle_timeout."),
+			"refused_thaw":   counter("kiln_refused_thaws_total", "Frozen containers left frozen because the memory budget could not hold their limit again."),
 		},
 	}
 }
@@ -123,6 +124,7 @@ func (c *PoolCollector) Collect(ch chan<- prometheus.Metric) {
 	for name, v := range map[string]int64{
 		"cold": s.ColdStarts, "thaw": s.Thaws, "freeze": s.Freezes, "specialization": s.Specializations,
 		"eviction": s.Evictions, "failure": s.Failures, "idle": s.IdleStops,
+		"refused_thaw": s.RefusedThaws,
 	} {
 		ch <- prometheus.MustNewConstMetric(c.events[name], prometheus.CounterValue, float64(v))
 	}

@@ -288,6 +288,25 @@ func (k *Kilnd) Stop() int {
 	return n
 }
 
+// RSS returns kilnd's resident memory in bytes (VmRSS), or 0 when it cannot
+// be read.
+func (k *Kilnd) RSS() int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", k.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			f := strings.Fields(v)
+			if len(f) == 2 && f[1] == "kB" {
+				n, _ := strconv.ParseInt(f[0], 10, 64)
+				return n << 10
+			}
+		}
+	}
+	return 0
+}
+
 // Shims returns how many containerd shims of this kilnd's containerd are
 // running: one per container that is not yet fully stopped.
 func (k *Kilnd) Shims() int {

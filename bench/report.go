@@ -457,13 +457,13 @@ func (r *Run) Markdown(about map[string]string) string {
 		w("| **the whole call, as the load generator saw it** | **%s** | %s | | **%s** | | |\n\n", fmtUS(h.P50), fmtUS(h.P90), gp50)
 	}
 	if d := r.Find("density"); d != nil && len(d.Levels) > 0 {
-		w("## Density\n\n| frozen containers | cgroup memory each | start each | thaw p50 | thaw p99 | |\n|---:|---:|---:|---:|---:|---|\n")
+		w("## Density\n\n| frozen containers | cgroup memory each | kilnd RSS each | start each | thaw p50 | thaw p99 | |\n|---:|---:|---:|---:|---:|---:|---|\n")
 		for _, l := range d.Levels {
 			retry := ""
 			if l.Extra["retried"] > 0 {
 				retry = "measured twice (first p50 ≥ 1 ms)"
 			}
-			w("| %d | %.1f MiB | %.0f ms | %s | %s | %s |\n", l.X, l.Extra["memory_per_container_mib"], l.Extra["start_ms"], fmtUS(l.P50), fmtUS(l.P99), retry)
+			w("| %d | %.1f MiB | %.0f KiB | %.0f ms | %s | %s | %s |\n", l.X, l.Extra["memory_per_container_mib"], l.Extra["kilnd_rss_per_container_kib"], l.Extra["start_ms"], fmtUS(l.P50), fmtUS(l.P99), retry)
 		}
 		w("\n")
 	}

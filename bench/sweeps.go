@@ -368,10 +368,10 @@ func runDensity(ctx context.Context, e *Env) ([]Result, error) {
 		perStart time.Duration
 		stopped  string
 		have     int
-		slow     int // steps in a row with thaw p50 over 1 ms
 	)
 	availStart := MemAvailable()
 	availEnd := availStart
+	rssStart := k.RSS() // kilnd with no container
 	for si, n := range e.DensitySteps {
 		// Stop growing when this step would overrun the run's budget.
 		if perStart > 0 {
@@ -411,16 +411,15 @@ func runDensity(ctx context.Context, e *Env) ([]Result, error) {
 			}
 			lr, retried = lat.Result("density"), 1
 		}
+		// kilnd's own memory for the containers it holds: RSS growth
+		// since it held none, per container (Go's heap garbage included).
+		kilndPer := float64(k.RSS()-rssStart) / float64(max(have, 1))
 		levels = append(levels, Level{X: have, Calls: lr.Calls, Throughput: lr.Throughput, P50: lr.P50, P99: lr.P99,
-			Extra: map[string]float64{"memory_per_container_mib": mem / (1 << 20), "start_ms": float64(perStart) / 1e6, "retried": retried}})
+			Extra: map[string]float64{"memory_per_container_mib": mem / (1 << 20), "start_ms": float64(perStart) / 1e6, "retried": retried,
+				"kilnd_rss_per_container_kib": kilndPer / 1024}})
 		e.Progress.Step(si+1, len(e.DensitySteps))
 		if lr.P50 < 1000 {
-			best, slow = lr, 0
-		} else if slow++; slow == 2 {
-			// Two steps in a row over 1 ms (each measured twice): the
-			// answer is known.
-			stopped = fmt.Sprintf("stopped at %d: thaw p50 over 1 ms at two steps in a row", have)
-			break
+			best = lr
 		}
 	}
 	if len(levels) == 0 {
@@ -451,6 +450,7 @@ func runDensity(ctx context.Context, e *Env) ([]Result, error) {
 		"node_memory_per_container_mib": node,
 		"fit_by_ram":                    float64(availStart>>20) / max(node, mem, 0.001),
 		"fit_by_limit":                  float64(m.MemoryMiB) * float64(budget) / 100 / float64(e.DensityMemoryMB),
+		"kilnd_rss_per_container_kib":   last.Extra["kilnd_rss_per_container_kib"],
 	}
 	under := 0
 	for _, l := range levels {
@@ -462,14 +462,16 @@ func runDensity(ctx context.Context, e *Env) ([]Result, error) {
 	r.Mode = "one call at a time, all containers frozen before each"
 	r.Note = fmt.Sprintf("figures at %d frozen containers (the most with thaw p50 under 1 ms; measured up to %d, %d MiB limit each). "+
 		"Each frozen container: %.1f MiB in its cgroup, %.1f MiB of the node's available memory (shim and kernel included; other work on the machine blurs this). "+
-		"Fit: ≈ %.0f by available memory, %.0f by kiln's --memory-budget (%d%% of RAM, counted in limits)",
-		under, last.X, e.DensityMemoryMB, mem, node, r.Extra["fit_by_ram"], r.Extra["fit_by_limit"], budget)
+		"kilnd's own RSS grew %.0f KiB per container held. "+
+		"Fit: ≈ %.0f by available memory, %.0f by kiln's --memory-budget (%d%% of RAM) were each counted at its limit; kilnd counts a frozen one at its use plus --frozen-margin",
+		under, last.X, e.DensityMemoryMB, mem, node, r.Extra["kilnd_rss_per_container_kib"], r.Extra["fit_by_ram"], r.Extra["fit_by_limit"], budget)
 	if stopped != "" {
 		r.Note += "; " + stopped
 	}
 	r.Extra["delete_s"] = deleted.Seconds()
 	r.Extra["all_stopped_s"] = gone.Seconds()
-	r.Note += fmt.Sprintf("; deleting the function (%d containers) answered after %.1f s", have, deleted.Seconds())
+	r.Extra["delete_ms_per_container"] = float64(deleted.Milliseconds()) / float64(max(have, 1))
+	r.Note += fmt.Sprintf("; deleting the function (%d containers) answered after %.1f s (%.1f ms each)", have, deleted.Seconds(), r.Extra["delete_ms_per_container"])
 	if delErr != nil {
 		r.Note += fmt.Sprintf(" with an error: %v", delErr)
 	}

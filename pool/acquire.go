@@ -79,9 +79,17 @@ func (p *Pool) acquire(ctx context.Context, fn *Function) (*Container, StartKind
 	s := p.setLocked(fn)
 	if len(s.waiters) == 0 {
 		if c := s.pickLocked(); c != nil {
-			kind := p.assignLocked(c)
-			p.mu.Unlock()
-			return c, kind, nil
+			if p.rechargeLocked(c) {
+				kind := p.assignLocked(c)
+				p.mu.Unlock()
+				return c, kind, nil
+			}
+			// Frozen, and the budget cannot hold its limit to thaw it.
+			if !s.runningLocked() {
+				p.mu.Unlock()
+				return nil, 0, p.noThawLocked(c)
+			}
+			// Wait for a running container of fn.
 		}
 	}
 	if n := len(s.waiters); n >= p.queueDepth {
@@ -130,7 +138,7 @@ func (p *Pool) scaleLocked(s *set) error {
 		p.goWorkLocked(func() { p.specialize(s, fn, stem) })
 		return nil
 	}
-	if !p.reserveLocked(fn.MemoryBytes, true) {
+	if !p.reserveLocked(fn.MemoryBytes, true, nil) {
 		if len(s.containers)+s.starting+s.prewarming == 0 {
 			return fmt.Errorf("%w: %d of %d bytes in use", ErrNoCapacity, p.memoryUsed, p.budget)
 		}
@@ -168,8 +176,29 @@ func (s *set) pickLocked() *Container {
 	return frozen
 }
 
+// runningLocked reports whether s has a container that is not frozen, or
+// one on its way: something a call may wait for without a thaw.
+func (s *set) runningLocked() bool {
+	if s.starting+s.prewarming > 0 {
+		return true
+	}
+	for _, c := range s.containers {
+		if c.state != StateFrozen && !c.retired {
+			return true
+		}
+	}
+	return false
+}
+
+// noThawLocked is the error for a call whose function has only frozen
+// containers, c among them, and the budget cannot hold c's limit to thaw it.
+func (p *Pool) noThawLocked(c *Container) error {
+	return fmt.Errorf("%w: thawing %s needs %d more bytes; %d of %d bytes in use", ErrNoCapacity, c.id, c.limit-c.memory, p.memoryUsed, p.budget)
+}
+
 // assignLocked hands c to a call and returns how the call got it. A frozen
-// container moves to Thawing: the caller must thaw it.
+// container moves to Thawing: the caller must thaw it. A frozen c must be
+// charged its limit first (rechargeLocked).
 func (p *Pool) assignLocked(c *Container) StartKind {
 	c.active++
 	kind := StartWarm
@@ -192,6 +221,18 @@ func (p *Pool) dispatchLocked(s *set) {
 	for len(s.waiters) > 0 {
 		c := s.pickLocked()
 		if c == nil {
+			return
+		}
+		if !p.rechargeLocked(c) {
+			// Frozen, and the budget cannot hold its limit: the calls
+			// wait for a running container, or fail if there is none.
+			if !s.runningLocked() {
+				err := p.noThawLocked(c)
+				for _, w := range s.waiters {
+					w.ch <- grant{err: err}
+				}
+				s.waiters = nil
+			}
 			return
 		}
 		w := s.waiters[0]
@@ -249,8 +290,9 @@ func (p *Pool) Release(c *Container) {
 		}
 		return
 	}
+	unthawed := c.state == StateThawing
 	switch {
-	case c.state == StateThawing:
+	case unthawed:
 		// Given back unthawed, by a call that gave up in the queue as
 		// the container was granted to it: it is still frozen.
 		p.setStateLocked(c, StateFrozen)
@@ -258,6 +300,10 @@ func (p *Pool) Release(c *Container) {
 		p.setStateLocked(c, StateReady)
 	}
 	p.dispatchLocked(s)
+	if unthawed {
+		// Never thawed since its freeze: what it held then still holds.
+		p.lowerChargeLocked(c, c.frozenUse)
+	}
 	if c.active == 0 {
 		p.scheduleIdleLocked(c, s.fn)
 	}

@@ -80,7 +80,9 @@ type Container struct {
 	// Guarded by Pool.mu.
 	state       State // set by Pool.setStateLocked only; a new Container is Creating
 	active      int   // calls holding the container
-	memory      int64 // bytes reserved in the node budget
+	memory      int64 // bytes charged to the node budget (budget.go)
+	limit       int64 // the memory limit: the charge in every state but Frozen
+	frozenUse   int64 // cgroup memory read at the last freeze; 0 before
 	lastUsed    time.Time
 	set         *set   // the function's set once adopted; nil for a stem cell
 	revision    string // the function revision it runs, once adopted

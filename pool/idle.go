@@ -40,6 +40,10 @@ func (p *Pool) freezeIdle(c *Container) {
 		return
 	}
 	p.counters.freezes.Add(1)
+	used := p.frozenUse(c)
+	p.mu.Lock()
+	p.lowerChargeLocked(c, used) // unless a call took it meanwhile
+	p.mu.Unlock()
 }
 
 // stopIdle stops c if it is still idle idle_timeout after its last call and

@@ -38,7 +38,7 @@ func (p *Pool) Settle() {
 // min_warm, within the free memory budget (pre-forking never evicts).
 func (p *Pool) ensureWarmLocked(s *set) {
 	for len(s.containers)+s.starting+s.prewarming < s.fn.MinWarm {
-		if !p.reserveLocked(s.fn.MemoryBytes, false) {
+		if !p.reserveLocked(s.fn.MemoryBytes, false, nil) {
 			return
 		}
 		s.prewarming++
@@ -58,8 +58,9 @@ func (p *Pool) startFor(s *set, fn *Function, prewarm bool) {
 		MemoryBytes: fn.MemoryBytes,
 		CPUMillis:   fn.CPUMillis,
 	})
+	var used int64
 	if err == nil && prewarm {
-		err = p.freezeNew(c)
+		used, err = p.freezeNew(c)
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -93,8 +94,12 @@ func (p *Pool) startFor(s *set, fn *Function, prewarm bool) {
 		return
 	}
 	p.counters.coldStarts.Add(1)
-	c.memory = fn.MemoryBytes
+	c.memory, c.limit = fn.MemoryBytes, fn.MemoryBytes
 	p.adoptLocked(s, fn, c, StartCold, prewarm)
+	if prewarm {
+		// Unless a waiting call took it at once.
+		p.lowerChargeLocked(c, used)
+	}
 }
 
 // adoptLocked makes a new container part of s and hands it to a waiting
@@ -132,17 +137,33 @@ func (p *Pool) adoptLocked(s *set, fn *Function, c *Container, kind StartKind, f
 	p.ensureWarmLocked(s)
 }
 
-// freezeNew freezes a container that has just become ready. When the
-// freeze fails, the caller fails the container.
-func (p *Pool) freezeNew(c *Container) error {
+// freezeNew freezes a container that has just become ready and returns
+// the memory it holds frozen (frozenUse). When the freeze fails, the caller
+// fails the container.
+func (p *Pool) freezeNew(c *Container) (int64, error) {
 	c.freezeMu.Lock()
-	err := p.driver.Freeze(p.bg, c.id)
-	c.freezeMu.Unlock()
-	if err != nil {
-		return fmt.Errorf("%w: freeze: %v", ErrExecutorFailed, err)
+	defer c.freezeMu.Unlock()
+	if err := p.driver.Freeze(p.bg, c.id); err != nil {
+		return 0, fmt.Errorf("%w: freeze: %v", ErrExecutorFailed, err)
 	}
 	p.counters.freezes.Add(1)
-	return nil
+	return p.frozenUse(c), nil
+}
+
+// frozenUse reads the memory a container holds, for its charge while
+// frozen; the caller holds c.freezeMu and has just frozen it. It returns 0
+// (keep the charge) when the pool charges frozen containers their limit or
+// the reading fails.
+func (p *Pool) frozenUse(c *Container) int64 {
+	if !p.chargeFrozen {
+		return 0
+	}
+	st, err := p.driver.Stats(p.bg, c.id)
+	if err != nil {
+		p.log.Debug("read frozen container's memory", "container", c.id, "err", err)
+		return 0
+	}
+	return st.MemoryBytes
 }
 
 // start creates a container from spec and waits for its executor's Ready.

@@ -93,7 +93,8 @@ const MaxParallelOps = 8
 // Lock order: a Container's freezeMu before Pool.mu; never freezeMu while
 // holding Pool.mu. Pool.mu is held for bookkeeping only, never across a
 // driver call, a session send or a wait; freezeMu only across
-// Driver.Freeze and Driver.Thaw. The locks of the Clock's timers, of the
+// Driver.Freeze and Driver.Thaw, and the Driver.Stats that reads a
+// container's memory right after it froze. The locks of the Clock's timers, of the
 // sessions and of the log rings are leaves: taken under Pool.mu at most,
 // they take no lock of the pool.
 type Pool struct {
@@ -105,6 +106,8 @@ type Pool struct {
 	startTimeout time.Duration
 	queueDepth   int
 	budget       int64
+	chargeFrozen bool  // frozen containers are charged their use (budget.go)
+	frozenMargin int64 // added to a frozen container's use
 	stemSpecs    map[string]StemSpec
 	onTransition func(id string, from, to State) // tests only; called with mu held
 
@@ -134,7 +137,7 @@ type Pool struct {
 
 // counters are the pool's event counts, read by Stats.
 type counters struct {
-	coldStarts, thaws, freezes, specializations, evictions, failures, idleStops atomic.Int64
+	coldStarts, thaws, freezes, specializations, evictions, failures, idleStops, refusedThaws atomic.Int64
 }
 
 // Option configures a Pool.
@@ -146,6 +149,8 @@ type options struct {
 	clock        Clock
 	queueDepth   int
 	budget       int64
+	chargeFrozen bool
+	frozenMargin int64
 	stems        []StemSpec
 	onTransition func(id string, from, to State) // tests only
 }
@@ -164,9 +169,21 @@ func WithClock(c Clock) Option { return func(o *options) { o.clock = c } }
 // 1000).
 func WithQueueDepth(n int) Option { return func(o *options) { o.queueDepth = n } }
 
-// WithMemoryBudget bounds the sum of the memory limits of all containers
-// (default: unlimited).
+// WithMemoryBudget bounds the memory charged for all containers (default:
+// unlimited). A container is charged its memory limit, or less while frozen
+// with WithFrozenCharge.
 func WithMemoryBudget(bytes int64) Option { return func(o *options) { o.budget = bytes } }
+
+// WithFrozenCharge charges a frozen container, in the memory budget, the
+// memory its cgroup held when it froze plus margin bytes (at most its
+// limit), instead of its limit. Its whole limit is reserved again before it
+// thaws, evicting least recently used frozen containers if need be; a call
+// the budget cannot make room for is refused with ErrNoCapacity rather than
+// thawing a container the budget does not hold. margin must not be
+// negative. Without this option every container is charged its limit.
+func WithFrozenCharge(margin int64) Option {
+	return func(o *options) { o.chargeFrozen, o.frozenMargin = true, margin }
+}
 
 // WithStemCells keeps stem cells of the given runtimes.
 func WithStemCells(specs ...StemSpec) Option {
@@ -184,8 +201,8 @@ func New(driver Driver, runDir string, opts ...Option) (*Pool, error) {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	if o.queueDepth < 0 || o.budget < 0 || o.startTimeout <= 0 {
-		return nil, errors.New("pool: queue depth and memory budget must not be negative, start timeout must be positive")
+	if o.queueDepth < 0 || o.budget < 0 || o.startTimeout <= 0 || o.frozenMargin < 0 {
+		return nil, errors.New("pool: queue depth, memory budget and frozen margin must not be negative, start timeout must be positive")
 	}
 	abs, err := filepath.Abs(runDir)
 	if err != nil {
@@ -199,6 +216,8 @@ func New(driver Driver, runDir string, opts ...Option) (*Pool, error) {
 		startTimeout: o.startTimeout,
 		queueDepth:   o.queueDepth,
 		budget:       o.budget,
+		chargeFrozen: o.chargeFrozen,
+		frozenMargin: o.frozenMargin,
 		onTransition: o.onTransition,
 		stemSpecs:    make(map[string]StemSpec),
 		sets:         make(map[string]*set),

@@ -125,13 +125,20 @@ var panicOnIllegal = testing.Testing()
 // from c's state, and reports whether it did. It is the only place that
 // changes a container's state (a new Container starts as Creating).
 //
-// A move the table does not allow is a bug. It is logged as an error, with
-// the container and both states, and refused: c keeps its state, so that a
-// container already being removed never returns to use. In test binaries
+// A move the table does not allow is a bug, and so is a move out of Frozen
+// to a state that runs the container (any but Stopping and Failed) while
+// the container is charged less than its memory limit (budget.go). Either
+// is logged as an error, with the container and both states, and refused:
+// c keeps its state, so that a container already being removed never
+// returns to use and no container thaws unpaid. In test binaries
 // (panicOnIllegal) it then panics.
 func (p *Pool) setStateLocked(c *Container, to State) bool {
 	if !transitions[c.state].has(to) {
 		p.illegalLocked(c, to)
+		return false
+	}
+	if c.state == StateFrozen && to.live() && c.memory < c.limit {
+		p.unpaidLocked(c, to)
 		return false
 	}
 	if p.onTransition != nil {
@@ -139,6 +146,16 @@ func (p *Pool) setStateLocked(c *Container, to State) bool {
 	}
 	c.state = to
 	return true
+}
+
+// unpaidLocked reports the move of c out of Frozen to the running state to
+// while the budget does not hold its limit.
+func (p *Pool) unpaidLocked(c *Container, to State) {
+	p.log.Error("container leaving frozen without its memory limit reserved; refused", "container", c.id,
+		"to", to.String(), "charged", c.memory, "limit", c.limit)
+	if panicOnIllegal {
+		panic(fmt.Sprintf("pool: container %s: %v → %v with %d of %d bytes reserved", c.id, StateFrozen, to, c.memory, c.limit))
+	}
 }
 
 // illegalLocked reports the illegal move of c from its state to another.

@@ -12,11 +12,14 @@ type Snapshot struct {
 	Containers map[string]map[State]int
 	// Waiting counts queued calls by function.
 	Waiting map[string]int
-	// MemoryUsedBytes is the sum of the memory limits of live containers;
+	// MemoryUsedBytes is the memory charged for live containers: each
+	// one's limit, or less for a frozen one with WithFrozenCharge;
 	// MemoryBudgetBytes the budget (0: unlimited).
 	MemoryUsedBytes, MemoryBudgetBytes int64
-	// Event counts since the pool started.
-	ColdStarts, Thaws, Freezes, Specializations, Evictions, Failures, IdleStops int64
+	// Event counts since the pool started. RefusedThaws counts frozen
+	// containers (and stem cells) left frozen because the budget could not
+	// hold their limit again.
+	ColdStarts, Thaws, Freezes, Specializations, Evictions, Failures, IdleStops, RefusedThaws int64
 }
 
 // Stats returns a snapshot of the pool.
@@ -32,6 +35,7 @@ func (p *Pool) Stats() Snapshot {
 		Evictions:         p.counters.evictions.Load(),
 		Failures:          p.counters.failures.Load(),
 		IdleStops:         p.counters.idleStops.Load(),
+		RefusedThaws:      p.counters.refusedThaws.Load(),
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -19,7 +20,7 @@ func (p *Pool) refillStemsLocked(runtime string) {
 		return
 	}
 	for len(p.stems[runtime])+p.stemStarting[runtime] < spec.Count {
-		if !p.reserveLocked(spec.MemoryBytes, false) {
+		if !p.reserveLocked(spec.MemoryBytes, false, nil) {
 			return
 		}
 		p.stemStarting[runtime]++
@@ -34,8 +35,9 @@ func (p *Pool) startStem(spec StemSpec) {
 		Args:        spec.Args,
 		MemoryBytes: spec.MemoryBytes,
 	})
+	var used int64
 	if err == nil {
-		err = p.freezeNew(c)
+		used, err = p.freezeNew(c)
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -63,7 +65,7 @@ func (p *Pool) startStem(spec StemSpec) {
 		}
 		return
 	}
-	c.memory = spec.MemoryBytes
+	c.memory, c.limit = spec.MemoryBytes, spec.MemoryBytes
 	c.lastUsed = p.clock.Now()
 	p.setStateLocked(c, StateFrozen)
 	if p.closed {
@@ -71,28 +73,33 @@ func (p *Pool) startStem(spec StemSpec) {
 		return
 	}
 	p.stems[spec.Runtime] = append(p.stems[spec.Runtime], c)
+	p.lowerChargeLocked(c, used)
 	p.log.Debug("stem cell ready", "runtime", spec.Runtime, "container", c.id)
 }
 
 // takeStemLocked takes a frozen stem cell able to become fn's container,
-// or returns nil. It moves the memory reservation to fn's limit.
+// or returns nil. It moves the stem cell's charge in the memory budget to
+// fn's limit, evicting other frozen containers if need be, before the stem
+// cell may thaw; it returns nil when the budget cannot hold it.
 func (p *Pool) takeStemLocked(fn *Function) *Container {
 	stems := p.stems[fn.Runtime]
 	if fn.Code == "" || len(stems) == 0 {
 		return nil
 	}
 	c := stems[len(stems)-1]
-	if delta := fn.MemoryBytes - c.memory; delta > 0 && !p.reserveLocked(delta, true) {
-		return nil
-	} else if delta > 0 {
-		c.memory += delta
+	if delta := fn.MemoryBytes - c.memory; delta > 0 {
+		if !p.reserveLocked(delta, true, c) {
+			p.counters.refusedThaws.Add(1)
+			return nil
+		}
+	} else {
+		p.memoryUsed += delta // give back what fn's lower limit frees
 	}
-	// reserveLocked may have evicted stem cells: take the newest left.
+	c.memory, c.limit = fn.MemoryBytes, fn.MemoryBytes
+	// Evictions may have taken other stem cells out of the list.
 	stems = p.stems[fn.Runtime]
-	if len(stems) == 0 || stems[len(stems)-1] != c {
-		return nil
-	}
-	p.stems[fn.Runtime] = stems[:len(stems)-1]
+	stems = slices.DeleteFunc(stems, func(x *Container) bool { return x == c })
+	p.stems[fn.Runtime] = stems
 	p.setStateLocked(c, StateSpecializing)
 	c.active = 0
 	p.refillStemsLocked(fn.Runtime)

@@ -15,6 +15,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"syscall"
 	"time"
 
@@ -47,6 +48,7 @@ type config struct {
 	logLevel        string
 	queueDepth      int
 	memoryBudget    int64
+	frozenMargin    int64 // negative: frozen containers are charged their limit
 	stemCells       map[string]int
 	executorBinary  string
 	auth            bool
@@ -86,7 +88,8 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	fs.DurationVar(&c.startTimeout, "start-timeout", 10*time.Second, "bound on a container becoming ready")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log `level`: debug, info, warn, error")
 	fs.IntVar(&c.queueDepth, "queue-depth", 1000, "calls that may wait for a container, per function")
-	budget := fs.String("memory-budget", "75%", "sum of container memory limits the node allows: `SIZE` (512Mi, 16G, bytes) or a percentage of RAM")
+	budget := fs.String("memory-budget", "75%", "memory the node allows its containers: `SIZE` (512Mi, 16G, bytes) or a percentage of RAM; each container counts its memory limit, a frozen one its use (see --frozen-margin)")
+	frozenMargin := fs.String("frozen-margin", "1Mi", "a frozen container counts in --memory-budget as the memory its cgroup held when it froze plus this `SIZE`, and gets its whole limit back before it thaws (LRU frozen containers are evicted for it, else the call gets 503); \"off\" counts frozen containers at their limit")
 	stems := fs.String("stem-cells", "", "frozen generic containers to keep per runtime, as `RUNTIME=N[,...]` (e.g. go=2)")
 	fs.StringVar(&c.executorBinary, "executor-binary", "", "static stem cell executor `binary` (default: kiln-executor beside kilnd)")
 	fs.BoolVar(&c.auth, "auth", true, "require the admin token (DATA_DIR/admin.token) for the management API; --auth=false admits requests without a token from loopback as the admin (never on a non-loopback address)")
@@ -116,6 +119,12 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	}
 	if c.memoryBudget, err = parseBudget(*budget); err != nil {
 		return c, fmt.Errorf("--memory-budget %q: %v", *budget, err)
+	}
+	c.frozenMargin = -1
+	if *frozenMargin != "off" {
+		if c.frozenMargin, err = parseBudget(*frozenMargin); err != nil || strings.HasSuffix(*frozenMargin, "%") {
+			return c, fmt.Errorf("--frozen-margin %q: want a size such as 1Mi, or off", *frozenMargin)
+		}
 	}
 	if c.stemCells, err = parseStemCells(*stems); err != nil {
 		return c, fmt.Errorf("--stem-cells %q: %v", *stems, err)
@@ -292,6 +301,9 @@ func run(args []string, stderr io.Writer) error {
 		pool.WithQueueDepth(cfg.queueDepth),
 		pool.WithMemoryBudget(cfg.memoryBudget),
 	}
+	if cfg.frozenMargin >= 0 {
+		popts = append(popts, pool.WithFrozenCharge(cfg.frozenMargin))
+	}
 	for runtime, n := range cfg.stemCells {
 		exe := cfg.executorBinary
 		if exe == "" {
@@ -318,7 +330,7 @@ func run(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	log.Info("pool ready", "memory_budget", cfg.memoryBudget, "queue_depth", cfg.queueDepth, "stem_cells", cfg.stemCells)
+	log.Info("pool ready", "memory_budget", cfg.memoryBudget, "frozen_margin", cfg.frozenMargin, "queue_depth", cfg.queueDepth, "stem_cells", cfg.stemCells)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), agent.NewPoolCollector(p))
 	aopts := []agent.Option{

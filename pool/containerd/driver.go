@@ -723,13 +723,18 @@ func (d *Driver) Remove(ctx context.Context, id string) error {
 func (d *Driver) removeKnown(ctx context.Context, c *container) error {
 	killCtx, cancel := context.WithTimeout(ctx, d.opts.killTimeout)
 	defer cancel()
-	d.thawForKill(c)
 	select {
 	case <-c.exited:
+		d.thawForKill(c)
 	default:
-		if err := c.task.Kill(killCtx, syscall.SIGKILL); err != nil &&
-			!errdefs.IsNotFound(err) && !errdefs.IsFailedPrecondition(err) {
-			return fmt.Errorf("kill: %w", err)
+		// Killing through the cgroup spares the runtime's kill (a shim
+		// call and an OCI runtime process): a third of what a removal
+		// costs containerd.
+		if !d.killFrozen(killCtx, c) {
+			if err := c.task.Kill(killCtx, syscall.SIGKILL); err != nil &&
+				!errdefs.IsNotFound(err) && !errdefs.IsFailedPrecondition(err) {
+				return fmt.Errorf("kill: %w", err)
+			}
 		}
 		select {
 		case <-c.exited:

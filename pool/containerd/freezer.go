@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/kilnfx/kiln/pool"
@@ -208,6 +209,61 @@ func (d *Driver) Thaw(ctx context.Context, id string) error {
 		return err
 	}
 	return f.thaw()
+}
+
+// killFrozen kills every process of c through its cgroup, without
+// containerd, and reports whether it did: on cgroup v2 by writing
+// cgroup.kill; on v1 by freezing the cgroup (a no-op for a frozen
+// container), sending SIGKILL to each process in cgroup.procs and thawing
+// it. A frozen task cannot exit, so no listed process id can have been
+// reaped and reused before its signal; the signals take effect at the
+// thaw. It reports false, having killed nothing, when the cgroup files
+// cannot be used (the caller then kills through the runtime); either way
+// c's freezer is thawed and closed and c is marked removed, as by
+// thawForKill.
+func (d *Driver) killFrozen(ctx context.Context, c *container) bool {
+	c.freezeMu.Lock()
+	defer c.freezeMu.Unlock()
+	defer func() {
+		if c.freezer.opened {
+			_ = c.freezer.thaw()
+		}
+		c.freezer.close()
+		c.removed = true
+	}()
+	if c.removed {
+		return false
+	}
+	for _, base := range []string{filepath.Join(d.opts.cgroupRoot, "unified"), d.opts.cgroupRoot} {
+		kill := filepath.Join(base, c.cgroup, "cgroup.kill")
+		if exists(kill) {
+			return os.WriteFile(kill, []byte("1"), 0) == nil
+		}
+	}
+	procs := filepath.Join(d.opts.cgroupRoot, "freezer", c.cgroup, "cgroup.procs")
+	if !exists(procs) {
+		return false
+	}
+	if !c.freezer.opened {
+		if err := c.freezer.open(d.opts.cgroupRoot, c.cgroup); err != nil || c.freezer.v2 {
+			return false
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if err := c.freezer.freeze(ctx); err != nil {
+		return false
+	}
+	pids, err := readPids(procs)
+	if err != nil {
+		return false
+	}
+	for _, pid := range pids {
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+			return false
+		}
+	}
+	return true
 }
 
 // thawForKill thaws c before it is killed: a task frozen by the v1 freezer

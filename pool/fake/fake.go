@@ -38,6 +38,7 @@ type Driver struct {
 	starts    int
 	thaws     int
 	freezes   int
+	use       int64 // memory every container holds, as Stats reports it
 	hook      func(op, id string) error
 }
 
@@ -55,7 +56,15 @@ var _ pool.Driver = (*Driver)(nil)
 
 // New returns a Driver whose containers serve calls with h.
 func New(h sdk.Handler) *Driver {
-	return &Driver{handler: h, containers: make(map[string]*container)}
+	return &Driver{handler: h, containers: make(map[string]*container), use: 1 << 20}
+}
+
+// SetMemoryUse sets the memory use Stats reports for every container
+// (default 1 MiB).
+func (d *Driver) SetMemoryUse(bytes int64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.use = bytes
 }
 
 // SetHook makes the driver call f before an operation on a container: op
@@ -189,7 +198,9 @@ func (d *Driver) Stats(ctx context.Context, id string) (pool.Stats, error) {
 	if _, err := d.get(id); err != nil {
 		return pool.Stats{}, err
 	}
-	return pool.Stats{MemoryBytes: 1 << 20, MemoryPeakBytes: 1 << 20}, nil
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return pool.Stats{MemoryBytes: d.use, MemoryPeakBytes: d.use}, nil
 }
 
 // Freeze implements pool.Driver.

@@ -47,7 +47,7 @@ func run() error {
 		n         = flag.Int("n", 0, "measured calls per open-loop scenario (default 4000, quick 500)")
 		warmup    = flag.Int("warmup", 0, "unrecorded calls before each open-loop scenario (default 500, quick 100)")
 		levels    = flag.String("levels", "", "throughput's concurrency `levels` (default 1,2,4,...,256; quick 1,8,64)")
-		density   = flag.String("density-steps", "", "density's frozen container `counts` (default 8,16,32,64,128,256; quick 8,16)")
+		density   = flag.String("density-steps", "", "density's frozen container `counts` (default 8,16,32,64,128,256,512,1000; quick 8,16)")
 		budget    = flag.Duration("budget", 0, "time the run should take at most: density stops growing before it (default 8m30s, quick 50s)")
 		kilndArgs = flag.String("kilnd-args", "", "space-separated `flags` added to every kilnd the run starts (e.g. \"--kilnd-cpus 0 --container-cpus 1\")")
 		fnProcs   = flag.Int("fn-gomaxprocs", 0, "GOMAXPROCS of the benchmark functions and of the floors' function processes (0: kiln's default, 1)")
@@ -75,7 +75,7 @@ func run() error {
 		LevelDuration: 2 * time.Second, LevelWarmup: 500 * time.Millisecond,
 		Thaws: 2000, Stems: 60, Colds: 40,
 		Bursts: 3, BurstSize: 200,
-		DensitySteps: []int{8, 16, 32, 64, 128, 256}, DensityThaws: 200, DensityMemoryMB: 32,
+		DensitySteps: []int{8, 16, 32, 64, 128, 256, 512, 1000}, DensityThaws: 200, DensityMemoryMB: 32,
 		Deadline: start.Add(8*time.Minute + 30*time.Second),
 	}
 	if *quick {

@@ -3,6 +3,7 @@ package datastore
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -249,13 +250,13 @@ INSERT INTO ingest_position (id, segment, byte_offset, updated_ns) VALUES (1, ?,
 ON CONFLICT (id) DO UPDATE SET
 	segment = excluded.segment, byte_offset = excluded.byte_offset, updated_ns = excluded.updated_ns`
 
-// ingestStatements are the statements of a batch, prepared on the write
-// handle once and reused by every batch's transaction.
+// ingestStatements are the statements of a batch but its multi-row
+// INSERTs (see callInserter), prepared on the write handle once and reused
+// by every batch's transaction.
 type ingestStatements struct {
-	insertCalls [len(insertChunkSizes)]*sql.Stmt // insertCallsSQL(insertChunkSizes[i])
-	insertCall  *sql.Stmt                        // insertCallSQL
-	putRollup   [numLevels]*sql.Stmt             // rollupLevels[i].putSQL
-	position    *sql.Stmt                        // storePositionSQL
+	insertCall *sql.Stmt            // insertCallSQL
+	putRollup  [numLevels]*sql.Stmt // rollupLevels[i].putSQL
+	position   *sql.Stmt            // storePositionSQL
 }
 
 // ingestStatements returns the prepared statements of ingestBatch,
@@ -281,9 +282,6 @@ func (s *Store) ingestStatements(ctx context.Context) (*ingestStatements, error)
 		}
 		return p
 	}
-	for i, n := range insertChunkSizes {
-		st.insertCalls[i] = prepare(insertCallsSQL(n))
-	}
 	st.insertCall = prepare(insertCallSQL)
 	for i, l := range rollupLevels {
 		st.putRollup[i] = prepare(l.putSQL)
@@ -301,11 +299,7 @@ func (s *Store) ingestStatements(ctx context.Context) (*ingestStatements, error)
 
 // close closes the statements.
 func (st *ingestStatements) close() error {
-	var errs []error
-	for _, p := range st.insertCalls {
-		errs = append(errs, p.Close())
-	}
-	errs = append(errs, st.insertCall.Close())
+	errs := []error{st.insertCall.Close()}
 	for _, p := range st.putRollup {
 		errs = append(errs, p.Close())
 	}
@@ -336,18 +330,29 @@ func (s *Store) ingestBatch(ctx context.Context, recs []UsageRecord, next Journa
 	if err != nil {
 		return 0, err
 	}
-	tx, err := s.write.BeginTx(ctx, nil)
+	// The write handle's one connection, held for the whole batch so that
+	// the multi-row INSERTs can run on it directly (see callInserter).
+	conn, err := s.write.Conn(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close()
+
+	// go-sqlite3 runs each statement under a cancellable ctx in a goroutine
+	// of its own, which costs more than the insert itself. The statements
+	// get a ctx that cannot be cancelled, and ctx is checked between them
+	// instead. So does the transaction: under ctx, database/sql would roll
+	// it back by itself when ctx ends, and an insert run on the driver
+	// connection after that would commit on its own.
+	rowCtx := context.WithoutCancel(ctx)
+	tx, err := conn.BeginTx(rowCtx, nil)
 	if err != nil {
 		return 0, err
 	}
 	defer tx.Rollback() //nolint:errcheck // no-op after Commit
+	var ins callInserter
+	defer conn.Raw(func(any) error { return ins.close() }) //nolint:errcheck // closing a prepared statement of a good connection does not fail
 
-	// go-sqlite3 runs each statement under a cancellable ctx in a goroutine
-	// of its own, which costs more than the insert itself. The row
-	// statements get a ctx that cannot be cancelled, and ctx is checked
-	// between them instead; BEGIN keeps ctx.
-	rowCtx := context.WithoutCancel(ctx)
-	var inTx [len(insertChunkSizes)]*sql.Stmt // st.insertCalls bound to tx, as needed
 	for rest := recs; len(rest) > 0; {
 		if err := ctx.Err(); err != nil {
 			return 0, err
@@ -358,10 +363,11 @@ func (s *Store) ingestBatch(ctx context.Context, recs []UsageRecord, next Journa
 		}
 		chunk := rest[:insertChunkSizes[k]]
 		rest = rest[len(chunk):]
-		if inTx[k] == nil {
-			inTx[k] = tx.StmtContext(ctx, st.insertCalls[k])
-		}
-		fresh, err := insertCalls(rowCtx, inTx[k], chunk, acc)
+		var fresh bool
+		err := conn.Raw(func(dc any) (err error) {
+			fresh, err = ins.insert(rowCtx, dc, k, chunk, acc)
+			return err
+		})
 		if err != nil {
 			return 0, err
 		}
@@ -394,32 +400,74 @@ func (s *Store) ingestBatch(ctx context.Context, recs []UsageRecord, next Journa
 	return inserted, nil
 }
 
-// insertCalls inserts chunk with ins, a multi-row INSERT of len(chunk)
-// rows, and reports whether it did. It reports false, with nothing
-// inserted, when a call id of chunk is already in the table or appears
-// twice in chunk.
+// callInserter runs the multi-row INSERTs of the calls table on the driver
+// connection itself rather than through database/sql, which would copy the
+// parameters of every statement into a new []driver.NamedValue: most of
+// what ingestion allocated. Its statements are prepared on the batch's
+// connection as the batch needs them and closed at its end.
+type callInserter struct {
+	stmts [len(insertChunkSizes)]driver.Stmt // insertCallsSQL(insertChunkSizes[i]), nil until used
+}
+
+// insert inserts chunk, of insertChunkSizes[k] calls, on the driver
+// connection dc with one statement and reports whether it did. It reports
+// false, with nothing inserted, when a call id of chunk is already in the
+// table or appears twice in chunk.
 //
-// The statement runs through Query rather than Exec: go-sqlite3 then binds
+// The statement runs as a query rather than an exec: go-sqlite3 then binds
 // all parameters and steps in one cgo call instead of one call per
 // parameter.
-func insertCalls(rowCtx context.Context, ins *sql.Stmt, chunk []UsageRecord, acc *rollupBatch) (bool, error) {
+func (ci *callInserter) insert(rowCtx context.Context, dc any, k int, chunk []UsageRecord, acc *rollupBatch) (bool, error) {
+	if ci.stmts[k] == nil {
+		p, ok := dc.(driver.ConnPrepareContext)
+		if !ok {
+			return false, fmt.Errorf("the driver's connection is %T, which cannot prepare with a context", dc)
+		}
+		st, err := p.PrepareContext(rowCtx, insertCallsSQL(insertChunkSizes[k]))
+		if err != nil {
+			return false, fmt.Errorf("prepare the insert of %d calls: %w", insertChunkSizes[k], err)
+		}
+		ci.stmts[k] = st
+	}
+	q, ok := ci.stmts[k].(driver.StmtQueryContext)
+	if !ok {
+		return false, fmt.Errorf("the driver's statements are %T, which cannot query with a context", ci.stmts[k])
+	}
 	args := acc.args[:0]
 	for i := range chunk {
 		args = appendCallArgs(args, &chunk[i])
 	}
 	acc.args = args
-	rows, err := ins.QueryContext(rowCtx, args...)
+	named := acc.named[:0]
+	for i, v := range args {
+		named = append(named, driver.NamedValue{Ordinal: i + 1, Value: v})
+	}
+	acc.named = named
+	rows, err := q.QueryContext(rowCtx, named)
 	clear(args) // drop the strings until the next chunk
+	clear(named)
 	if isDuplicateCallID(err) {
 		return false, nil
+	}
+	if err == nil {
+		err = rows.Close()
 	}
 	if err != nil {
 		return false, fmt.Errorf("insert %d calls from %q: %w", len(chunk), chunk[0].CallID, err)
 	}
-	if err := rows.Close(); err != nil {
-		return false, fmt.Errorf("insert %d calls from %q: %w", len(chunk), chunk[0].CallID, err)
-	}
 	return true, nil
+}
+
+// close closes the statements prepared; the caller holds their connection.
+func (ci *callInserter) close() error {
+	var errs []error
+	for i, st := range ci.stmts {
+		if st != nil {
+			errs = append(errs, st.Close())
+			ci.stmts[i] = nil
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // insertCallsOneByOne inserts the calls of chunk one at a time with ins

@@ -460,3 +460,54 @@ func TestInsertCallsSQL(t *testing.T) {
 		}
 	}
 }
+
+// TestIngestBatchCancelledMidway cancels batches at random moments: each
+// one is then committed whole, position included, or leaves nothing.
+func TestIngestBatchCancelledMidway(t *testing.T) {
+	s := openTest(t)
+	rng := rand.New(rand.NewPCG(12, 12))
+	const size = 2000
+	next, calls, committed := 0, int64(0), 0
+	batch := func() []UsageRecord {
+		recs := make([]UsageRecord, size)
+		for i := range recs {
+			recs[i] = randRecord(rng, testBase, time.Hour, next)
+			next++
+		}
+		return recs
+	}
+	// Cancellations fall anywhere within twice the time of a whole batch.
+	start := time.Now()
+	if _, err := s.ingestBatch(t.Context(), batch(), JournalPosition{Segment: 1}, new(rollupBatch)); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	calls += size
+	for attempt := range 20 {
+		recs := batch()
+		ctx, cancel := context.WithCancel(t.Context())
+		timer := time.AfterFunc(time.Duration(rng.Int64N(int64(2*took))), cancel)
+		pos := JournalPosition{Segment: 1, Offset: int64(attempt + 1)}
+		n, err := s.ingestBatch(ctx, recs, pos, new(rollupBatch))
+		timer.Stop()
+		cancel()
+		switch {
+		case err == nil && n == size:
+			calls += size
+			committed++
+			if got, err := s.ingestPosition(t.Context()); err != nil || got != pos {
+				t.Fatalf("attempt %d: committed, but the position is %v, %v", attempt, got, err)
+			}
+		case errors.Is(err, context.Canceled):
+		default:
+			t.Fatalf("attempt %d: ingestBatch = %d, %v", attempt, n, err)
+		}
+		if got := queryInt(t, s, `SELECT COUNT(*) FROM calls`); got != calls {
+			t.Fatalf("attempt %d (err %v): %d calls, want %d", attempt, err, got, calls)
+		}
+		if got := queryInt(t, s, `SELECT COALESCE(SUM(count), 0) FROM usage_rollup`); got != calls {
+			t.Fatalf("attempt %d: rollups count %d calls, want %d", attempt, got, calls)
+		}
+	}
+	t.Logf("%d of 20 batches committed before their cancellation", committed)
+}

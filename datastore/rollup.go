@@ -3,6 +3,7 @@ package datastore
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"fmt"
 	"math"
 	"time"
@@ -90,11 +91,12 @@ func (a *rollupAcc) add(r *UsageRecord) {
 // the scratch space of the batch's statements. Its zero value is ready to
 // use; it is reused from batch to batch.
 type rollupBatch struct {
-	rows [numLevels]map[rollupKey]*rollupAcc
-	last [numLevels]rollupRow // the row each level added to last, if any
-	free []*rollupAcc
-	args []any // statement parameters
-	blob []byte
+	rows  [numLevels]map[rollupKey]*rollupAcc
+	last  [numLevels]rollupRow // the row each level added to last, if any
+	free  []*rollupAcc
+	args  []any // statement parameters
+	named []driver.NamedValue
+	blob  []byte
 }
 
 // reset empties b, keeping its accumulators for reuse.

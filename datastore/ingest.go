@@ -203,12 +203,12 @@ func (in *Ingester) Run(ctx context.Context) error {
 	}
 }
 
-// insertChunkSizes are the row counts of the prepared multi-row INSERT
-// statements of the calls table, largest first. A batch is cut into chunks
-// of the largest size that fits what is left, so that any batch needs at
-// most a few statements per size and the statements are prepared once per
-// connection rather than once per batch size. 256 rows bind 5,632
-// parameters, well under SQLite's limit of 32,766.
+// insertChunkSizes are the row counts of the multi-row INSERT statements
+// of the calls table, largest first. A batch is cut into chunks of the
+// largest size that fits what is left, so that a batch of any size
+// prepares at most four statements and, past its 256-row chunks, runs each
+// at most seven times. 256 rows bind 5,632 parameters, well under SQLite's
+// limit of 32,766.
 var insertChunkSizes = [...]int{256, 32, 4, 1}
 
 // callParams is the number of columns a calls row binds.

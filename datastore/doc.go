@@ -51,16 +51,22 @@
 // journal before it answers (that append is what makes the call
 // acknowledged); an [Ingester] reads the journal through the narrow
 // [UsageSource] interface and, one immediate transaction per batch of up to
-// 1000 records:
+// 4096 records (by default; a batch is what the journal holds when the
+// ingester wakes, 250ms after an append):
 //
 //   - inserts the records into calls, keyed by call id, ignoring ids already
-//     there;
+//     there. Rows go in with prepared multi-row INSERTs of up to 256 rows;
+//     a statement that meets an id already there fails as a whole and its
+//     rows go in again one by one with ON CONFLICT DO NOTHING, so the first
+//     record of an id wins;
 //   - adds the records it did insert, and only those, to usage_rollup: one
 //     row per (UTC minute, function, tenant, status, start kind) with the
 //     count, sums of run, total and queue time, GB-seconds, CPU time, bytes
 //     in and out, and a run-time histogram (4 log-scale buckets per power
 //     of two from about 1 µs to about 73 min, see histogram.go); and the
-//     same to usage_rollup_hour and usage_rollup_day, per UTC hour and day;
+//     same to usage_rollup_hour and usage_rollup_day, per UTC hour and day.
+//     A batch sums its calls per rollup row in memory first, then writes
+//     one upsert per row it touched;
 //   - stores in ingest_position the journal position the batch reached.
 //
 // Because the position moves in the same transaction as the rows, a crash

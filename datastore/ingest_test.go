@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math"
 	"math/rand/v2"
+	"strings"
 	"testing"
 	"time"
 )
@@ -352,4 +353,161 @@ func TestMinuteOf(t *testing.T) {
 			t.Errorf("minuteOf(%d) = %d, want %d", c.ns, got, c.want)
 		}
 	}
+}
+
+// TestIngestBatchChunks runs batches whose sizes fall on and around the
+// multi-row statements' sizes, with and without repeated call ids, and
+// checks the calls, the rollups and the count of new calls against what
+// ingesting one record at a time gives.
+func TestIngestBatchChunks(t *testing.T) {
+	maxChunk := insertChunkSizes[0]
+	type batch struct {
+		fresh int   // new records
+		dups  []int // then repeats of these indexes into all records so far (negative: from the end)
+	}
+	cases := []struct {
+		name    string
+		batches []batch
+	}{
+		{"one", []batch{{fresh: 1}}},
+		{"max chunk", []batch{{fresh: maxChunk}}},
+		{"max chunk plus one", []batch{{fresh: maxChunk + 1}}},
+		{"not a multiple of any chunk", []batch{{fresh: 2*maxChunk + 3*32 + 4 + 3}}},
+		{"default max batch", []batch{{fresh: 4096}}},
+		{"repeat inside a chunk", []batch{{fresh: 10, dups: []int{3}}}},
+		{"repeat of the first record at a chunk's end", []batch{{fresh: maxChunk - 1, dups: []int{0}}}},
+		{"repeat in a later chunk of the batch", []batch{{fresh: maxChunk + 40, dups: []int{5, 6, -1}}}},
+		{"repeats across batches", []batch{{fresh: 300}, {fresh: 7, dups: []int{0, 299, 150}}, {dups: []int{1, 2}}}},
+		{"a batch of repeats only", []batch{{fresh: maxChunk}, {dups: make([]int, maxChunk)}}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(11, 11))
+			s := openTest(t)
+			var all []UsageRecord
+			seen := map[string]bool{}
+			wantCalls := 0
+			for bi, b := range c.batches {
+				var recs []UsageRecord
+				for range b.fresh {
+					all = append(all, randRecord(rng, testBase, time.Hour, len(all)))
+					recs = append(recs, all[len(all)-1])
+				}
+				for _, d := range b.dups {
+					if d < 0 {
+						d += len(all)
+					}
+					dup := all[d]
+					dup.Status, dup.BytesIn = 599, -1 // must not replace the first record
+					recs = append(recs, dup)
+				}
+				wantNew := 0
+				for _, r := range recs {
+					if !seen[r.CallID] {
+						seen[r.CallID] = true
+						wantNew++
+					}
+				}
+				wantCalls += wantNew
+				got, err := s.ingestBatch(t.Context(), recs, JournalPosition{Segment: 1, Offset: int64(bi + 1)}, new(rollupBatch))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got != wantNew {
+					t.Errorf("batch %d of %d records: %d new, want %d", bi, len(recs), got, wantNew)
+				}
+			}
+			if got := queryInt(t, s, `SELECT COUNT(*) FROM calls`); got != int64(wantCalls) {
+				t.Errorf("%d calls, want %d", got, wantCalls)
+			}
+			for _, l := range rollupLevels {
+				if got := queryInt(t, s, `SELECT SUM(count) FROM `+l.table); got != int64(wantCalls) {
+					t.Errorf("%s counts %d calls, want %d", l.table, got, wantCalls)
+				}
+			}
+			if n := queryInt(t, s, `SELECT COUNT(*) FROM calls WHERE status = 599 OR bytes_in = -1`); n != 0 {
+				t.Errorf("%d repeated records replaced the first", n)
+			}
+			for _, r := range all {
+				got, err := s.GetCall(t.Context(), r.CallID)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !sameRecord(got, r) {
+					t.Fatalf("call %s = %+v, want %+v", r.CallID, got, r)
+				}
+			}
+			rollupVsRaw(t, s)
+		})
+	}
+}
+
+func TestInsertCallsSQL(t *testing.T) {
+	for _, n := range insertChunkSizes {
+		if got := strings.Count(insertCallsSQL(n), "?"); got != n*callParams {
+			t.Errorf("insertCallsSQL(%d) has %d placeholders, want %d", n, got, n*callParams)
+		}
+	}
+	if got := len(appendCallArgs(nil, &UsageRecord{})); got != callParams {
+		t.Errorf("appendCallArgs appends %d parameters, want %d", got, callParams)
+	}
+	if insertChunkSizes[len(insertChunkSizes)-1] != 1 {
+		t.Errorf("the smallest chunk is %d rows: some batch sizes cannot be cut", insertChunkSizes[len(insertChunkSizes)-1])
+	}
+	for i := 1; i < len(insertChunkSizes); i++ {
+		if insertChunkSizes[i] >= insertChunkSizes[i-1] {
+			t.Errorf("insertChunkSizes %v are not largest first", insertChunkSizes)
+		}
+	}
+}
+
+// TestIngestBatchCancelledMidway cancels batches at random moments: each
+// one is then committed whole, position included, or leaves nothing.
+func TestIngestBatchCancelledMidway(t *testing.T) {
+	s := openTest(t)
+	rng := rand.New(rand.NewPCG(12, 12))
+	const size = 2000
+	next, calls, committed := 0, int64(0), 0
+	batch := func() []UsageRecord {
+		recs := make([]UsageRecord, size)
+		for i := range recs {
+			recs[i] = randRecord(rng, testBase, time.Hour, next)
+			next++
+		}
+		return recs
+	}
+	// Cancellations fall anywhere within twice the time of a whole batch.
+	start := time.Now()
+	if _, err := s.ingestBatch(t.Context(), batch(), JournalPosition{Segment: 1}, new(rollupBatch)); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	calls += size
+	for attempt := range 20 {
+		recs := batch()
+		ctx, cancel := context.WithCancel(t.Context())
+		timer := time.AfterFunc(time.Duration(rng.Int64N(int64(2*took))), cancel)
+		pos := JournalPosition{Segment: 1, Offset: int64(attempt + 1)}
+		n, err := s.ingestBatch(ctx, recs, pos, new(rollupBatch))
+		timer.Stop()
+		cancel()
+		switch {
+		case err == nil && n == size:
+			calls += size
+			committed++
+			if got, err := s.ingestPosition(t.Context()); err != nil || got != pos {
+				t.Fatalf("attempt %d: committed, but the position is %v, %v", attempt, got, err)
+			}
+		case errors.Is(err, context.Canceled):
+		default:
+			t.Fatalf("attempt %d: ingestBatch = %d, %v", attempt, n, err)
+		}
+		if got := queryInt(t, s, `SELECT COUNT(*) FROM calls`); got != calls {
+			t.Fatalf("attempt %d (err %v): %d calls, want %d", attempt, err, got, calls)
+		}
+		if got := queryInt(t, s, `SELECT COALESCE(SUM(count), 0) FROM usage_rollup`); got != calls {
+			t.Fatalf("attempt %d: rollups count %d calls, want %d", attempt, got, calls)
+		}
+	}
+	t.Logf("%d of 20 batches committed before their cancellation", committed)
 }

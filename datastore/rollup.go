@@ -3,6 +3,7 @@ package datastore
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"fmt"
 	"math"
 	"time"
@@ -61,6 +62,12 @@ type rollupKey struct {
 	start    string
 }
 
+// rollupRow is a rollup row's key and what a batch adds to it.
+type rollupRow struct {
+	key rollupKey
+	acc *rollupAcc
+}
+
 // rollupAcc is what one batch adds to a rollup row.
 type rollupAcc struct {
 	count, runNs, totalNs, queueNs, cpuNs, bytesIn, bytesOut int64
@@ -80,11 +87,16 @@ func (a *rollupAcc) add(r *UsageRecord) {
 	a.hist.add(int64(r.RunTime))
 }
 
-// rollupBatch gathers a batch's additions to every rollup level. Its zero
-// value is ready to use; it is reused from batch to batch.
+// rollupBatch gathers a batch's additions to every rollup level, and holds
+// the scratch space of the batch's statements. Its zero value is ready to
+// use; it is reused from batch to batch.
 type rollupBatch struct {
-	rows [numLevels]map[rollupKey]*rollupAcc
-	free []*rollupAcc
+	rows  [numLevels]map[rollupKey]*rollupAcc
+	last  [numLevels]rollupRow // the row each level added to last, if any
+	free  []*rollupAcc
+	args  []any // statement parameters
+	named []driver.NamedValue
+	blob  []byte
 }
 
 // reset empties b, keeping its accumulators for reuse.
@@ -98,13 +110,20 @@ func (b *rollupBatch) reset() {
 		}
 		clear(b.rows[i])
 	}
+	clear(b.last[:])
 }
 
-// add adds a newly inserted call to its row at every level.
+// add adds a newly inserted call to its row at every level. Calls close
+// together in the journal mostly share their rows, so the row of the
+// previous call is tried before the map.
 func (b *rollupBatch) add(r *UsageRecord) {
 	ns := r.ReceivedAt.UnixNano()
 	for i, l := range rollupLevels {
 		k := rollupKey{floorTo(ns, l.width), r.Function, r.Tenant, r.Status, r.Start}
+		if last := &b.last[i]; last.acc != nil && last.key == k {
+			last.acc.add(r)
+			continue
+		}
 		a := b.rows[i][k]
 		if a == nil {
 			if n := len(b.free); n > 0 {
@@ -116,33 +135,29 @@ func (b *rollupBatch) add(r *UsageRecord) {
 			}
 			b.rows[i][k] = a
 		}
+		b.last[i] = rollupRow{k, a}
 		a.add(r)
 	}
 }
 
-// upsert adds b to the rollup tables in tx, one statement per row: sums
-// are added by SQL, histograms merged by kiln_hist_merge (driver.go).
-// Statements run under rowCtx (see ingestBatch); ctx is checked between
-// them.
-func (b *rollupBatch) upsert(ctx, rowCtx context.Context, tx *sql.Tx) error {
-	var blob []byte
+// upsert adds b to the rollup tables in tx with put, the prepared putSQL
+// of each level: one statement per row, sums added by SQL, histograms
+// merged by kiln_hist_merge (driver.go). Statements run under rowCtx (see
+// ingestBatch); ctx is checked between them.
+func (b *rollupBatch) upsert(ctx, rowCtx context.Context, tx *sql.Tx, put *[numLevels]*sql.Stmt) error {
 	for i, l := range rollupLevels {
 		if len(b.rows[i]) == 0 {
 			continue
 		}
-		put, err := tx.PrepareContext(ctx, l.putSQL)
-		if err != nil {
-			return err
-		}
-		defer put.Close()
+		p := tx.StmtContext(ctx, put[i])
 		for k, a := range b.rows[i] {
 			if err := ctx.Err(); err != nil {
 				return err
 			}
-			blob = a.hist.appendBlob(blob[:0])
-			if _, err := put.ExecContext(rowCtx, k.bucket, k.function, k.tenant, k.status, k.start,
+			b.blob = a.hist.appendBlob(b.blob[:0])
+			if _, err := p.ExecContext(rowCtx, k.bucket, k.function, k.tenant, int64(k.status), k.start,
 				a.count, a.runNs, a.totalNs, a.queueNs, a.gbSeconds, a.cpuNs, a.bytesIn, a.bytesOut,
-				blob); err != nil {
+				b.blob); err != nil {
 				return fmt.Errorf("%s row of %d, function %q, tenant %q: %w", l.table, k.bucket, k.function, k.tenant, err)
 			}
 		}

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/mattn/go-sqlite3"
@@ -33,6 +34,9 @@ type Store struct {
 	read  *sql.DB // several query_only connections
 
 	now func() time.Time // clock for Created/Updated; time.Now outside tests
+
+	ingestMu    sync.Mutex        // guards ingestStmts
+	ingestStmts *ingestStatements // prepared on the write handle by the first batch; nil before
 }
 
 // Open opens the SQLite file at path, creating it if needed, switches it to
@@ -153,6 +157,12 @@ func isBusy(err error) bool {
 // Store must not be used afterwards.
 func (s *Store) Close() error {
 	var errs []error
+	s.ingestMu.Lock()
+	if s.ingestStmts != nil {
+		errs = append(errs, s.ingestStmts.close())
+		s.ingestStmts = nil
+	}
+	s.ingestMu.Unlock()
 	if s.read != nil {
 		errs = append(errs, s.read.Close())
 	}

@@ -403,7 +403,7 @@ func (s *HTTPServer) invoke(ctx *fasthttp.RequestCtx, rest []byte) {
 	// The call outlives a server shutdown signal: in-flight calls finish
 	// within the shutdown bound, and the function's timeout bounds each one.
 	// A client that closes its connection cancels its call.
-	callCtx := context.WithoutCancel(ctx)
+	callCtx := context.WithoutCancel(s.base)
 	if s.disconnects != nil {
 		var cancel context.CancelFunc
 		callCtx, cancel = context.WithCancel(callCtx)

@@ -86,8 +86,9 @@ func (p *Pool) acquire(ctx context.Context, fn *Function) (*Container, StartKind
 			}
 			// Frozen, and the budget cannot hold its limit to thaw it.
 			if !s.runningLocked() {
+				err := p.noThawLocked(c)
 				p.mu.Unlock()
-				return nil, 0, p.noThawLocked(c)
+				return nil, 0, err
 			}
 			// Wait for a running container of fn.
 		}

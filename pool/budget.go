@@ -84,10 +84,15 @@ func (p *Pool) rechargeLocked(c *Container) bool {
 // containers by use (WithFrozenCharge), c is still Frozen and used is a
 // reading (positive).
 func (p *Pool) lowerChargeLocked(c *Container, used int64) {
-	if !p.chargeFrozen || c.state != StateFrozen || used <= 0 {
+	if !p.chargeFrozen || c.state != StateFrozen {
 		return
 	}
-	c.frozenUse = used
+	// A failed reading forgets the last one: an older freeze's reading
+	// must never lower a later charge.
+	c.frozenUse = max(used, 0)
+	if used <= 0 {
+		return
+	}
 	charge := min(c.limit, used+p.frozenMargin)
 	if charge < c.memory {
 		p.memoryUsed -= c.memory - charge

@@ -26,8 +26,8 @@ const (
 	// ClassFunctionError when the function failed the call, and absent
 	// when the function answered.
 	HeaderError = "X-Kiln-Error"
-	// HeaderTrace, on a call's request, asks a kilnd started with
-	// --trace-calls to trace the call; the answer then carries it with
+	// HeaderTrace, on a call's request with any non-empty value, asks a
+	// kilnd started with --trace-calls to trace the call; the answer then carries it with
 	// the CLOCK_MONOTONIC nanoseconds at which the call passed each point
 	// of its way through kilnd and the executor, as comma-separated
 	// name=ns pairs (see agent.TracePoint). Without --trace-calls it is

@@ -118,5 +118,5 @@ func pinProcess(cpus cpuList) error {
 			return nil
 		}
 	}
-	return nil
+	return fmt.Errorf("threads kept appearing unpinned after 10 passes")
 }

@@ -57,6 +57,7 @@ type config struct {
 	gomaxprocs      int
 	traceCalls      bool
 	kilndCPUs       cpuList
+	startCPUs       unix.CPUSet // kilnd's CPU mask at start, read when a placement is asked for
 	containerCPUs   cpuList
 	maxConns        int
 	maxConnsPerIP   int
@@ -107,15 +108,16 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 		return c, err
 	}
 	var err error
-	var allowed unix.CPUSet
-	if err := unix.SchedGetaffinity(0, &allowed); err != nil {
-		return c, fmt.Errorf("read kilnd's CPU affinity: %w", err)
-	}
-	if c.kilndCPUs, err = parseCPUList(*kilndCPUs, allowed); err != nil {
-		return c, fmt.Errorf("--kilnd-cpus %q: %v", *kilndCPUs, err)
-	}
-	if c.containerCPUs, err = parseCPUList(*containerCPUs, allowed); err != nil {
-		return c, fmt.Errorf("--container-cpus %q: %v", *containerCPUs, err)
+	if *kilndCPUs != "" || *containerCPUs != "" {
+		if err := unix.SchedGetaffinity(0, &c.startCPUs); err != nil {
+			return c, fmt.Errorf("read kilnd's CPU affinity: %w", err)
+		}
+		if c.kilndCPUs, err = parseCPUList(*kilndCPUs, c.startCPUs); err != nil {
+			return c, fmt.Errorf("--kilnd-cpus %q: %v", *kilndCPUs, err)
+		}
+		if c.containerCPUs, err = parseCPUList(*containerCPUs, c.startCPUs); err != nil {
+			return c, fmt.Errorf("--container-cpus %q: %v", *containerCPUs, err)
+		}
 	}
 	if c.memoryBudget, err = parseBudget(*budget); err != nil {
 		return c, fmt.Errorf("--memory-budget %q: %v", *budget, err)
@@ -192,8 +194,9 @@ func run(args []string, stderr io.Writer) error {
 		return err
 	}
 	if cfg.kilndCPUs != nil {
-		// Before anything starts, so that every thread, containerd and
-		// its shims included, inherits the placement.
+		// Before anything starts, so that every thread inherits the
+		// placement; containerd is started on the CPUs kilnd started
+		// with, so that its shims and containers do not.
 		if err := pinProcess(cfg.kilndCPUs); err != nil {
 			return fmt.Errorf("--kilnd-cpus: %w", err)
 		}
@@ -246,8 +249,12 @@ func run(args []string, stderr io.Writer) error {
 	var supErr error
 	if address == "" {
 		dir := filepath.Join(cfg.dataDir, "containerd")
+		daemonOpts := []daemon.Option{daemon.WithBinary(cfg.ctrdBinary)}
+		if cfg.kilndCPUs != nil {
+			daemonOpts = append(daemonOpts, daemon.WithCPUAffinity(cfg.startCPUs))
+		}
 		sup, err := daemon.Supervise(ctx, dir,
-			daemon.WithDaemonOptions(daemon.WithBinary(cfg.ctrdBinary)),
+			daemon.WithDaemonOptions(daemonOpts...),
 			daemon.WithRestartLimit(cfg.ctrdRestarts, daemon.DefaultRestartWindow),
 			daemon.WithLogger(log))
 		if err != nil {

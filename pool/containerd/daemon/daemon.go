@@ -38,12 +38,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
@@ -85,7 +87,15 @@ type options struct {
 	logLevel     string
 	env          []string
 	hideCgroup2  bool
+	cpus         *unix.CPUSet // nil: the caller's thread's
 }
+
+// WithCPUAffinity starts the daemon on the CPUs of cpus whatever the
+// affinity of the calling process: a kilnd pinned to some CPUs passes the
+// set it started with, so that containerd, its shims and the containers
+// they start (which a CPU mask set with sched_setaffinity follows across
+// fork and exec) are not confined to kilnd's CPUs.
+func WithCPUAffinity(cpus unix.CPUSet) Option { return func(o *options) { o.cpus = &cpus } }
 
 // WithBinary sets the containerd executable: a path, or a name looked up on
 // PATH. The default is "containerd".
@@ -211,7 +221,7 @@ func Start(ctx context.Context, dir string, opts ...Option) (*Containerd, error)
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
 	cmd.Env = o.env
-	if err := cmd.Start(); err != nil {
+	if err := startWithAffinity(cmd, o.cpus); err != nil {
 		logFile.Close()
 		return nil, fmt.Errorf("daemon: start %s: %w", bin, err)
 	}
@@ -386,6 +396,27 @@ func isHybrid(root string) bool {
 		return false
 	}
 	return syscall.Statfs(filepath.Join(root, "unified"), &st) == nil && st.Type == cgroup2Magic
+}
+
+// startWithAffinity starts cmd from a thread whose CPU mask is cpus (when
+// not nil), which the child inherits, and gives the thread its mask back.
+func startWithAffinity(cmd *exec.Cmd, cpus *unix.CPUSet) error {
+	if cpus == nil {
+		return cmd.Start()
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var own unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &own); err != nil {
+		return fmt.Errorf("read CPU affinity: %w", err)
+	}
+	if err := unix.SchedSetaffinity(0, cpus); err != nil {
+		return fmt.Errorf("set CPU affinity: %w", err)
+	}
+	err := cmd.Start()
+	// Narrowing a thread back to its own mask does not fail.
+	_ = unix.SchedSetaffinity(0, &own)
+	return err
 }
 
 // hideCgroup2Command returns a command that runs containerd in a new mount

@@ -178,13 +178,14 @@ func runBudget(ctx context.Context, e *Env) ([]Result, error) {
 
 func budgetResult(name, how string, calls []tracedCall) Result {
 	lat := NewLatencies()
-	lat.Begin()
 	for _, c := range calls {
 		lat.Started(wire.StartWarm)
 		lat.Record(time.Duration(c["client_received"] - c["client_sent"]))
 	}
-	lat.End()
 	r := lat.Result(name)
+	if r.Mean > 0 {
+		r.Throughput = 1e6 / r.Mean // one call at a time
+	}
 	r.Mode = seqMode
 	r.Floor = "floor-proc-seq"
 	r.Budget = budget(calls)

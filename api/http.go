@@ -71,8 +71,11 @@ type HTTPServer struct {
 	// code that may keep it: it is recycled once its request is answered
 	// (go-sqlite3, for one, reads a query's context from a goroutine of
 	// its own after the query returned).
-	base        context.Context
-	cancelBase  context.CancelFunc
+	base       context.Context
+	cancelBase context.CancelFunc
+	// callBase is the root of every invocation's context: base without
+	// its cancellation, made once rather than per call.
+	callBase    context.Context
 	closeDone   sync.Once
 	disconnects *disconnectWatcher // nil: client disconnects are not noticed
 
@@ -191,6 +194,7 @@ func NewHTTPServer(a *agent.Agent, opts ...HTTPOption) *HTTPServer {
 	s := &HTTPServer{
 		base:          base,
 		cancelBase:    cancelBase,
+		callBase:      context.WithoutCancel(base),
 		agent:         a,
 		log:           o.log,
 		done:          make(chan struct{}),
@@ -403,7 +407,7 @@ func (s *HTTPServer) invoke(ctx *fasthttp.RequestCtx, rest []byte) {
 	// The call outlives a server shutdown signal: in-flight calls finish
 	// within the shutdown bound, and the function's timeout bounds each one.
 	// A client that closes its connection cancels its call.
-	callCtx := context.WithoutCancel(s.base)
+	callCtx := s.callBase
 	if s.disconnects != nil {
 		var cancel context.CancelFunc
 		callCtx, cancel = context.WithCancel(callCtx)

@@ -35,7 +35,7 @@ func parseCPUList(s string, allowed unix.CPUSet) (cpuList, error) {
 		}
 		for c := first; c <= last; c++ {
 			if c >= 1024 || !allowed.IsSet(c) {
-				return nil, fmt.Errorf("CPU %d is not one kilnd may run on (%s)", c, formatCPUSet(allowed))
+				return nil, fmt.Errorf("CPU %d is not one kilnd may run on (%s)", c, cpuListOf(allowed))
 			}
 			if !slices.Contains(cpus, c) {
 				cpus = append(cpus, c)
@@ -74,8 +74,6 @@ func (l cpuList) set() unix.CPUSet {
 	}
 	return s
 }
-
-func formatCPUSet(s unix.CPUSet) string { return cpuListOf(s).String() }
 
 // cpuListOf lists the CPUs of s.
 func cpuListOf(s unix.CPUSet) cpuList {

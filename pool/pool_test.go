@@ -286,6 +286,27 @@ func TestCrashDuringCallGivesExecutorFailed(t *testing.T) {
 	e.mustCall(fn, pool.StartCold)
 }
 
+// A call that finds its container's executor gone, even before its Invoke
+// is sent, must not leave that container to be handed out again.
+func TestCrashBeforeSendIsNotReused(t *testing.T) {
+	e := newEnv(t)
+	fn := newFn("echo")
+	ctx := context.Background()
+	for i := range 10 {
+		c, _, err := e.pool.Acquire(ctx, fn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.driver.Crash(c.ID())
+		if _, err := c.Invoke(ctx, &pb.Invoke{CallId: fmt.Sprint("after-crash-", i), Body: []byte("x")}); !errors.Is(err, pool.ErrExecutorFailed) {
+			t.Fatalf("round %d: err = %v, want ErrExecutorFailed", i, err)
+		}
+		e.pool.Release(c)
+		e.mustCall(fn, pool.StartCold)
+		e.pool.Settle()
+	}
+}
+
 func TestDiscardReplaces(t *testing.T) {
 	e := newEnv(t)
 	fn := newFn("echo")

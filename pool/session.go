@@ -70,8 +70,12 @@ func (s *session) invoke(ctx context.Context, inv *pb.Invoke) (*pb.Result, error
 	}
 	msg := &pb.AgentMsg{Msg: &pb.AgentMsg_Invoke{Invoke: inv}}
 	if err := s.send(msg); err != nil {
-		s.forget(inv.CallId)
-		return nil, fmt.Errorf("%w: send invoke: %v", ErrExecutorFailed, err)
+		// A stream that fails a Send is broken for good: end the session
+		// now, so the container is not handed out again before serve sees
+		// the end of the stream.
+		err = fmt.Errorf("%w: send invoke: %v", ErrExecutorFailed, err)
+		s.close(err)
+		return nil, err
 	}
 	select {
 	case res := <-ch:

@@ -1,0 +1,30 @@
+// Package node carries the node runtime's files: its root filesystem recipe,
+// its worker bootstrap and its `kiln init` template.
+package node
+
+import (
+	"embed"
+	"io/fs"
+)
+
+// Name is the runtime's name in kiln.yaml and FunctionSpec.runtime.
+const Name = "node"
+
+// Handler is the handler file the template's kiln.yaml names.
+const Handler = "handler.js"
+
+// Recipe is the recipe of the runtime's base root filesystem.
+//
+//go:embed recipe.yaml
+var Recipe []byte
+
+// Worker is the source of the worker bootstrap the executor runs.
+//
+//go:embed worker.js
+var Worker []byte
+
+//go:embed template
+var template embed.FS
+
+// Template holds the files `kiln init` writes, as <file>.tmpl sources.
+var Template, _ = fs.Sub(template, "template")

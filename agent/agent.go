@@ -24,6 +24,7 @@ import (
 	"github.com/kilnfx/kiln/datastore"
 	"github.com/kilnfx/kiln/pool"
 	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
+	"github.com/kilnfx/kiln/runtimes/rootfs"
 )
 
 // DefaultMaxBodyBytes is the default request body limit.
@@ -45,6 +46,9 @@ type Agent struct {
 	node    string
 	metrics *Metrics
 
+	bases  *rootfs.Store // runtimes' root filesystems; nil: go only
+	binDir string        // holds the generic executor (InstallExecutor)
+
 	keysMu sync.RWMutex
 	keys   map[[32]byte]string // SHA-256 of valid API keys → tenant
 
@@ -58,6 +62,9 @@ type function struct {
 	timeout    time.Duration
 	requireKey bool
 	pool       *pool.Function
+	// unavailable, when set, is the error every call gets: the function's
+	// runtime root filesystem is missing and being built again.
+	unavailable error
 }
 
 // Option configures an Agent; New validates the result.
@@ -70,6 +77,16 @@ type options struct {
 	usage      UsageSink
 	node       string
 	metrics    *Metrics
+	bases      *rootfs.Store
+	binDir     string
+}
+
+// WithRuntimes lets the agent serve the runtimes other than go: their root
+// filesystems are built in and found in bases, and binDir holds the
+// generic executor (see InstallExecutor). Without it only go functions
+// deploy.
+func WithRuntimes(bases *rootfs.Store, binDir string) Option {
+	return func(o *options) { o.bases, o.binDir = bases, binDir }
 }
 
 // WithLogger sets the agent's logger.
@@ -115,6 +132,8 @@ func New(ctx context.Context, store *datastore.Store, p *pool.Pool, dataDir stri
 		return nil, fmt.Errorf("agent: body limit %d: must be positive", o.maxBody)
 	case o.codeLimits.ArchiveBytes <= 0 || o.codeLimits.FileBytes <= 0 || o.codeLimits.Entries <= 0:
 		return nil, fmt.Errorf("agent: code limits %+v: each must be positive", o.codeLimits)
+	case (o.bases == nil) != (o.binDir == ""):
+		return nil, errors.New("agent: runtimes need both a root filesystem store and the executor's directory")
 	}
 	a := &Agent{
 		store:        store,
@@ -127,6 +146,8 @@ func New(ctx context.Context, store *datastore.Store, p *pool.Pool, dataDir stri
 		usage:        o.usage,
 		node:         o.node,
 		metrics:      o.metrics,
+		bases:        o.bases,
+		binDir:       o.binDir,
 		functions:    make(map[string]*function),
 	}
 	if a.node == "" {
@@ -155,6 +176,10 @@ func New(ctx context.Context, store *datastore.Store, p *pool.Pool, dataDir stri
 	}
 	a.removeStaleCode()
 	for _, fn := range a.functions {
+		if fn.unavailable != nil {
+			go a.rebuild(fn.record)
+			continue
+		}
 		p.Configure(fn.pool)
 	}
 	return a, nil
@@ -170,7 +195,7 @@ func (a *Agent) AdminTokenPath() string { return filepath.Join(a.dataDir, AdminT
 // (a CPU quota below the kernel's smallest, an environment over the exec
 // limit), naming the spec's field.
 func (a *Agent) checkLimits(spec *kilnv1.FunctionSpec) error {
-	fn := a.newFunction(&kilnv1.Function{Name: "check", Spec: spec}, "/")
+	fn := a.newFunction(&kilnv1.Function{Name: "check", Spec: spec}, "/", "/")
 	err := a.pool.CheckFunction(fn.pool)
 	if err == nil {
 		return nil
@@ -195,20 +220,71 @@ func (a *Agent) load(r datastore.Function) (*function, error) {
 	if err := protojson.Unmarshal(r.Spec, spec); err != nil {
 		return nil, fmt.Errorf("decode spec: %w", err)
 	}
-	rootfs := filepath.Join(a.functionsDir, r.Name, r.Revision, "rootfs")
-	if _, err := os.Stat(filepath.Join(rootfs, spec.Handler)); err != nil {
+	codeDir := filepath.Join(a.functionsDir, r.Name, r.Revision, "rootfs")
+	if _, err := os.Stat(filepath.Join(codeDir, spec.Handler)); err != nil {
 		return nil, fmt.Errorf("code of revision %s: %w", r.Revision, err)
 	}
-	return a.newFunction(&kilnv1.Function{
+	rec := &kilnv1.Function{
 		Name:     r.Name,
 		Spec:     spec,
 		Revision: r.Revision,
 		Created:  timestamppb.New(r.Created),
 		Updated:  timestamppb.New(r.Updated),
-	}, rootfs), nil
+	}
+	if spec.Runtime == "go" {
+		return a.newFunction(rec, codeDir, ""), nil
+	}
+	b, err := a.base(context.Background(), spec, false)
+	if err == nil {
+		return a.newFunction(rec, codeDir, b.RootFS), nil
+	}
+	if !errors.Is(err, ErrUnavailable) {
+		return nil, err
+	}
+	// The root filesystem is gone (removed by hand, or kiln's recipe
+	// changed): the function answers 503 until it is built again.
+	fn := a.newFunction(rec, codeDir, "/")
+	fn.unavailable = fmt.Errorf("%w: function %s: its runtime %s is being built again", ErrUnavailable, r.Name, spec.Runtime)
+	return fn, nil
 }
 
-func (a *Agent) newFunction(rec *kilnv1.Function, rootfs string) *function {
+// rebuild builds the missing root filesystem of the loaded function rec
+// and then lets it serve, unless it was redeployed or deleted meanwhile.
+func (a *Agent) rebuild(rec *kilnv1.Function) {
+	codeDir := filepath.Join(a.functionsDir, rec.Name, rec.Revision, "rootfs")
+	b, err := a.base(context.Background(), rec.Spec, true)
+	if err != nil {
+		a.log.Error("cannot rebuild a function's runtime; redeploy it", "function", rec.Name, "runtime", rec.Spec.Runtime, "err", err)
+		return
+	}
+	fn := a.newFunction(rec, codeDir, b.RootFS)
+	a.deployMu.Lock()
+	defer a.deployMu.Unlock()
+	a.mu.Lock()
+	cur := a.functions[rec.Name]
+	replace := cur != nil && cur.record == rec
+	if replace {
+		a.functions[rec.Name] = fn
+	}
+	a.mu.Unlock()
+	if replace {
+		a.pool.Configure(fn.pool)
+	}
+}
+
+// base returns the root filesystem a function of spec's runtime (not go)
+// runs on, building it when build is set and it is missing.
+func (a *Agent) base(ctx context.Context, spec *kilnv1.FunctionSpec, build bool) (rootfs.Base, error) {
+	if a.bases == nil {
+		return rootfs.Base{}, fmt.Errorf("%w: runtime: this kilnd serves go functions only (it found no executor binary)", ErrInvalidArgument)
+	}
+	return a.runtimeBase(ctx, spec.Runtime, spec.Packages, build)
+}
+
+// newFunction makes the cached form of rec, whose code is in codeDir: for
+// the go runtime codeDir is the container's whole root filesystem; for
+// the others base is, with the code mounted over it.
+func (a *Agent) newFunction(rec *kilnv1.Function, codeDir, base string) *function {
 	s := rec.Spec
 	env := make([]string, 0, len(s.Env)+1)
 	for k, v := range s.Env {
@@ -222,7 +298,7 @@ func (a *Agent) newFunction(rec *kilnv1.Function, rootfs string) *function {
 		env = append(env, "GOMAXPROCS="+strconv.Itoa(max(1, int(s.CpuMillis)/1000)))
 	}
 	sort.Strings(env)
-	return &function{
+	f := &function{
 		record:     rec,
 		timeout:    s.Timeout.AsDuration(),
 		requireKey: s.RequireKey,
@@ -230,10 +306,10 @@ func (a *Agent) newFunction(rec *kilnv1.Function, rootfs string) *function {
 			Name:          rec.Name,
 			Revision:      containerKey(rec.Revision, s),
 			Runtime:       s.Runtime,
-			RootFS:        rootfs,
+			RootFS:        codeDir,
 			Args:          []string{"/" + s.Handler},
 			Env:           env,
-			Code:          filepath.Join(rootfs, s.Handler),
+			Code:          filepath.Join(codeDir, s.Handler),
 			MemoryBytes:   int64(s.MemoryMb) << 20,
 			CPUMillis:     int64(s.CpuMillis),
 			MinWarm:       int(s.MinWarm),
@@ -243,6 +319,10 @@ func (a *Agent) newFunction(rec *kilnv1.Function, rootfs string) *function {
 			IdleTimeout:   s.IdleTimeout.AsDuration(),
 		},
 	}
+	if s.Runtime != "go" {
+		a.runtimeFunction(f.pool, s, codeDir, base)
+	}
+	return f
 }
 
 // Deploy validates spec, installs its code (spec.Code, a tar archive), and
@@ -264,11 +344,26 @@ func (a *Agent) Deploy(ctx context.Context, name string, spec *kilnv1.FunctionSp
 	}
 	archive := spec.Code
 	spec.Code = nil // write-only: never stored nor returned
+	var base string
+	if spec.Runtime != "go" {
+		// Built before the deploy lock is taken: the first deploy of a
+		// runtime builds its root filesystem (a minute or so), once
+		// however many deploys wait for it.
+		b, err := a.base(ctx, spec, true)
+		if err != nil {
+			return nil, err
+		}
+		base = b.RootFS
+	}
 	a.deployMu.Lock()
 	defer a.deployMu.Unlock()
-	var revision, rootfs string
+	var revision, codeDir string
 	if len(archive) > 0 {
-		revision, rootfs, err = installCode(a.functionsDir, name, archive, spec.Runtime, spec.Handler, a.codeLimits, a.pool.PrepareRootFS)
+		prepare := a.pool.PrepareRootFS
+		if spec.Runtime != "go" {
+			prepare = func(string) error { return nil } // code only, mounted over the base
+		}
+		revision, codeDir, err = installCode(a.functionsDir, name, archive, spec.Runtime, spec.Handler, a.codeLimits, prepare)
 		if err != nil {
 			return nil, err
 		}
@@ -283,7 +378,7 @@ func (a *Agent) Deploy(ctx context.Context, name string, spec *kilnv1.FunctionSp
 			return nil, fmt.Errorf("%w: code: required when runtime or handler change", ErrInvalidArgument)
 		}
 		revision = cur.record.Revision
-		rootfs = filepath.Join(a.functionsDir, name, revision, "rootfs")
+		codeDir = filepath.Join(a.functionsDir, name, revision, "rootfs")
 	}
 	specJSON, err := protojson.Marshal(spec)
 	if err != nil {
@@ -304,7 +399,7 @@ func (a *Agent) Deploy(ctx context.Context, name string, spec *kilnv1.FunctionSp
 		Revision: revision,
 		Created:  timestamppb.New(stored.Created),
 		Updated:  timestamppb.New(stored.Updated),
-	}, rootfs)
+	}, codeDir, base)
 	a.mu.Lock()
 	a.functions[name] = fn
 	a.mu.Unlock()

@@ -18,7 +18,8 @@ import (
 // directory, makes it a root filesystem with prepare (the driver's), and
 // returns the code's revision (a digest of the unpacked
 // files) and the root filesystem directory that holds it. handler must be a
-// regular executable file of the archive; for the go runtime, an ELF one.
+// regular file of the archive: for the go and binary runtimes an
+// executable one, for go an ELF one.
 // Installing the same files twice is cheap: an existing revision is reused.
 // A refused archive is an ErrInvalidArgument; a full disk an
 // ErrInsufficientStorage. Nothing half-written is left behind.
@@ -44,7 +45,10 @@ func installCode(functionsDir, name string, archive []byte, runtime, handler str
 		return "", "", storageError("install code", err)
 	}
 	hi, err := os.Lstat(filepath.Join(tmpRoot, handler))
-	if err != nil || !hi.Mode().IsRegular() || hi.Mode()&0o111 == 0 {
+	switch {
+	case err != nil || !hi.Mode().IsRegular():
+		return "", "", fmt.Errorf("%w: handler: %q is not a file of the code archive", ErrInvalidArgument, handler)
+	case hi.Mode()&0o111 == 0 && (runtime == "go" || runtime == "binary"):
 		return "", "", fmt.Errorf("%w: handler: %q is not an executable file of the code archive", ErrInvalidArgument, handler)
 	}
 	if runtime == "go" {

@@ -17,4 +17,5 @@ var (
 	ErrPayloadTooLarge     = errdefs.ErrPayloadTooLarge
 	ErrInsufficientStorage = errdefs.ErrInsufficientStorage
 	ErrCancelled           = errdefs.ErrCancelled
+	ErrConflict            = errdefs.ErrConflict
 )

@@ -159,6 +159,9 @@ func (a *Agent) invoke(ctx context.Context, call *Call, rec *datastore.UsageReco
 	if len(call.Body) > a.maxBody {
 		return res, fmt.Errorf("%w: body of %d bytes is over the %d byte limit", ErrPayloadTooLarge, len(call.Body), a.maxBody)
 	}
+	if fn.unavailable != nil {
+		return res, fn.unavailable
+	}
 	timeoutAt := time.Now().Add(fn.timeout)
 	ctx, cancel := context.WithDeadline(ctx, timeoutAt)
 	defer cancel()

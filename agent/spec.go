@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
+	"github.com/kilnfx/kiln/runtimes"
 )
 
 // Defaults and bounds of a FunctionSpec.
@@ -55,15 +57,28 @@ func normalizeSpec(spec *kilnv1.FunctionSpec) (*kilnv1.FunctionSpec, error) {
 	bad := func(field, format string, args ...any) error {
 		return fmt.Errorf("%w: %s: %s", ErrInvalidArgument, field, fmt.Sprintf(format, args...))
 	}
-	switch s.Runtime {
-	case "go":
-	case "":
-		return nil, bad("runtime", "required (one of: go)")
+	switch rt := runtimes.Get(s.Runtime); {
+	case s.Runtime == "go":
+		if s.Handler == "" {
+			s.Handler = DefaultHandler
+		}
+		if len(s.Packages) > 0 {
+			return nil, bad("packages", "the go runtime runs a static binary alone: it takes no packages")
+		}
+	case s.Runtime == "":
+		return nil, bad("runtime", "required (one of: %s)", strings.Join(RuntimeNames(), ", "))
+	case rt == nil:
+		return nil, bad("runtime", "unknown runtime %q (one of: %s)", s.Runtime, strings.Join(RuntimeNames(), ", "))
 	default:
-		return nil, bad("runtime", "unknown runtime %q (one of: go)", s.Runtime)
-	}
-	if s.Handler == "" {
-		s.Handler = DefaultHandler
+		if s.Handler == "" {
+			s.Handler = rt.Handler
+		}
+		if len(s.Packages) > 0 {
+			if _, err := recipeOf(s.Runtime, s.Packages); err != nil {
+				return nil, err
+			}
+			s.Packages = slices.Compact(slices.Sorted(slices.Values(s.Packages)))
+		}
 	}
 	if !handlerRE.MatchString(s.Handler) || strings.Contains(s.Handler, "..") {
 		return nil, bad("handler", "%q is not a relative path inside the code directory", s.Handler)
@@ -141,5 +156,6 @@ func containerKey(revision string, s *kilnv1.FunctionSpec) string {
 		h.Write([]byte(k + "=" + s.Env[k] + "\x00"))
 	}
 	h.Write([]byte(s.Handler))
+	h.Write([]byte("\x00" + s.Runtime + "\x00" + strings.Join(s.Packages, " ")))
 	return hex.EncodeToString(h.Sum(nil)[:8])
 }

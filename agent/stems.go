@@ -8,9 +8,6 @@ import (
 	"github.com/kilnfx/kiln/pool"
 )
 
-// Runtimes kiln knows, for specs and stem cells.
-var Runtimes = []string{"go"}
-
 // StemExecutorPath is where a stem cell's root filesystem holds the
 // generic executor.
 const StemExecutorPath = "/kiln-executor"
@@ -23,7 +20,7 @@ func PrepareStemCells(dataDir, runtime, executor string, count int, prepare func
 	switch runtime {
 	case "go":
 	default:
-		return pool.StemSpec{}, fmt.Errorf("%w: stem cells: unknown runtime %q (one of: %v)", ErrInvalidArgument, runtime, Runtimes)
+		return pool.StemSpec{}, fmt.Errorf("%w: stem cells: %q is not the go runtime", ErrInvalidArgument, runtime)
 	}
 	if err := checkELF(executor); err != nil {
 		return pool.StemSpec{}, fmt.Errorf("stem cells: executor %s %w", executor, err)

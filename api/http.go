@@ -340,6 +340,7 @@ var (
 	prefixInvoke    = []byte("/invoke/")
 	prefixFunction  = []byte("/function/")
 	prefixFunctions = []byte("/v1/functions")
+	prefixRuntimes  = []byte("/v1/runtimes")
 )
 
 func (s *HTTPServer) handle(ctx *fasthttp.RequestCtx) {
@@ -352,6 +353,10 @@ func (s *HTTPServer) handle(ctx *fasthttp.RequestCtx) {
 	case bytes.HasPrefix(path, prefixFunctions):
 		if s.admin(ctx) {
 			s.functions(ctx, string(path[len(prefixFunctions):]))
+		}
+	case bytes.HasPrefix(path, prefixRuntimes):
+		if s.admin(ctx) {
+			s.runtimes(ctx, string(path[len(prefixRuntimes):]))
 		}
 	case bytes.HasPrefix(path, prefixKeys):
 		if s.admin(ctx) {

@@ -48,6 +48,9 @@ var (
 	ErrRequestTimeout = errors.New("request timeout")
 	// ErrCancelled: the caller went away before the call finished.
 	ErrCancelled = errors.New("cancelled")
+	// ErrConflict: the request conflicts with the node's state (a runtime
+	// still in use).
+	ErrConflict = errors.New("conflict")
 	// ErrFunction: the function's handler failed the call. The agent
 	// answers it as the function's own status, not as an error; the client
 	// reports it under this sentinel.
@@ -86,6 +89,7 @@ var classes = []Class{
 	{ErrInsufficientStorage, wire.ClassInsufficientStorage, http.StatusInsufficientStorage, codes.ResourceExhausted, true},
 	{ErrRequestTimeout, wire.ClassRequestTimeout, http.StatusRequestTimeout, codes.DeadlineExceeded, false},
 	{ErrCancelled, wire.ClassCancelled, 499, codes.Canceled, false},
+	{ErrConflict, wire.ClassConflict, http.StatusConflict, codes.FailedPrecondition, false},
 	{ErrFunction, wire.ClassFunctionError, http.StatusInternalServerError, codes.Unknown, false},
 }
 

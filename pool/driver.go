@@ -33,6 +33,10 @@ type ContainerSpec struct {
 	// SocketDir is the container's own host directory, bind-mounted at
 	// ExecutorDir inside the container. The agent's socket lives there.
 	SocketDir string
+	// Mounts are further read-only bind mounts, such as a function's code
+	// over a runtime's shared root filesystem. Each Target must be a
+	// directory of RootFS.
+	Mounts []Mount
 	// MemoryBytes is the hard memory limit; 0 means DefaultMemoryBytes.
 	MemoryBytes int64
 	// CPUMillis is the CPU quota in millicores; 0 means unlimited.
@@ -42,6 +46,14 @@ type ContainerSpec struct {
 	PidsLimit int64
 	// Stdout and Stderr receive the process output; nil discards it.
 	Stdout, Stderr io.Writer
+}
+
+// Mount is a host directory bind-mounted read-only (nosuid, nodev) into a
+// container.
+type Mount struct {
+	// Source is an absolute host path; Target an absolute path inside the
+	// container, other than "/", ExecutorDir, /proc, /dev, /sys and /tmp.
+	Source, Target string
 }
 
 // SpecError is a ContainerSpec a Driver could never start: Field names the

@@ -53,6 +53,7 @@ func (p *Pool) startFor(s *set, fn *Function, prewarm bool) {
 	c, err := p.start(p.bg, fn.Name, fn.Runtime, ContainerSpec{
 		Function:    fn.Name,
 		RootFS:      fn.RootFS,
+		Mounts:      fn.Mounts,
 		Args:        fn.Args,
 		Env:         fn.Env,
 		MemoryBytes: fn.MemoryBytes,

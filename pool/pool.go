@@ -43,13 +43,19 @@ type Function struct {
 	// Runtime names the language runtime; stem cells of the same runtime
 	// can become this function's containers.
 	Runtime string
-	// RootFS, Args and Env are as in ContainerSpec.
+	// RootFS, Mounts, Args and Env are as in ContainerSpec.
 	RootFS string
+	Mounts []Mount
 	Args   []string
 	Env    []string
-	// Code is the host path of the function's executable, which a stem cell
-	// loads; empty means stem cells cannot serve the function.
+	// Code is what a stem cell loads to become the function, on the host:
+	// for the go runtime the function's executable, for the others the
+	// directory of its code. Empty means stem cells cannot serve the
+	// function.
 	Code string
+	// Handler is the handler file in the Code directory a stem cell of a
+	// runtime other than go loads.
+	Handler string
 	// MemoryBytes and CPUMillis are the container's limits.
 	MemoryBytes int64
 	CPUMillis   int64
@@ -75,9 +81,11 @@ func (f *Function) concurrency() int   { return max(f.Concurrency, 1) }
 type StemSpec struct {
 	// Runtime is the runtime the stem cells serve ("go").
 	Runtime string
-	// RootFS and Args start the generic executor.
+	// RootFS, Mounts, Args and Env start the generic executor.
 	RootFS string
+	Mounts []Mount
 	Args   []string
+	Env    []string
 	// Count stem cells are kept frozen.
 	Count int
 	// MemoryBytes is a stem cell's memory limit until it is specialised.

@@ -3,6 +3,7 @@ package pool
 import (
 	"context"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -32,7 +33,9 @@ func (p *Pool) refillStemsLocked(runtime string) {
 func (p *Pool) startStem(spec StemSpec) {
 	c, err := p.start(p.bg, "stem."+spec.Runtime, spec.Runtime, ContainerSpec{
 		RootFS:      spec.RootFS,
+		Mounts:      spec.Mounts,
 		Args:        spec.Args,
+		Env:         spec.Env,
 		MemoryBytes: spec.MemoryBytes,
 	})
 	var used int64
@@ -139,15 +142,9 @@ func (p *Pool) load(ctx context.Context, fn *Function, c *Container) error {
 	if err != nil {
 		return fmt.Errorf("%w: thaw stem cell: %v", ErrExecutorFailed, err)
 	}
-	codeDir := filepath.Join(c.dir, "code")
-	if err := os.MkdirAll(codeDir, 0o755); err != nil {
-		return err
-	}
-	dst := filepath.Join(codeDir, "handler")
-	if err := os.Link(fn.Code, dst); err != nil {
-		if err := copyExecutable(fn.Code, dst); err != nil {
-			return fmt.Errorf("load code: %w", err)
-		}
+	codePath, handler, err := loadCode(fn, c.dir)
+	if err != nil {
+		return fmt.Errorf("load code: %w", err)
 	}
 	tCode := time.Now()
 	if err := p.driver.Update(ctx, c.id, fn.MemoryBytes, fn.CPUMillis); err != nil {
@@ -174,8 +171,8 @@ func (p *Pool) load(ctx context.Context, fn *Function, c *Container) error {
 	err = old.send(&pb.AgentMsg{Msg: &pb.AgentMsg_Init{Init: &pb.Init{
 		Function: fn.Name,
 		Revision: fn.Revision,
-		CodePath: ExecutorDir + "/code/handler",
-		Handler:  "handler",
+		CodePath: codePath,
+		Handler:  handler,
 		Env:      env,
 	}}})
 	if err != nil {
@@ -192,6 +189,77 @@ func (p *Pool) load(ctx context.Context, fn *Function, c *Container) error {
 	p.log.Debug("stem cell specialised", "function", fn.Name, "container", c.id,
 		"thaw_and_code", tCode.Sub(t0), "limits", tInit.Sub(tCode), "init_to_ready", time.Since(tInit))
 	return nil
+}
+
+// loadCode puts fn's code into the container directory dir, hard-linked
+// (copied across file systems), and returns the code's path and handler as
+// the container sees them: for the go runtime the executable
+// ExecutorDir/code/handler, for the others the directory ExecutorDir/code
+// and fn.Handler in it.
+func loadCode(fn *Function, dir string) (codePath, handler string, err error) {
+	codeDir := filepath.Join(dir, "code")
+	if fn.Runtime == "go" {
+		if err := os.MkdirAll(codeDir, 0o755); err != nil {
+			return "", "", err
+		}
+		dst := filepath.Join(codeDir, "handler")
+		if err := os.Link(fn.Code, dst); err != nil {
+			if err := copyExecutable(fn.Code, dst); err != nil {
+				return "", "", err
+			}
+		}
+		return ExecutorDir + "/code/handler", "handler", nil
+	}
+	if err := linkTree(fn.Code, codeDir); err != nil {
+		return "", "", err
+	}
+	return ExecutorDir + "/code", fn.Handler, nil
+}
+
+// linkTree recreates the tree src at dst (which must not exist):
+// directories made anew, regular files hard-linked (copied where a link
+// fails), symbolic links copied as links. Anything else is an error.
+func linkTree(src, dst string) error {
+	return filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(src, path)
+		if err != nil {
+			return err
+		}
+		to := filepath.Join(dst, rel)
+		switch {
+		case d.IsDir():
+			return os.Mkdir(to, 0o755)
+		case d.Type().IsRegular():
+			if os.Link(path, to) == nil {
+				return nil
+			}
+			return copyFile(path, to)
+		case d.Type()&fs.ModeSymlink != 0:
+			target, err := os.Readlink(path)
+			if err != nil {
+				return err
+			}
+			return os.Symlink(target, to)
+		default:
+			return fmt.Errorf("%s: not a regular file, directory or symbolic link", path)
+		}
+	})
+}
+
+// copyFile copies the regular file src to a new file dst with src's mode.
+func copyFile(src, dst string) error {
+	fi, err := os.Stat(src)
+	if err != nil {
+		return err
+	}
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(dst, b, fi.Mode().Perm())
 }
 
 // copyExecutable copies the file src to a new executable dst.

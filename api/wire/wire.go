@@ -89,6 +89,9 @@ const (
 	// ClassCancelled: the caller went away before the call finished. It is
 	// seen in usage records; nobody reads the answer.
 	ClassCancelled = "cancelled"
+	// ClassConflict: the request conflicts with the node's state, as
+	// removing a runtime a function still uses (409).
+	ClassConflict = "conflict"
 	// ClassFunctionError: the function's handler returned an error or
 	// panicked. The answer is the function's (its status, 500 by default),
 	// not kiln's.
@@ -103,7 +106,7 @@ func Classes() []string {
 	return []string{
 		ClassNotFound, ClassInvalidArgument, ClassUnauthenticated, ClassResourceExhausted,
 		ClassUnavailable, ClassDeadlineExceeded, ClassExecutorFailure, ClassPayloadTooLarge,
-		ClassInsufficientStorage, ClassRequestTimeout, ClassCancelled, ClassFunctionError, ClassInternal,
+		ClassInsufficientStorage, ClassRequestTimeout, ClassCancelled, ClassConflict, ClassFunctionError, ClassInternal,
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -17,22 +18,42 @@ import (
 
 	"github.com/kilnfx/kiln/agent/bundle"
 	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
+	"github.com/kilnfx/kiln/runtimes"
 	goruntime "github.com/kilnfx/kiln/runtimes/go"
 )
 
+// runtimeNames lists every runtime kiln init and kiln deploy know.
+func runtimeNames() []string {
+	return append([]string{goruntime.Runtime}, runtimes.Names()...)
+}
+
 func (c *cli) initCmd() *cobra.Command {
 	var runtime, dir string
+	var list bool
 	cmd := &cobra.Command{
-		Use:   "init [--runtime go] [--dir DIR] NAME",
+		Use:   "init [--runtime R] [--dir DIR] NAME | init --list",
 		Short: "Create a function from a template",
 		Long: `init writes a new function called NAME into the directory NAME (or --dir),
-which must not exist or be empty.`,
-		Example: "  kiln init --runtime go hello",
-		Args:    args(cobra.ExactArgs(1)),
+which must not exist or be empty, from the template of runtime R (default go).
+--list names the runtimes.`,
+		Example: "  kiln init --runtime go hello\n  kiln init --runtime python3 hello-py\n  kiln init --list",
+		Args: func(cmd *cobra.Command, a []string) error {
+			if list {
+				return args(cobra.NoArgs)(cmd, a)
+			}
+			return args(cobra.ExactArgs(1))(cmd, a)
+		},
 		RunE: func(cmd *cobra.Command, a []string) error {
+			if list {
+				for _, r := range runtimeNames() {
+					fmt.Fprintln(c.stdout, r)
+				}
+				return nil
+			}
 			name := a[0]
-			if runtime != goruntime.Runtime {
-				return usageError{fmt.Errorf("unknown runtime %q (available: %s)", runtime, goruntime.Runtime)}
+			rt := runtimes.Get(runtime)
+			if runtime != goruntime.Runtime && rt == nil {
+				return usageError{fmt.Errorf("unknown runtime %q (available: %s)", runtime, strings.Join(runtimeNames(), ", "))}
 			}
 			if err := goruntime.ValidateName(name); err != nil {
 				return usageError{err}
@@ -40,16 +61,23 @@ which must not exist or be empty.`,
 			if dir == "" {
 				dir = name
 			}
-			if err := goruntime.Init(dir, name); err != nil {
+			var err error
+			if rt == nil {
+				err = goruntime.Init(dir, name)
+			} else {
+				err = goruntime.WriteTemplate(dir, name, rt.Template)
+			}
+			if err != nil {
 				return err
 			}
-			fmt.Fprintf(c.stdout, "Created the Go function %s in %s\n\n  cd %s\n  kiln deploy\n  kiln invoke %s -d world\n",
-				name, dir, dir, name)
+			fmt.Fprintf(c.stdout, "Created the %s function %s in %s\n\n  cd %s\n  kiln deploy\n  kiln invoke %s -d world\n",
+				runtime, name, dir, dir, name)
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&runtime, "runtime", goruntime.Runtime, "language runtime of the function (go)")
+	cmd.Flags().StringVar(&runtime, "runtime", goruntime.Runtime, "language runtime of the function ("+strings.Join(runtimeNames(), ", ")+")")
 	cmd.Flags().StringVar(&dir, "dir", "", "directory to create (default NAME)")
+	cmd.Flags().BoolVar(&list, "list", false, "name the runtimes and exit")
 	return cmd
 }
 
@@ -57,10 +85,15 @@ func (c *cli) deployCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "deploy [DIR]",
 		Short: "Build the function in DIR (default .) and deploy it",
-		Long: `deploy reads DIR/kiln.yaml, builds the function into one static binary
-(DIR/.kiln/build/handler), packs it into a code archive (at most 64 MiB) and
-sends it to the agent with the function's settings. The agent may be on
-another machine. Building needs the go command.`,
+		Long: `deploy reads DIR/kiln.yaml and sends the function's code and settings to
+the agent, which may be on another machine. A Go function is built into one
+static binary (DIR/.kiln/build/handler; this needs the go command) and that
+binary is its code. For the other runtimes the code is the directory itself,
+without version control and editor files (.git, .kiln, __pycache__, ...);
+a node function with a package.json gets its dependencies installed first
+(npm install --omit=dev; this needs npm). The packed code must stay under
+64 MiB. The first deploy of a runtime builds its root filesystem on the
+agent, which takes a minute or so.`,
 		Args: args(cobra.MaximumNArgs(1)),
 		RunE: func(cmd *cobra.Command, a []string) error {
 			dir := "."
@@ -79,12 +112,7 @@ another machine. Building needs the go command.`,
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(c.stderr, "Building %s...\n", cfg.Name)
-			bin, err := goruntime.Build(cmd.Context(), dir)
-			if err != nil {
-				return err
-			}
-			archive, err := bundle.PackBytes("", map[string]string{"handler": bin}, bundle.DefaultLimits.ArchiveBytes)
+			archive, err := c.packCode(cmd, dir, cfg)
 			if err != nil {
 				return err
 			}
@@ -254,4 +282,32 @@ func (c *cli) rmCmd() *cobra.Command {
 			return nil
 		},
 	}
+}
+
+// packCode builds the function of cfg in dir where its runtime needs it and
+// returns its code archive.
+func (c *cli) packCode(cmd *cobra.Command, dir string, cfg goruntime.Config) ([]byte, error) {
+	limit := bundle.DefaultLimits.ArchiveBytes
+	switch cfg.Runtime {
+	case "", goruntime.Runtime:
+		fmt.Fprintf(c.stderr, "Building %s...\n", cfg.Name)
+		bin, err := goruntime.Build(cmd.Context(), dir)
+		if err != nil {
+			return nil, err
+		}
+		return bundle.PackBytes("", map[string]string{"handler": bin}, limit)
+	case "node":
+		if _, err := os.Stat(filepath.Join(dir, "package.json")); err == nil {
+			fmt.Fprintf(c.stderr, "Installing the dependencies of %s (npm install --omit=dev)...\n", cfg.Name)
+			npm := exec.CommandContext(cmd.Context(), "npm", "install", "--omit=dev", "--no-audit", "--no-fund")
+			npm.Dir = dir
+			npm.Stdout = c.stderr
+			npm.Stderr = c.stderr
+			if err := npm.Run(); err != nil {
+				return nil, fmt.Errorf("npm install in %s: %w", dir, err)
+			}
+		}
+	}
+	fmt.Fprintf(c.stderr, "Packing %s...\n", dir)
+	return bundle.PackBytes(dir, nil, limit)
 }

@@ -161,6 +161,7 @@ and calls.`,
 		c.usageCmd(),
 		c.callsCmd(),
 		c.keysCmd(),
+		c.runtimeCmd(),
 	)
 	return root
 }

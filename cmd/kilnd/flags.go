@@ -59,8 +59,8 @@ func parseStemCells(s string) (map[string]int, error) {
 		if !ok {
 			return nil, fmt.Errorf("%q: want RUNTIME=N", part)
 		}
-		if !slices.Contains(agent.Runtimes, rt) {
-			return nil, fmt.Errorf("unknown runtime %q (one of: %v)", rt, agent.Runtimes)
+		if !slices.Contains(agent.RuntimeNames(), rt) {
+			return nil, fmt.Errorf("unknown runtime %q (one of: %s)", rt, strings.Join(agent.RuntimeNames(), ", "))
 		}
 		count, err := strconv.Atoi(n)
 		if err != nil || count < 0 || count > 64 {

@@ -31,6 +31,7 @@ import (
 	"github.com/kilnfx/kiln/pool"
 	ctrd "github.com/kilnfx/kiln/pool/containerd"
 	"github.com/kilnfx/kiln/pool/containerd/daemon"
+	"github.com/kilnfx/kiln/runtimes/rootfs"
 )
 
 type config struct {
@@ -51,6 +52,7 @@ type config struct {
 	frozenMargin    int64 // negative: frozen containers are charged their limit
 	stemCells       map[string]int
 	executorBinary  string
+	runtimesDir     string
 	auth            bool
 	metering        bool
 	retention       time.Duration
@@ -92,7 +94,8 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	budget := fs.String("memory-budget", "75%", "memory the node allows its containers: `SIZE` (512Mi, 16G, bytes) or a percentage of RAM; each container counts its memory limit, a frozen one its use (see --frozen-margin)")
 	frozenMargin := fs.String("frozen-margin", "1Mi", "a frozen container counts in --memory-budget as the memory its cgroup held when it froze plus this `SIZE`, and gets its whole limit back before it thaws (LRU frozen containers are evicted for it, else the call gets 503); \"off\" counts frozen containers at their limit")
 	stems := fs.String("stem-cells", "", "frozen generic containers to keep per runtime, as `RUNTIME=N[,...]` (e.g. go=2)")
-	fs.StringVar(&c.executorBinary, "executor-binary", "", "static stem cell executor `binary` (default: kiln-executor beside kilnd)")
+	fs.StringVar(&c.executorBinary, "executor-binary", "", "static generic executor `binary` of stem cells and of every runtime but go (default: kiln-executor beside kilnd)")
+	fs.StringVar(&c.runtimesDir, "runtimes-dir", "", "`directory` of the runtimes' root filesystems (default: DATA_DIR/runtimes); several kilnds may share one")
 	fs.BoolVar(&c.auth, "auth", true, "require the admin token (DATA_DIR/admin.token) for the management API; --auth=false admits requests without a token from loopback as the admin (never on a non-loopback address)")
 	fs.IntVar(&c.gomaxprocs, "gomaxprocs", -1, "Ps for kilnd itself: -1 is half the CPUs (at least 1), leaving the rest to containers; 0 keeps Go's default ($GOMAXPROCS, if set, wins)")
 	kilndCPUs := fs.String("kilnd-cpus", "", "CPUs kilnd's own threads run on, as a `LIST` (\"0\", \"0-3,8\"; default: all); its default --gomaxprocs is then their count")
@@ -171,6 +174,11 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 		return c, fmt.Errorf("--data-dir: %w", err)
 	}
 	c.dataDir = abs
+	if c.runtimesDir != "" {
+		if c.runtimesDir, err = filepath.Abs(c.runtimesDir); err != nil {
+			return c, fmt.Errorf("--runtimes-dir: %w", err)
+		}
+	}
 	if c.maxBody <= 0 {
 		return c, fmt.Errorf("--max-body %d: must be positive", c.maxBody)
 	}
@@ -311,16 +319,42 @@ func run(args []string, stderr io.Writer) error {
 	if cfg.frozenMargin >= 0 {
 		popts = append(popts, pool.WithFrozenCharge(cfg.frozenMargin))
 	}
-	for runtime, n := range cfg.stemCells {
-		exe := cfg.executorBinary
-		if exe == "" {
-			self, err := os.Executable()
-			if err != nil {
-				return err
-			}
-			exe = filepath.Join(filepath.Dir(self), "kiln-executor")
+	// The generic executor serves the stem cells and every runtime but go;
+	// without it kilnd serves go functions only.
+	exe := cfg.executorBinary
+	if exe == "" {
+		self, err := os.Executable()
+		if err != nil {
+			return err
 		}
-		spec, err := agent.PrepareStemCells(cfg.dataDir, runtime, exe, n, driver.PrepareRootFS)
+		exe = filepath.Join(filepath.Dir(self), "kiln-executor")
+	}
+	var bases *rootfs.Store
+	binDir, err := agent.InstallExecutor(cfg.dataDir, exe)
+	if err != nil {
+		if cfg.executorBinary != "" || len(cfg.stemCells) > 0 {
+			return err
+		}
+		log.Warn("no executor binary: only go functions deploy", "err", err)
+	} else {
+		dir := cfg.runtimesDir
+		if dir == "" {
+			dir = filepath.Join(cfg.dataDir, "runtimes")
+		}
+		bases, err = rootfs.NewStore(dir,
+			rootfs.WithPrepare(agent.PrepareRuntimeRootFS(driver.PrepareRootFS)),
+			rootfs.WithLogger(log))
+		if err != nil {
+			return err
+		}
+	}
+	for runtime, n := range cfg.stemCells {
+		var spec pool.StemSpec
+		if runtime == "go" {
+			spec, err = agent.PrepareStemCells(cfg.dataDir, runtime, exe, n, driver.PrepareRootFS)
+		} else {
+			spec, err = agent.RuntimeStemCells(ctx, bases, binDir, runtime, n)
+		}
 		if err != nil {
 			return err
 		}
@@ -344,6 +378,9 @@ func run(args []string, stderr io.Writer) error {
 		agent.WithLogger(log),
 		agent.WithMaxBodyBytes(cfg.maxBody),
 		agent.WithMetrics(agent.NewMetrics(reg)),
+	}
+	if bases != nil {
+		aopts = append(aopts, agent.WithRuntimes(bases, binDir))
 	}
 
 	// Metering: every call's record goes to the journal before its answer;

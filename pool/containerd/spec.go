@@ -69,6 +69,19 @@ func checkSpec(spec pool.ContainerSpec) error {
 	if !filepath.IsAbs(spec.RootFS) {
 		return specError("RootFS", "%q is not an absolute path", spec.RootFS)
 	}
+	for _, m := range spec.Mounts {
+		if !filepath.IsAbs(m.Source) {
+			return specError("Mounts", "source %q is not an absolute path", m.Source)
+		}
+		if !filepath.IsAbs(m.Target) || filepath.Clean(m.Target) != m.Target || m.Target == "/" {
+			return specError("Mounts", "target %q is not a clean absolute path below /", m.Target)
+		}
+		for _, r := range RequiredDirs {
+			if m.Target == r || strings.HasPrefix(m.Target, r+"/") {
+				return specError("Mounts", "target %q is inside the reserved %s", m.Target, r)
+			}
+		}
+	}
 	if len(spec.Args) == 0 || spec.Args[0] == "" {
 		return specError("Args", "empty")
 	}
@@ -138,7 +151,7 @@ func (d *Driver) specOpts(spec pool.ContainerSpec) []oci.SpecOpts {
 		seccomp.WithDefaultProfile(),
 		oci.WithPidsLimit(pids),
 		oci.WithMemoryLimit(uint64(mem)),
-		withMounts(spec.SocketDir),
+		withMounts(spec.SocketDir, spec.Mounts),
 		oci.WithCgroup(cgroupPath(d.opts.namespace, spec.ID)),
 		withNetworkNamespace,
 	}
@@ -192,9 +205,10 @@ func withNetworkNamespace(_ context.Context, _ oci.Client, _ *containers.Contain
 }
 
 // withMounts replaces containerd's /run tmpfs (its mount point would have to
-// exist in the read-only root) with the /tmp tmpfs and the read-only bind of
-// the container's socket directory at pool.ExecutorDir.
-func withMounts(socketDir string) oci.SpecOpts {
+// exist in the read-only root) with the /tmp tmpfs, the read-only bind of
+// the container's socket directory at pool.ExecutorDir and the spec's own
+// read-only binds.
+func withMounts(socketDir string, binds []pool.Mount) oci.SpecOpts {
 	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
 		mounts := s.Mounts[:0]
 		for _, m := range s.Mounts {
@@ -218,6 +232,14 @@ func withMounts(socketDir string) oci.SpecOpts {
 				Options:     []string{"rbind", "ro", "nosuid", "nodev"},
 			},
 		)
+		for _, b := range binds {
+			s.Mounts = append(s.Mounts, specs.Mount{
+				Destination: b.Target,
+				Type:        "bind",
+				Source:      b.Source,
+				Options:     []string{"rbind", "ro", "nosuid", "nodev"},
+			})
+		}
 		return nil
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
+	"github.com/kilnfx/kiln/runtimes"
 )
 
 // ConfigFile is the name of a function's configuration file in its directory.
@@ -25,8 +26,16 @@ const ConfigFile = "kiln.yaml"
 type Config struct {
 	// Name is the function's name (required).
 	Name string `yaml:"name"`
-	// Runtime is the function's runtime: "go" (the default).
+	// Runtime is the function's runtime: "go" (the default), "python3",
+	// "node" or "binary".
 	Runtime string `yaml:"runtime"`
+	// Handler is the file of the function's directory that handles calls
+	// (default: the runtime's, e.g. handler.py); not for go, whose handler
+	// is the binary Build makes.
+	Handler string `yaml:"handler"`
+	// Packages are Debian packages added to the runtime's root filesystem
+	// (not for go).
+	Packages []string `yaml:"packages"`
 	// Memory is the container's memory limit in MiB.
 	Memory int64 `yaml:"memory"`
 	// Timeout bounds one call; it must be positive when set.
@@ -126,13 +135,24 @@ func (c Config) spec() (*kilnv1.FunctionSpec, error) {
 	if err := ValidateName(c.Name); err != nil {
 		return nil, fmt.Errorf("name: %w", err)
 	}
-	s := &kilnv1.FunctionSpec{Runtime: c.Runtime}
-	switch c.Runtime {
-	case "":
+	s := &kilnv1.FunctionSpec{Runtime: c.Runtime, Handler: c.Handler, Packages: c.Packages}
+	switch {
+	case c.Runtime == "":
 		s.Runtime = Runtime
-	case Runtime:
-	default:
-		return nil, fmt.Errorf("runtime: %q is not supported (want %q)", c.Runtime, Runtime)
+	case c.Runtime == Runtime:
+	case runtimes.Get(c.Runtime) == nil:
+		return nil, fmt.Errorf("runtime: %q is not supported (want one of: %s)", c.Runtime, strings.Join(append([]string{Runtime}, runtimes.Names()...), ", "))
+	}
+	if s.Runtime == Runtime && c.Handler != "" {
+		return nil, errors.New("handler: the go runtime's handler is the binary kiln deploy builds; leave it out")
+	}
+	if s.Runtime == Runtime && len(c.Packages) > 0 {
+		return nil, errors.New("packages: the go runtime runs a static binary alone: it takes no packages")
+	}
+	for _, p := range c.Packages {
+		if p == "" || strings.ContainsAny(p, " \t\n/") {
+			return nil, fmt.Errorf("packages: %q is not a Debian package name", p)
+		}
 	}
 	var err error
 	if s.MemoryMb, err = int32Of("memory", "MiB", c.Memory); err != nil {

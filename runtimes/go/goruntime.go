@@ -24,9 +24,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"text/template"
 )
 
@@ -54,19 +56,24 @@ func ValidateName(name string) error {
 //go:embed template/*.tmpl
 var templates embed.FS
 
-// templateFiles maps each template to the file it becomes.
-var templateFiles = []struct{ tmpl, file string }{
-	{"handler.go.tmpl", "handler.go"},
-	{"go.mod.tmpl", "go.mod"},
-	{"kiln.yaml.tmpl", ConfigFile},
-	{"gitignore.tmpl", ".gitignore"},
-}
-
 // Init writes a new Go function called name into dir: handler.go, go.mod,
 // kiln.yaml and .gitignore. It creates dir if needed and refuses a dir that
 // exists and is not empty (or is not a directory), so it never overwrites a
 // file.
 func Init(dir, name string) error {
+	tmpl, err := fs.Sub(templates, "template")
+	if err != nil {
+		return err
+	}
+	return WriteTemplate(dir, name, tmpl)
+}
+
+// WriteTemplate writes a new function called name into dir from the
+// text/template sources of tmpl: each file F.tmpl becomes F (gitignore.tmpl
+// becomes .gitignore), executed with {{.Name}}. It creates dir if needed
+// and refuses a dir that exists and is not empty (or is not a directory),
+// so it never overwrites a file.
+func WriteTemplate(dir, name string, tmpl fs.FS) error {
 	if err := ValidateName(name); err != nil {
 		return err
 	}
@@ -80,16 +87,28 @@ func Init(dir, name string) error {
 		return fmt.Errorf("init: %w", err)
 	}
 	data := struct{ Name string }{name}
-	for _, tf := range templateFiles {
-		t, err := template.ParseFS(templates, "template/"+tf.tmpl)
+	files, err := fs.Glob(tmpl, "*.tmpl")
+	if err != nil {
+		return fmt.Errorf("init: %w", err)
+	}
+	for _, f := range files {
+		t, err := template.ParseFS(tmpl, f)
 		if err != nil {
 			return fmt.Errorf("init: %w", err)
 		}
+		file := strings.TrimSuffix(f, ".tmpl")
+		if file == "gitignore" {
+			file = ".gitignore"
+		}
 		var buf bytes.Buffer
 		if err := t.Execute(&buf, data); err != nil {
-			return fmt.Errorf("init: %s: %w", tf.file, err)
+			return fmt.Errorf("init: %s: %w", file, err)
 		}
-		if err := writeNew(filepath.Join(dir, tf.file), buf.Bytes()); err != nil {
+		mode := os.FileMode(0o644)
+		if strings.HasSuffix(file, ".sh") {
+			mode = 0o755
+		}
+		if err := writeNew(filepath.Join(dir, file), buf.Bytes(), mode); err != nil {
 			return fmt.Errorf("init: %w", err)
 		}
 	}
@@ -123,8 +142,8 @@ func checkEmptyDir(dir string) error {
 }
 
 // writeNew creates path with data, failing if path exists.
-func writeNew(path string, data []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+func writeNew(path string, data []byte, mode os.FileMode) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
 	if err != nil {
 		return err
 	}

@@ -30,7 +30,8 @@ const (
 // comments give.
 type FunctionSpec struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// runtime names the language runtime: "go".
+	// runtime names the language runtime: "go", "python3", "node" or
+	// "binary" (docs/RUNTIMES.md).
 	Runtime string `protobuf:"bytes,1,opt,name=runtime,proto3" json:"runtime,omitempty"`
 	// code is the function's files as a tar archive, gzip-compressed or not
 	// (in JSON: base64). It is unpacked into the function's own root
@@ -39,7 +40,9 @@ type FunctionSpec struct {
 	// never stored with the spec nor returned. A deploy without code keeps
 	// the function's current code (a new function needs it).
 	Code []byte `protobuf:"bytes,14,opt,name=code,proto3" json:"code,omitempty"`
-	// handler is the executable in the archive to run (default "handler").
+	// handler is the file of the archive that handles calls: for go and
+	// binary an executable (default "handler"), for python3 and node the
+	// source file (default "handler.py", "handler.js").
 	Handler string `protobuf:"bytes,3,opt,name=handler,proto3" json:"handler,omitempty"`
 	// memory_mb is the container's hard memory limit in MiB (default 128).
 	MemoryMb int32 `protobuf:"varint,4,opt,name=memory_mb,json=memoryMb,proto3" json:"memory_mb,omitempty"`
@@ -63,7 +66,10 @@ type FunctionSpec struct {
 	// require_key makes calls need an API key (Authorization: Bearer KEY);
 	// without it the function is public, and a key, when given, only names
 	// the tenant the call is billed to.
-	RequireKey    bool `protobuf:"varint,13,opt,name=require_key,json=requireKey,proto3" json:"require_key,omitempty"`
+	RequireKey bool `protobuf:"varint,13,opt,name=require_key,json=requireKey,proto3" json:"require_key,omitempty"`
+	// packages are Debian packages added to the runtime's root filesystem
+	// for this function (say jq, ffmpeg or python3-numpy); not for go.
+	Packages      []string `protobuf:"bytes,15,rep,name=packages,proto3" json:"packages,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -187,6 +193,13 @@ func (x *FunctionSpec) GetRequireKey() bool {
 		return x.RequireKey
 	}
 	return false
+}
+
+func (x *FunctionSpec) GetPackages() []string {
+	if x != nil {
+		return x.Packages
+	}
+	return nil
 }
 
 // Function is a deployed function.
@@ -516,11 +529,222 @@ func (x *ContainerList) GetContainers() []*Container {
 	return nil
 }
 
+// Runtime is a built root filesystem of a language runtime.
+type Runtime struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is the runtime's name: "python3", "node" or "binary".
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// recipe_hash is the digest of the recipe (and extra packages) it was
+	// built from; builds are stored under it.
+	RecipeHash string `protobuf:"bytes,2,opt,name=recipe_hash,json=recipeHash,proto3" json:"recipe_hash,omitempty"`
+	// packages are the Debian packages it was built with.
+	Packages []string `protobuf:"bytes,3,rep,name=packages,proto3" json:"packages,omitempty"`
+	// size_bytes is the size of its files.
+	SizeBytes int64 `protobuf:"varint,4,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	// built is when its build finished; build_time how long it took.
+	Built         *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=built,proto3" json:"built,omitempty"`
+	BuildTime     *durationpb.Duration   `protobuf:"bytes,6,opt,name=build_time,json=buildTime,proto3" json:"build_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Runtime) Reset() {
+	*x = Runtime{}
+	mi := &file_kiln_v1_functions_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Runtime) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Runtime) ProtoMessage() {}
+
+func (x *Runtime) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_functions_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Runtime.ProtoReflect.Descriptor instead.
+func (*Runtime) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_functions_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *Runtime) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Runtime) GetRecipeHash() string {
+	if x != nil {
+		return x.RecipeHash
+	}
+	return ""
+}
+
+func (x *Runtime) GetPackages() []string {
+	if x != nil {
+		return x.Packages
+	}
+	return nil
+}
+
+func (x *Runtime) GetSizeBytes() int64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
+func (x *Runtime) GetBuilt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Built
+	}
+	return nil
+}
+
+func (x *Runtime) GetBuildTime() *durationpb.Duration {
+	if x != nil {
+		return x.BuildTime
+	}
+	return nil
+}
+
+// RuntimeList is the answer to a listing of runtimes.
+type RuntimeList struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Runtimes      []*Runtime             `protobuf:"bytes,1,rep,name=runtimes,proto3" json:"runtimes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RuntimeList) Reset() {
+	*x = RuntimeList{}
+	mi := &file_kiln_v1_functions_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RuntimeList) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RuntimeList) ProtoMessage() {}
+
+func (x *RuntimeList) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_functions_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RuntimeList.ProtoReflect.Descriptor instead.
+func (*RuntimeList) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_functions_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *RuntimeList) GetRuntimes() []*Runtime {
+	if x != nil {
+		return x.Runtimes
+	}
+	return nil
+}
+
+// RuntimeBuildEvent is one line of the answer to a runtime build
+// (POST /v1/runtimes/{name}, newline-delimited JSON): progress lines with
+// stage and elapsed, then one last line with runtime or error.
+type RuntimeBuildEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// stage names the build's step: resolving, downloading, installing,
+	// cleaning, preparing, done.
+	Stage   string               `protobuf:"bytes,1,opt,name=stage,proto3" json:"stage,omitempty"`
+	Elapsed *durationpb.Duration `protobuf:"bytes,2,opt,name=elapsed,proto3" json:"elapsed,omitempty"`
+	// runtime is the built runtime (the last line of a build that succeeded).
+	Runtime *Runtime `protobuf:"bytes,3,opt,name=runtime,proto3" json:"runtime,omitempty"`
+	// error is why the build failed (the last line of one that failed).
+	Error         *Error `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RuntimeBuildEvent) Reset() {
+	*x = RuntimeBuildEvent{}
+	mi := &file_kiln_v1_functions_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RuntimeBuildEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RuntimeBuildEvent) ProtoMessage() {}
+
+func (x *RuntimeBuildEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_functions_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RuntimeBuildEvent.ProtoReflect.Descriptor instead.
+func (*RuntimeBuildEvent) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_functions_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *RuntimeBuildEvent) GetStage() string {
+	if x != nil {
+		return x.Stage
+	}
+	return ""
+}
+
+func (x *RuntimeBuildEvent) GetElapsed() *durationpb.Duration {
+	if x != nil {
+		return x.Elapsed
+	}
+	return nil
+}
+
+func (x *RuntimeBuildEvent) GetRuntime() *Runtime {
+	if x != nil {
+		return x.Runtime
+	}
+	return nil
+}
+
+func (x *RuntimeBuildEvent) GetError() *Error {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
+
 var File_kiln_v1_functions_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_functions_proto_rawDesc = "" +
 	"\n" +
-	"\x17kiln/v1/functions.proto\x12\akiln.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb8\x04\n" +
+	"\x17kiln/v1/functions.proto\x12\akiln.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd4\x04\n" +
 	"\fFunctionSpec\x12\x18\n" +
 	"\aruntime\x18\x01 \x01(\tR\aruntime\x12\x12\n" +
 	"\x04code\x18\x0e \x01(\fR\x04code\x12\x18\n" +
@@ -537,7 +761,8 @@ const file_kiln_v1_functions_proto_rawDesc = "" +
 	"\n" +
 	"cpu_millis\x18\f \x01(\x05R\tcpuMillis\x12\x1f\n" +
 	"\vrequire_key\x18\r \x01(\bR\n" +
-	"requireKey\x1a6\n" +
+	"requireKey\x12\x1a\n" +
+	"\bpackages\x18\x0f \x03(\tR\bpackages\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01J\x04\b\x02\x10\x03\"\xd1\x01\n" +
@@ -563,7 +788,24 @@ const file_kiln_v1_functions_proto_rawDesc = "" +
 	"\rContainerList\x122\n" +
 	"\n" +
 	"containers\x18\x01 \x03(\v2\x12.kiln.v1.ContainerR\n" +
-	"containersB-Z+github.com/kilnfx/kiln/proto/kiln/v1;kilnv1b\x06proto3"
+	"containers\"\xe5\x01\n" +
+	"\aRuntime\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1f\n" +
+	"\vrecipe_hash\x18\x02 \x01(\tR\n" +
+	"recipeHash\x12\x1a\n" +
+	"\bpackages\x18\x03 \x03(\tR\bpackages\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\x04 \x01(\x03R\tsizeBytes\x120\n" +
+	"\x05built\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x05built\x128\n" +
+	"\n" +
+	"build_time\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\tbuildTime\";\n" +
+	"\vRuntimeList\x12,\n" +
+	"\bruntimes\x18\x01 \x03(\v2\x10.kiln.v1.RuntimeR\bruntimes\"\xb0\x01\n" +
+	"\x11RuntimeBuildEvent\x12\x14\n" +
+	"\x05stage\x18\x01 \x01(\tR\x05stage\x123\n" +
+	"\aelapsed\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\aelapsed\x12*\n" +
+	"\aruntime\x18\x03 \x01(\v2\x10.kiln.v1.RuntimeR\aruntime\x12$\n" +
+	"\x05error\x18\x04 \x01(\v2\x0e.kiln.v1.ErrorR\x05errorB-Z+github.com/kilnfx/kiln/proto/kiln/v1;kilnv1b\x06proto3"
 
 var (
 	file_kiln_v1_functions_proto_rawDescOnce sync.Once
@@ -577,7 +819,7 @@ func file_kiln_v1_functions_proto_rawDescGZIP() []byte {
 	return file_kiln_v1_functions_proto_rawDescData
 }
 
-var file_kiln_v1_functions_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_kiln_v1_functions_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_kiln_v1_functions_proto_goTypes = []any{
 	(*FunctionSpec)(nil),          // 0: kiln.v1.FunctionSpec
 	(*Function)(nil),              // 1: kiln.v1.Function
@@ -585,27 +827,36 @@ var file_kiln_v1_functions_proto_goTypes = []any{
 	(*Error)(nil),                 // 3: kiln.v1.Error
 	(*Container)(nil),             // 4: kiln.v1.Container
 	(*ContainerList)(nil),         // 5: kiln.v1.ContainerList
-	nil,                           // 6: kiln.v1.FunctionSpec.EnvEntry
-	(*durationpb.Duration)(nil),   // 7: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
+	(*Runtime)(nil),               // 6: kiln.v1.Runtime
+	(*RuntimeList)(nil),           // 7: kiln.v1.RuntimeList
+	(*RuntimeBuildEvent)(nil),     // 8: kiln.v1.RuntimeBuildEvent
+	nil,                           // 9: kiln.v1.FunctionSpec.EnvEntry
+	(*durationpb.Duration)(nil),   // 10: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
 }
 var file_kiln_v1_functions_proto_depIdxs = []int32{
-	7,  // 0: kiln.v1.FunctionSpec.timeout:type_name -> google.protobuf.Duration
-	6,  // 1: kiln.v1.FunctionSpec.env:type_name -> kiln.v1.FunctionSpec.EnvEntry
-	7,  // 2: kiln.v1.FunctionSpec.freeze_after:type_name -> google.protobuf.Duration
-	7,  // 3: kiln.v1.FunctionSpec.idle_timeout:type_name -> google.protobuf.Duration
+	10, // 0: kiln.v1.FunctionSpec.timeout:type_name -> google.protobuf.Duration
+	9,  // 1: kiln.v1.FunctionSpec.env:type_name -> kiln.v1.FunctionSpec.EnvEntry
+	10, // 2: kiln.v1.FunctionSpec.freeze_after:type_name -> google.protobuf.Duration
+	10, // 3: kiln.v1.FunctionSpec.idle_timeout:type_name -> google.protobuf.Duration
 	0,  // 4: kiln.v1.Function.spec:type_name -> kiln.v1.FunctionSpec
-	8,  // 5: kiln.v1.Function.created:type_name -> google.protobuf.Timestamp
-	8,  // 6: kiln.v1.Function.updated:type_name -> google.protobuf.Timestamp
+	11, // 5: kiln.v1.Function.created:type_name -> google.protobuf.Timestamp
+	11, // 6: kiln.v1.Function.updated:type_name -> google.protobuf.Timestamp
 	1,  // 7: kiln.v1.FunctionList.functions:type_name -> kiln.v1.Function
-	8,  // 8: kiln.v1.Container.created:type_name -> google.protobuf.Timestamp
-	8,  // 9: kiln.v1.Container.last_used:type_name -> google.protobuf.Timestamp
+	11, // 8: kiln.v1.Container.created:type_name -> google.protobuf.Timestamp
+	11, // 9: kiln.v1.Container.last_used:type_name -> google.protobuf.Timestamp
 	4,  // 10: kiln.v1.ContainerList.containers:type_name -> kiln.v1.Container
-	11, // [11:11] is the sub-list for method output_type
-	11, // [11:11] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	11, // 11: kiln.v1.Runtime.built:type_name -> google.protobuf.Timestamp
+	10, // 12: kiln.v1.Runtime.build_time:type_name -> google.protobuf.Duration
+	6,  // 13: kiln.v1.RuntimeList.runtimes:type_name -> kiln.v1.Runtime
+	10, // 14: kiln.v1.RuntimeBuildEvent.elapsed:type_name -> google.protobuf.Duration
+	6,  // 15: kiln.v1.RuntimeBuildEvent.runtime:type_name -> kiln.v1.Runtime
+	3,  // 16: kiln.v1.RuntimeBuildEvent.error:type_name -> kiln.v1.Error
+	17, // [17:17] is the sub-list for method output_type
+	17, // [17:17] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_functions_proto_init() }
@@ -619,7 +870,7 @@ func file_kiln_v1_functions_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kiln_v1_functions_proto_rawDesc), len(file_kiln_v1_functions_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

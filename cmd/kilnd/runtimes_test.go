@@ -1,0 +1,296 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kilnfx/kiln/agent/bundle"
+)
+
+// runtimesCache keeps the runtimes' root filesystems between runs of the
+// tests, as an operator's --runtimes-dir would: the first run builds them
+// from the Debian mirror (a minute or so each), later runs find them.
+const runtimesCache = "/var/cache/kiln-test/runtimes"
+
+// kilnCLI runs the kiln CLI in dir against k and returns its output.
+func kilnCLI(t *testing.T, k *kilnd, dir, stdin string, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(binDir, "kiln"), args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "KILN_DATA_DIR="+k.dataDir)
+	cmd.Stdin = strings.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// deployDir packs dir as a function's code and deploys it with spec.
+func deployDir(t *testing.T, k *kilnd, name, dir string, spec map[string]any) response {
+	t.Helper()
+	code, err := bundle.PackBytes(dir, nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec["code"] = code
+	b, _ := json.Marshal(spec)
+	return k.do(t, "PUT", "/v1/functions/"+name, b)
+}
+
+// writeFiles writes files (name → content) into a new directory.
+func writeFiles(t *testing.T, files map[string]string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for name, content := range files {
+		mode := os.FileMode(0o644)
+		if strings.HasSuffix(name, ".sh") {
+			mode = 0o755
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// TestRuntimes builds the python3, node and binary runtimes, then follows
+// a user of each: kiln init, kiln deploy, kiln invoke; and checks the
+// handler conventions, failures, stem cells, extra packages and a flood of
+// output.
+func TestRuntimes(t *testing.T) {
+	requireIntegration(t)
+	if err := os.MkdirAll(runtimesCache, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	k := startKilnd(t, shortTempDir(t), "--runtimes-dir", runtimesCache)
+	work := t.TempDir()
+
+	for _, rt := range []string{"python3", "node", "binary"} {
+		out, err := kilnCLI(t, k, work, "", "runtime", "build", rt)
+		if err != nil {
+			t.Fatalf("kiln runtime build %s: %v\n%s", rt, err, out)
+		}
+		if !strings.Contains(out, "Built "+rt) {
+			t.Errorf("kiln runtime build %s printed %q", rt, out)
+		}
+		t.Logf("%s", strings.TrimSpace(out))
+	}
+	out, err := kilnCLI(t, k, work, "", "runtime", "list")
+	if err != nil {
+		t.Fatalf("kiln runtime list: %v\n%s", err, out)
+	}
+	t.Logf("kiln runtime list:\n%s", out)
+	for _, rt := range []string{"python3", "node", "binary"} {
+		if !strings.Contains(out, rt) {
+			t.Errorf("kiln runtime list lacks %s", rt)
+		}
+	}
+	out, err = kilnCLI(t, k, work, "", "init", "--list")
+	if err != nil || !strings.Contains(out, "python3") || !strings.Contains(out, "node") || !strings.Contains(out, "binary") {
+		t.Errorf("kiln init --list: %v %q", err, out)
+	}
+
+	t.Run("templates", func(t *testing.T) {
+		for _, rt := range []string{"python3", "node", "binary"} {
+			name := "hello-" + rt
+			if out, err := kilnCLI(t, k, work, "", "init", "--runtime", rt, name); err != nil {
+				t.Fatalf("kiln init --runtime %s: %v\n%s", rt, err, out)
+			}
+			dir := filepath.Join(work, name)
+			if out, err := kilnCLI(t, k, dir, "", "deploy"); err != nil {
+				t.Fatalf("kiln deploy (%s): %v\n%s", rt, err, out)
+			}
+			out, err := kilnCLI(t, k, dir, "kiln", "invoke", name)
+			if err != nil {
+				t.Fatalf("kiln invoke (%s): %v\n%s", rt, err, out)
+			}
+			if !strings.Contains(out, "Hello, kiln!") {
+				t.Errorf("%s template answered %q", rt, out)
+			}
+		}
+	})
+
+	t.Run("python3", func(t *testing.T) {
+		dir := writeFiles(t, map[string]string{
+			"handler.py": `import json, os, sys
+
+def handle(req):
+    what = req.body.decode()
+    if what == "json":
+        return {"method": req.method, "path": req.path, "query": req.query, "echo": req.headers.get("X-Echo")}
+    if what == "tuple":
+        return (201, {"X-Made": "yes"}, b"made")
+    if what == "raise":
+        raise ValueError("no such thing")
+    if what == "crash":
+        os._exit(3)
+    if what == "flood":
+        for i in range(20000):
+            print("flood line", i, "x" * 64)
+        sys.stdout.flush()
+        return "intact"
+    return req.body
+`,
+		})
+		if r := deployDir(t, k, "py", dir, map[string]any{"runtime": "python3"}); r.status != 200 {
+			t.Fatalf("deploy: %d %s", r.status, r.body)
+		}
+		r, err := invoke(k.url, "py/some/path?a=1", "echo me")
+		if err != nil || r.status != 200 || string(r.body) != "echo me" {
+			t.Fatalf("echo: %v %d %q", err, r.status, r.body)
+		}
+		r, _ = invoke(k.url, "py/p?x=y", "json")
+		var got map[string]any
+		if r.status != 200 || json.Unmarshal(r.body, &got) != nil || got["method"] != "POST" || got["path"] != "/p" || got["query"] != "x=y" {
+			t.Errorf("json: %d %q", r.status, r.body)
+		}
+		r, _ = invoke(k.url, "py", "tuple")
+		if r.status != 201 || r.header.Get("X-Made") != "yes" || string(r.body) != "made" {
+			t.Errorf("tuple: %d %v %q", r.status, r.header, r.body)
+		}
+		r, _ = invoke(k.url, "py", "raise")
+		if r.status != 500 || !strings.Contains(string(r.body), "no such thing") {
+			t.Errorf("an exception answered %d %q, want 500 with its message", r.status, r.body)
+		}
+		r, _ = invoke(k.url, "py", "flood")
+		if r.status != 200 || string(r.body) != "intact" {
+			t.Errorf("a flood of stdout answered %d %q", r.status, r.body)
+		}
+		r, _ = invoke(k.url, "py", "crash")
+		if r.status != 502 {
+			t.Errorf("a worker crash answered %d %q, want 502", r.status, r.body)
+		}
+		r, _ = invoke(k.url, "py", "after")
+		if r.status != 200 || string(r.body) != "after" {
+			t.Errorf("the call after a crash: %d %q", r.status, r.body)
+		}
+	})
+
+	t.Run("node", func(t *testing.T) {
+		dir := writeFiles(t, map[string]string{
+			"handler.js": `module.exports = async (req) => {
+  const what = req.body.toString();
+  if (what === "json") return {method: req.method, path: req.path};
+  if (what === "raise") throw new Error("node says no");
+  if (what === "crash") process.exit(3);
+  return req.body;
+};
+`,
+		})
+		if r := deployDir(t, k, "js", dir, map[string]any{"runtime": "node"}); r.status != 200 {
+			t.Fatalf("deploy: %d %s", r.status, r.body)
+		}
+		r, err := invoke(k.url, "js", "echo me")
+		if err != nil || r.status != 200 || string(r.body) != "echo me" {
+			t.Fatalf("echo: %v %d %q", err, r.status, r.body)
+		}
+		r, _ = invoke(k.url, "js/q", "json")
+		if r.status != 200 || !strings.Contains(string(r.body), `"path":"/q"`) {
+			t.Errorf("json: %d %q", r.status, r.body)
+		}
+		r, _ = invoke(k.url, "js", "raise")
+		if r.status != 500 || !strings.Contains(string(r.body), "node says no") {
+			t.Errorf("a throw answered %d %q, want 500 with its message", r.status, r.body)
+		}
+		r, _ = invoke(k.url, "js", "crash")
+		if r.status != 502 {
+			t.Errorf("a worker crash answered %d %q, want 502", r.status, r.body)
+		}
+		r, _ = invoke(k.url, "js", "after")
+		if r.status != 200 || string(r.body) != "after" {
+			t.Errorf("the call after a crash: %d %q", r.status, r.body)
+		}
+	})
+
+	t.Run("binary with packages", func(t *testing.T) {
+		dir := writeFiles(t, map[string]string{
+			"handler.sh": "#!/bin/sh\nif [ \"$Http_X_Fail\" = yes ]; then echo 'it failed' >&2; exit 4; fi\njq -c '{n: (.n + 1), m: env.Http_Method}'\n",
+		})
+		r := deployDir(t, k, "jq", dir, map[string]any{"runtime": "binary", "handler": "handler.sh", "packages": []string{"jq"}})
+		if r.status != 200 {
+			t.Fatalf("deploy with packages [jq]: %d %s", r.status, r.body)
+		}
+		r, err := invoke(k.url, "jq", `{"n": 41}`)
+		if err != nil || r.status != 200 || strings.TrimSpace(string(r.body)) != `{"n":42,"m":"POST"}` {
+			t.Fatalf("jq: %v %d %q", err, r.status, r.body)
+		}
+		r = k.doHeader(t, "POST", "/invoke/jq", "X-Fail", "yes", []byte(`{}`))
+		if r.status != 500 || !strings.Contains(string(r.body), "it failed") {
+			t.Errorf("a non-zero exit answered %d %q, want 500 with stderr's tail", r.status, r.body)
+		}
+		r = deployDir(t, k, "nope", dir, map[string]any{"runtime": "binary", "handler": "handler.sh", "packages": []string{"kiln-no-such-package"}})
+		if r.status < 400 || !strings.Contains(string(r.body), "kiln-no-such-package") {
+			t.Errorf("a deploy with an unknown package answered %d %q, want an error naming it", r.status, r.body)
+		}
+	})
+
+	t.Run("runtime in use", func(t *testing.T) {
+		r := k.do(t, "DELETE", "/v1/runtimes/python3", nil)
+		if r.status != 409 || !strings.Contains(string(r.body), "py") {
+			t.Errorf("removing a runtime in use answered %d %q, want 409 naming the function", r.status, r.body)
+		}
+		r = k.do(t, "POST", "/v1/runtimes/cobol", nil)
+		if r.status != 200 || !strings.Contains(string(r.body), "unknown runtime") {
+			t.Errorf("building an unknown runtime answered %d %q", r.status, r.body)
+		}
+	})
+}
+
+// TestRuntimeStemCells: a python3 or node function's first call is served
+// by a stem cell that already holds the interpreter.
+func TestRuntimeStemCells(t *testing.T) {
+	requireIntegration(t)
+	if err := os.MkdirAll(runtimesCache, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	k := startKilnd(t, shortTempDir(t), "--runtimes-dir", runtimesCache, "--stem-cells", "python3=1,node=1")
+	for _, c := range []struct{ rt, file, src string }{
+		{"python3", "handler.py", "def handle(req):\n    return b'stem:' + req.body\n"},
+		{"node", "handler.js", "module.exports = (req) => 'stem:' + req.body.toString();\n"},
+	} {
+		dir := writeFiles(t, map[string]string{c.file: c.src})
+		name := "stem-" + c.rt
+		eventually(t, stemReadyTimeout, "a frozen "+c.rt+" stem cell", func() bool {
+			return strings.Contains(k.logs.String(), `"msg":"stem cell ready","runtime":"`+c.rt+`"`)
+		})
+		if r := deployDir(t, k, name, dir, map[string]any{"runtime": c.rt}); r.status != 200 {
+			t.Fatalf("deploy %s: %d %s", name, r.status, r.body)
+		}
+		r, err := invoke(k.url, name, "x")
+		if err != nil || r.status != 200 || string(r.body) != "stem:x" {
+			t.Fatalf("%s: %v %d %q", name, err, r.status, r.body)
+		}
+		if got := r.header.Get("X-Kiln-Start"); got != "stem" {
+			t.Errorf("%s's first call started %q, want stem", name, got)
+		}
+	}
+}
+
+// stemReadyTimeout bounds the wait for a runtime's stem cell to be up.
+const stemReadyTimeout = 60 * time.Second
+
+// doHeader sends a request with one extra header (no token).
+func (k *kilnd) doHeader(t *testing.T, method, path, key, value string, body []byte) response {
+	t.Helper()
+	req, err := http.NewRequest(method, k.url+path, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set(key, value)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return response{resp.StatusCode, resp.Header, b}
+}

@@ -153,8 +153,9 @@ func FuzzParseRecipe(f *testing.F) {
 		if !slices.IsSorted(r.Packages) || len(slices.Compact(slices.Clone(r.Packages))) != len(r.Packages) {
 			t.Fatalf("packages not a sorted set: %v", r.Packages)
 		}
-		if r.Hash() != r.Hash() {
-			t.Fatal("Hash not stable")
+		again, err := r.With(nil)
+		if err != nil || again.Hash() != r.Hash() {
+			t.Fatalf("With(nil) = %v: hash %s, want %s", err, again.Hash(), r.Hash())
 		}
 	})
 }

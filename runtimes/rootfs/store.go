@@ -220,6 +220,9 @@ func (s *Store) readBase(k string) (Base, error) {
 // ErrMirrorUnreachable (naming the mirror) or ErrBuildFailed (with the
 // tail of mmdebstrap's output).
 func (s *Store) Build(ctx context.Context, r *Recipe, progress func(stage string, elapsed time.Duration)) (Base, error) {
+	if err := ctx.Err(); err != nil {
+		return Base{}, err
+	}
 	if b, ok := s.Lookup(r); ok {
 		if progress != nil {
 			progress(StageDone, 0)

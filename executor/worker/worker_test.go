@@ -376,5 +376,3 @@ func waitFor(t *testing.T, cond func() bool, what string) {
 	}
 	t.Errorf("timed out waiting for %s", what)
 }
-
-

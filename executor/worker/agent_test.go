@@ -243,7 +243,7 @@ func (b *syncBuffer) String() string {
 
 // requireCommand skips the test when name is not installed, unless in CI
 // (CI=true), where it fails.
-func requireCommand(t *testing.T, name string) {
+func requireCommand(t testing.TB, name string) {
 	t.Helper()
 	if _, err := exec.LookPath(name); err != nil {
 		if os.Getenv("CI") != "" {
@@ -258,9 +258,15 @@ func codeDir(t *testing.T, files map[string]string) string {
 	t.Helper()
 	dir := t.TempDir()
 	for name, content := range files {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o755); err != nil {
-			t.Fatal(err)
-		}
+		writeFile(t, dir, name, content)
 	}
 	return dir
+}
+
+// writeFile writes an executable file name into dir.
+func writeFile(t testing.TB, dir, name, content string) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o755); err != nil {
+		t.Fatal(err)
+	}
 }

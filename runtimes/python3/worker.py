@@ -312,6 +312,9 @@ def main():
         os.set_blocking(fd, True)
         os.set_inheritable(fd, False)  # not handed to the handler's children
     Worker().serve()
+    # fd 3 ended: the executor is gone. Calls still running on the pool
+    # would hold a normal exit; nothing can take their results.
+    os._exit(0)
 
 
 main()

@@ -1,6 +1,14 @@
-// Command kiln-executor is the stem cell executor of the go runtime: a
-// static binary that kilnd runs in stem cell containers. On Init it execs
-// the function's binary, which takes over the container as that function.
+// Command kiln-executor is the generic executor: a static binary that
+// kilnd runs in the containers of functions that are not Go binaries, and
+// in stem cell containers.
+//
+// With KILN_RUNTIME unset or "go" it is the Go stem cell: it says Ready
+// with no function and, on Init, execs the function's binary, which takes
+// over the container as that function. With KILN_RUNTIME python3, node or
+// binary it serves the function through a worker process (package
+// executor/worker, whose doc comment lists the environment it reads). It
+// exits 1 when it fails: the handler did not load, the worker died, or the
+// agent could not be reached.
 package main
 
 import (
@@ -12,10 +20,18 @@ import (
 
 	"github.com/kilnfx/kiln/executor/sdk"
 	"github.com/kilnfx/kiln/executor/stem"
+	"github.com/kilnfx/kiln/executor/worker"
 	pb "github.com/kilnfx/kiln/proto/executorpb"
 )
 
 func main() {
+	if rt := os.Getenv(worker.EnvRuntime); rt != "" && rt != "go" {
+		if err := worker.Serve(context.Background(), worker.ConfigFromEnv(os.Environ())); err != nil {
+			fmt.Fprintln(os.Stderr, "kiln-executor:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	socket := os.Getenv(sdk.EnvSocket)
 	if socket == "" {
 		socket = sdk.DefaultSocket

@@ -92,6 +92,24 @@ func Run(ctx context.Context, socket string, h Handler) error {
 
 // RunFunction is Run reporting the given function name in Ready.
 func RunFunction(ctx context.Context, socket, function string, h Handler) error {
+	return RunWith(ctx, socket, RunOptions{Function: function}, h)
+}
+
+// RunOptions is how an executor introduces itself in its Ready.
+type RunOptions struct {
+	// Function is the name of the function served.
+	Function string
+	// Runtime names the runtime serving it; "go" when empty.
+	Runtime string
+	// Version is the runtime's version; the Go version this program was
+	// built with when empty.
+	Version string
+}
+
+// RunWith is RunFunction with the whole of Ready's introduction given:
+// executors serving other languages' functions through a Handler use it
+// to name their runtime.
+func RunWith(ctx context.Context, socket string, opts RunOptions, h Handler) error {
 	if h == nil {
 		return errors.New("nil handler")
 	}
@@ -117,11 +135,17 @@ func RunFunction(ctx context.Context, socket, function string, h Handler) error 
 		return fmt.Errorf("open session: %w", err)
 	}
 	s := &session{stream: stream, handler: h, calls: make(map[string]context.CancelFunc)}
+	if opts.Runtime == "" {
+		opts.Runtime = "go"
+	}
+	if opts.Version == "" {
+		opts.Version = version()
+	}
 	ready := &pb.ExecutorMsg{Msg: &pb.ExecutorMsg_Ready{Ready: &pb.Ready{
-		Runtime:  "go",
+		Runtime:  opts.Runtime,
 		Pid:      int32(os.Getpid()),
-		Version:  version(),
-		Function: function,
+		Version:  opts.Version,
+		Function: opts.Function,
 	}}}
 	if err := s.send(ready); err != nil {
 		return fmt.Errorf("send ready: %w", err)

@@ -39,6 +39,10 @@ const (
 	EnvConcurrency = "KILN_CONCURRENCY"
 )
 
+// DefaultPath is the PATH of a runtime's container unless the function
+// sets its own.
+const DefaultPath = "PATH=/usr/local/bin:/usr/bin:/bin"
+
 // RuntimeNames returns every runtime a FunctionSpec may name, sorted.
 func RuntimeNames() []string {
 	return slices.Sorted(slices.Values(append(runtimes.Names(), "go")))
@@ -239,6 +243,9 @@ func (a *Agent) runtimeFunction(fn *pool.Function, s *kilnv1.FunctionSpec, codeD
 		{Source: a.binDir, Target: ExecutorMountPath},
 	}
 	fn.Args = []string{ExecutorMountPath + "/" + ExecutorName}
+	if _, set := s.Env["PATH"]; !set {
+		fn.Env = append(fn.Env, DefaultPath)
+	}
 	fn.Env = append(fn.Env,
 		EnvRuntime+"="+s.Runtime,
 		EnvCodeDir+"="+CodeMountPath,
@@ -273,7 +280,7 @@ func RuntimeStemCells(ctx context.Context, bases *rootfs.Store, binDir, runtime 
 		RootFS:      b.RootFS,
 		Mounts:      []pool.Mount{{Source: binDir, Target: ExecutorMountPath}},
 		Args:        []string{ExecutorMountPath + "/" + ExecutorName},
-		Env:         []string{EnvRuntime + "=" + runtime},
+		Env:         []string{EnvRuntime + "=" + runtime, DefaultPath},
 		Count:       count,
 		MemoryBytes: DefaultMemoryMB << 20,
 	}, nil

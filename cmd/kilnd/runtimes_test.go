@@ -18,7 +18,7 @@ import (
 // runtimesCache keeps the runtimes' root filesystems between runs of the
 // tests, as an operator's --runtimes-dir would: the first run builds them
 // from the Debian mirror (a minute or so each), later runs find them.
-const runtimesCache = "/var/cache/kiln-test/runtimes"
+const runtimesCache = "/var/cache/kiln-test/kilnd-runtimes"
 
 // kilnCLI runs the kiln CLI in dir against k and returns its output.
 func kilnCLI(t *testing.T, k *kilnd, dir, stdin string, args ...string) (string, error) {

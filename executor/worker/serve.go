@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/kilnfx/kiln/executor/sdk"
@@ -97,7 +98,14 @@ func Serve(ctx context.Context, cfg Config) error {
 	if !ok {
 		return fmt.Errorf("unknown runtime %q", cfg.Runtime)
 	}
-	p, err := Start(ctx, argv, Options{Stdout: cfg.Stdout, Stderr: cfg.Stderr, Env: cfg.Env, Dir: cfg.CodeDir})
+	env := cfg.Env
+	if cfg.Runtime == node.Name && !slices.ContainsFunc(env, func(kv string) bool { return strings.HasPrefix(kv, "NODE_EXTRA_CA_CERTS=") }) {
+		// Debian's node reads the system's CA bundle at every start and
+		// warns on stderr when it is missing, as it is in the runtime's
+		// root filesystem (ca-certificates is not in it).
+		env = append(slices.Clip(env), "NODE_EXTRA_CA_CERTS=")
+	}
+	p, err := Start(ctx, argv, Options{Stdout: cfg.Stdout, Stderr: cfg.Stderr, Env: env, Dir: cfg.CodeDir})
 	if err != nil {
 		return err
 	}

@@ -274,6 +274,14 @@ func (r *Run) Goals() []Goal {
 		}
 		return m, x.Throughput >= 50_000, true
 	})
+	for _, rt := range []string{"python3", "node"} {
+		check(rt+" stem p50 under 15 ms", r.Find("runtime-stem-"+rt), under(15_000))
+		check(rt+" warm p50 ≤ 1.3× go's warm", r.Find("runtime-warm-"+rt), func(x *Result) (string, bool, bool) {
+			m, ratio := against(x, p50)
+			return m, ratio <= 1.3, ratio > 0
+		})
+	}
+	check("binary warm p50 under 2 ms (a fork per call)", r.Find("runtime-warm-binary"), under(2000))
 	met := r.Find("metering-on")
 	if met == nil {
 		met = r.Find("metering-cost")
@@ -456,6 +464,34 @@ func (r *Run) Markdown(about map[string]string) string {
 			gp50 = fmtUS(g.P50)
 		}
 		w("| **the whole call, as the load generator saw it** | **%s** | %s | | **%s** | | |\n\n", fmtUS(h.P50), fmtUS(h.P90), gp50)
+	}
+	if r.Find("runtime-warm-go") != nil {
+		w("## Runtimes\n\n")
+		w("An echo function of each runtime, one call at a time (`runtimes` scenario); each figure beside go's in the same kilnd. The root filesystem was built from the Debian mirror in the run.\n\n")
+		w("| runtime | root filesystem | build | cold p50 | stem p50 | thawed p50 | warm p50 | warm p99 | warm p50 ÷ go's |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+		for _, rt := range append([]string{"go"}, RuntimeNames()...) {
+			p50Of := func(name string) string {
+				if x := r.Find(name); x != nil && x.Calls > 0 {
+					return fmtUS(x.P50)
+				}
+				return "—"
+			}
+			size, build := "—", "—"
+			if x := r.Find("runtime-cold-" + rt); x != nil && x.Extra["rootfs_mib"] > 0 {
+				size, build = fmt.Sprintf("%.1f MiB", x.Extra["rootfs_mib"]), fmt.Sprintf("%.1f s", x.Extra["rootfs_build_s"])
+			}
+			warm := r.Find("runtime-warm-" + rt)
+			p99, ratio := "—", "—"
+			if warm != nil && warm.Calls > 0 {
+				p99 = fmtUS(warm.P99)
+				if warm.RatioP50 > 0 {
+					ratio = fmtRatio(warm.RatioP50)
+				}
+			}
+			w("| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", rt, size, build, p50Of("runtime-cold-"+rt), p50Of("runtime-stem-"+rt),
+				p50Of("runtime-thawed-"+rt), p50Of("runtime-warm-"+rt), p99, ratio)
+		}
+		w("\n")
 	}
 	if d := r.Find("density"); d != nil && len(d.Levels) > 0 {
 		w("## Density\n\n| frozen containers | cgroup memory each | kilnd RSS each | start each | thaw p50 | thaw p99 | |\n|---:|---:|---:|---:|---:|---:|---|\n")

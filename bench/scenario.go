@@ -144,6 +144,8 @@ var Scenarios = []Scenario{
 		About: "a frozen stem cell specialised into the function per call"},
 	{Name: "cold", Weight: 21, Quick: true, Floors: []string{"floor-proc"}, Run: runCold,
 		About: "a new container started per call (no stem cells)"},
+	{Name: "runtimes", Weight: 120, Quick: false, Run: runRuntimes,
+		About: "for each runtime (go, python3, node, binary): its root filesystem built from the Debian mirror, then an echo function's warm, thawed, cold and stem-cell calls, one at a time, each beside go's in the same kilnd"},
 	{Name: "burst", Weight: 8, Floors: []string{"floor-proc"}, Run: runBurst,
 		About: "200 calls at once on a function with no container"},
 	{Name: "throughput", Weight: 115, Quick: true, Run: runThroughput,

@@ -290,11 +290,12 @@ func (a *Agent) newFunction(rec *kilnv1.Function, codeDir, base string) *functio
 	for k, v := range s.Env {
 		env = append(env, k+"="+v)
 	}
-	if _, set := s.Env["GOMAXPROCS"]; !set && s.Runtime == "go" {
+	if _, set := s.Env["GOMAXPROCS"]; !set {
 		// One P per CPU of quota (one without a quota): a function runs
 		// concurrency calls at a time, and a single P spares the thread
 		// wake-ups that dominate a warm call's latency (measured in
-		// docs/BENCHMARKS.md). A function may set its own.
+		// docs/BENCHMARKS.md). A function may set its own. The executor
+		// of every other runtime is a Go program too.
 		env = append(env, "GOMAXPROCS="+strconv.Itoa(max(1, int(s.CpuMillis)/1000)))
 	}
 	sort.Strings(env)

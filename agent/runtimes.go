@@ -280,7 +280,7 @@ func RuntimeStemCells(ctx context.Context, bases *rootfs.Store, binDir, runtime 
 		RootFS:      b.RootFS,
 		Mounts:      []pool.Mount{{Source: binDir, Target: ExecutorMountPath}},
 		Args:        []string{ExecutorMountPath + "/" + ExecutorName},
-		Env:         []string{EnvRuntime + "=" + runtime, DefaultPath},
+		Env:         []string{EnvRuntime + "=" + runtime, DefaultPath, "GOMAXPROCS=1"},
 		Count:       count,
 		MemoryBytes: DefaultMemoryMB << 20,
 	}, nil

@@ -208,6 +208,21 @@ def handle(req):
 		}
 	})
 
+	t.Run("node with npm dependencies", func(t *testing.T) {
+		dir := writeFiles(t, map[string]string{
+			"kiln.yaml":    "name: js-deps\nruntime: node\nhandler: handler.js\n",
+			"package.json": `{"name": "js-deps", "version": "1.0.0", "dependencies": {"ms": "2.1.3"}}`,
+			"handler.js":   "const ms = require('ms');\nmodule.exports = (req) => String(ms(req.body.toString()));\n",
+		})
+		if out, err := kilnCLI(t, k, dir, "", "deploy"); err != nil {
+			t.Fatalf("kiln deploy: %v\n%s", err, out)
+		}
+		r, err := invoke(k.url, "js-deps", "2h")
+		if err != nil || r.status != 200 || string(r.body) != "7200000" {
+			t.Fatalf("a dependency installed at deploy: %v %d %q", err, r.status, r.body)
+		}
+	})
+
 	t.Run("binary with packages", func(t *testing.T) {
 		dir := writeFiles(t, map[string]string{
 			"handler.sh": "#!/bin/sh\nif [ \"$Http_X_Fail\" = yes ]; then echo 'it failed' >&2; exit 4; fi\njq -c '{n: (.n + 1), m: env.Http_Method}'\n",

@@ -71,10 +71,19 @@
 //	    version (optional) is the language's version, reported in Ready.
 //	{"t":"loaded"}  or  {"t":"load_error","error":"..."}
 //	    The answer to load.
-//	{"t":"result","id":"c1","status":200,"headers":[["K","v"],...],"error":""}  + the response body
+//	{"t":"result","id":"c1","status":200,"headers":[["K","v"],...],"error":"",
+//	 "cpu_user_us":N,"cpu_sys_us":N,"max_rss_kb":N}  + the response body
 //	    The answer to call c1, exactly one per call not cancelled. status 0
 //	    means 200, or 500 when error is not empty; a non-empty error fails
-//	    the call with that message.
+//	    the call with that message. The three usage members are optional
+//	    (absent or 0: not known): the CPU time the worker process used,
+//	    in user and kernel mode, from the call frame's arrival to the
+//	    result, in microseconds, and the process's peak resident set
+//	    (getrusage's ru_maxrss), in KiB. They are added to the call's
+//	    figures (see sdk.Response.Usage). They are process-wide: with
+//	    calls running concurrently each call's deltas include the others'
+//	    CPU time, so that overlapping calls' figures add up to more than
+//	    the process used.
 //
 // A frame over the limits, a header that is not a JSON object, an unknown
 // kind or a frame out of turn (anything before ready, a second ready) is a

@@ -66,6 +66,17 @@ def handle(req):
             time.sleep(0.005)
         print("cancelled", req.id, file=sys.stderr)
         return "late"
+    if p == "/burn":
+        n, end = 0, time.process_time() + 0.1
+        while time.process_time() < end:
+            for _ in range(10000):
+                n += 1
+        return "burnt"
+    if p == "/alloc":
+        b = bytearray(50 << 20)
+        for i in range(0, len(b), 4096):
+            b[i] = 1
+        return str(len(b))
     if p == "/crash":
         os._exit(3)
     if p == "/env":
@@ -102,6 +113,12 @@ def handle(req):
       while (!req.cancelled) await new Promise((r) => setTimeout(r, 5));
       console.error('cancelled', req.id);
       return 'late';
+    case '/burn': {
+      const end = process.cpuUsage().user + 100000;
+      while (process.cpuUsage().user < end);
+      return 'burnt';
+    }
+    case '/alloc': return String(Buffer.alloc(50 << 20).fill(1).length);
     case '/crash': process.exit(3);
     case '/env': return process.env.GREETING || '';
     case '/pid': return String(process.pid);
@@ -227,6 +244,20 @@ func TestCallsOverlap(t *testing.T) {
 		}
 		if took := time.Since(begin); took > 600*time.Millisecond {
 			t.Errorf("4 calls of 200ms with concurrency 4 took %v", took)
+		}
+	})
+}
+
+// TestUsageCoversWorker checks that a call's CPU and memory figures are
+// the worker's: a handler burning 100ms of CPU, or touching 50 MB.
+func TestUsageCoversWorker(t *testing.T) {
+	forEachLanguage(t, func(t *testing.T, l language) {
+		s, _ := start(t, l)
+		if r := s.call(t, "burn", "/burn", ""); string(r.Body) != "burnt" || r.CpuUserNs < int64(50*time.Millisecond) {
+			t.Errorf("a call burning 100ms of CPU: %q, cpu %v user %v system", r.Body, time.Duration(r.CpuUserNs), time.Duration(r.CpuSysNs))
+		}
+		if r := s.call(t, "alloc", "/alloc", ""); string(r.Body) != strconv.Itoa(50<<20) || r.MaxRssBytes < 40<<20 {
+			t.Errorf("a call touching 50 MB: %q, max rss %d bytes", r.Body, r.MaxRssBytes)
 		}
 	})
 }

@@ -1,15 +1,16 @@
 // Package worker is the generic executor: it serves functions written in
 // languages other than Go by supervising one long-lived worker process per
-// container (python3, node), or by forking a program per call (binary).
+// container (python3, node, ruby), or by forking a program per call (binary).
 //
 // # Environment
 //
 // The agent starts the executor (cmd/kiln-executor) with:
 //
-//	KILN_RUNTIME      python3, node or binary (unset or "go": the Go stem cell, not this package)
+//	KILN_RUNTIME      python3, node, ruby or binary (unset or "go": the Go stem cell, not this package)
 //	KILN_CODE_DIR     the function's code directory, e.g. /function
 //	KILN_HANDLER      the handler file, relative to KILN_CODE_DIR (handler.py,
-//	                  handler.js, or the program to run for binary); unset: stem cell
+//	                  handler.js, handler.rb, or the program to run for binary);
+//	                  unset: stem cell
 //	KILN_FUNCTION     the function's name
 //	KILN_CONCURRENCY  calls in flight per container (default 1); read by the worker
 //	KILN_SOCKET       the agent's socket (default /kiln/agent.sock)

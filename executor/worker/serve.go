@@ -15,6 +15,7 @@ import (
 	"github.com/kilnfx/kiln/runtimes/binary"
 	"github.com/kilnfx/kiln/runtimes/node"
 	"github.com/kilnfx/kiln/runtimes/python3"
+	"github.com/kilnfx/kiln/runtimes/ruby"
 )
 
 // Environment variables of the generic executor, beside sdk.EnvSocket and
@@ -36,13 +37,17 @@ func Command(runtime string) ([]string, bool) {
 		return []string{"python3", "-u", "-B", "-c", string(python3.Worker)}, true
 	case node.Name:
 		return []string{"node", "-e", string(node.Worker)}, true
+	case ruby.Name:
+		// --disable-gems: rubygems is not loaded, which makes the start
+		// five times faster (15 ms instead of 75).
+		return []string{"ruby", "--disable-gems", "-e", string(ruby.Worker)}, true
 	}
 	return nil, false
 }
 
 // Config is what Serve needs.
 type Config struct {
-	// Runtime is python3, node or binary.
+	// Runtime is python3, node, ruby or binary.
 	Runtime string
 	// Socket is the agent's socket; sdk.DefaultSocket when empty.
 	Socket string

@@ -127,6 +127,52 @@ def handle(req):
   return 'unknown';
 };
 `,
+}, {
+	runtime: "ruby", command: "ruby", handlerFile: "handler.rb", emptyErrorName: "RuntimeError",
+	noHandle:    "def nothing(req)\nend\n",
+	importFails: "raise 'boom at import'\n",
+	handler: `def handle(req)
+  case req.path
+  when "/echo"
+    [200, { "X-Method" => req.method, "X-Path" => req.path, "X-Query" => req.query,
+            "X-In" => req.headers.fetch("X-In", ""),
+            "X-All" => req.header_list.select { |k, _| k == "X-In" }.map { |_, v| v } }, req.body]
+  when "/json" then { a: 1, b: [1, 2] }
+  when "/list" then [1, 2]
+  when "/str" then "h\u00e9llo"
+  when "/bytes" then "\x00\x01".b
+  when "/none" then nil
+  when "/tuple" then [201, { "X-T" => ["a", "b"] }, { made: true }]
+  when "/raise" then raise ArgumentError, "bad thing"
+  when "/raise-empty" then raise RuntimeError, ""
+  when "/badtype" then 3.5
+  when "/print"
+    2000.times { puts "x" * 1000 }
+    "intact"
+  when "/sleep"
+    sleep 0.2
+    "slept"
+  when "/loop"
+    sleep 0.005 until req.cancelled?
+    $stderr.puts "cancelled #{req.id}"
+    "late"
+  when "/burn"
+    n = 0
+    finish = Process.clock_gettime(Process::CLOCK_PROCESS_CPUTIME_ID) + 0.1
+    while Process.clock_gettime(Process::CLOCK_PROCESS_CPUTIME_ID) < finish
+      10_000.times { n += 1 }
+    end
+    "burnt"
+  when "/alloc"
+    ("\x01".b * (50 << 20)).bytesize.to_s
+  when "/crash" then exit!(3)
+  when "/env" then ENV.fetch("GREETING", "")
+  when "/pid" then Process.pid.to_s
+  when "/cwd" then Dir.pwd
+  else "unknown"
+  end
+end
+`,
 }}
 
 // forEachLanguage runs test once per language, in a subtest.

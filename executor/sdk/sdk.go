@@ -102,7 +102,8 @@ func Serve(h Handler) {
 
 // Run connects to the agent at socket (DefaultSocket when empty) and serves
 // calls with h until the session ends or ctx is done. It returns nil when the
-// agent closed the session. The function name it reports is $KILN_FUNCTION.
+// agent closed the session. Once ctx is done, the calls still running are
+// cancelled and send no Result: the agent answers them itself. The function name it reports is $KILN_FUNCTION.
 func Run(ctx context.Context, socket string, h Handler) error {
 	return RunFunction(ctx, socket, os.Getenv(EnvFunction), h)
 }
@@ -218,8 +219,9 @@ func (s *session) serve(ctx context.Context) error {
 	}
 }
 
-// start runs inv's handler in a goroutine of its own and sends its Result;
-// trace, when not nil, is completed and sent with it.
+// start runs inv's handler in a goroutine of its own and sends its Result,
+// unless parent, the session's context, is done by then; trace, when not
+// nil, is completed and sent with it.
 func (s *session) start(parent context.Context, inv *pb.Invoke, trace *pb.CallTrace) {
 	var (
 		ctx    context.Context
@@ -239,6 +241,9 @@ func (s *session) start(parent context.Context, inv *pb.Invoke, trace *pb.CallTr
 		delete(s.calls, inv.CallId)
 		s.mu.Unlock()
 		cancel()
+		if parent.Err() != nil {
+			return // the session is ending: the agent answers the call itself
+		}
 		if trace != nil {
 			trace.SendingNs = pb.MonotonicNow()
 			res.Trace = trace

@@ -38,8 +38,8 @@ func Command(runtime string) ([]string, bool) {
 	case node.Name:
 		return []string{"node", "-e", string(node.Worker)}, true
 	case ruby.Name:
-		// --disable-gems: rubygems is not loaded, which makes the start
-		// five times faster (15 ms instead of 75).
+		// --disable-gems: rubygems is not loaded, so that the worker is
+		// ready in about 15 ms instead of 60.
 		return []string{"ruby", "--disable-gems", "-e", string(ruby.Worker)}, true
 	}
 	return nil, false

@@ -15,6 +15,7 @@ import (
 	"github.com/kilnfx/kiln/runtimes/binary"
 	"github.com/kilnfx/kiln/runtimes/node"
 	"github.com/kilnfx/kiln/runtimes/python3"
+	"github.com/kilnfx/kiln/runtimes/ruby"
 )
 
 // Runtime is one language runtime served by the generic executor.
@@ -37,6 +38,7 @@ type Runtime struct {
 var all = []*Runtime{
 	{Name: python3.Name, Recipe: python3.Recipe, Worker: python3.Worker, Template: python3.Template, Handler: python3.Handler},
 	{Name: node.Name, Recipe: node.Recipe, Worker: node.Worker, Template: node.Template, Handler: node.Handler},
+	{Name: ruby.Name, Recipe: ruby.Recipe, Worker: ruby.Worker, Template: ruby.Template, Handler: ruby.Handler},
 	{Name: binary.Name, Recipe: binary.Recipe, Template: binary.Template, Handler: binary.Handler},
 }
 

@@ -4,8 +4,8 @@
 //
 // With KILN_RUNTIME unset or "go" it is the Go stem cell: it says Ready
 // with no function and, on Init, execs the function's binary, which takes
-// over the container as that function. With KILN_RUNTIME python3, node or
-// binary it serves the function through a worker process (package
+// over the container as that function. With KILN_RUNTIME python3, node,
+// ruby or binary it serves the function through a worker process (package
 // executor/worker, whose doc comment lists the environment it reads). It
 // exits 1 when it fails: the handler did not load, the worker died, or the
 // agent could not be reached.

@@ -59,7 +59,7 @@ func writeFiles(t *testing.T, files map[string]string) string {
 	return dir
 }
 
-// TestRuntimes builds the python3, node and binary runtimes, then follows
+// TestRuntimes builds the python3, node, ruby and binary runtimes, then follows
 // a user of each: kiln init, kiln deploy, kiln invoke; and checks the
 // handler conventions, failures, stem cells, extra packages and a flood of
 // output.
@@ -71,7 +71,7 @@ func TestRuntimes(t *testing.T) {
 	k := startKilnd(t, shortTempDir(t), "--runtimes-dir", runtimesCache)
 	work := t.TempDir()
 
-	for _, rt := range []string{"python3", "node", "binary"} {
+	for _, rt := range []string{"python3", "node", "ruby", "binary"} {
 		out, err := kilnCLI(t, k, work, "", "runtime", "build", rt)
 		if err != nil {
 			t.Fatalf("kiln runtime build %s: %v\n%s", rt, err, out)
@@ -86,18 +86,18 @@ func TestRuntimes(t *testing.T) {
 		t.Fatalf("kiln runtime list: %v\n%s", err, out)
 	}
 	t.Logf("kiln runtime list:\n%s", out)
-	for _, rt := range []string{"python3", "node", "binary"} {
+	for _, rt := range []string{"python3", "node", "ruby", "binary"} {
 		if !strings.Contains(out, rt) {
 			t.Errorf("kiln runtime list lacks %s", rt)
 		}
 	}
 	out, err = kilnCLI(t, k, work, "", "init", "--list")
-	if err != nil || !strings.Contains(out, "python3") || !strings.Contains(out, "node") || !strings.Contains(out, "binary") {
+	if err != nil || !strings.Contains(out, "python3") || !strings.Contains(out, "node") || !strings.Contains(out, "ruby") || !strings.Contains(out, "binary") {
 		t.Errorf("kiln init --list: %v %q", err, out)
 	}
 
 	t.Run("templates", func(t *testing.T) {
-		for _, rt := range []string{"python3", "node", "binary"} {
+		for _, rt := range []string{"python3", "node", "ruby", "binary"} {
 			name := "hello-" + rt
 			if out, err := kilnCLI(t, k, work, "", "init", "--runtime", rt, name); err != nil {
 				t.Fatalf("kiln init --runtime %s: %v\n%s", rt, err, out)
@@ -220,6 +220,43 @@ def handle(req):
 		r, err := invoke(k.url, "js-deps", "2h")
 		if err != nil || r.status != 200 || string(r.body) != "7200000" {
 			t.Fatalf("a dependency installed at deploy: %v %d %q", err, r.status, r.body)
+		}
+	})
+
+	t.Run("ruby", func(t *testing.T) {
+		dir := writeFiles(t, map[string]string{
+			"handler.rb": `def handle(req)
+  case req.body
+  when "json" then { method: req.method, path: req.path }
+  when "raise" then raise "ruby says no"
+  when "crash" then exit!(3)
+  else req.body
+  end
+end
+`,
+		})
+		if r := deployDir(t, k, "rb", dir, map[string]any{"runtime": "ruby"}); r.status != 200 {
+			t.Fatalf("deploy: %d %s", r.status, r.body)
+		}
+		r, err := invoke(k.url, "rb", "echo me")
+		if err != nil || r.status != 200 || string(r.body) != "echo me" {
+			t.Fatalf("echo: %v %d %q", err, r.status, r.body)
+		}
+		r, _ = invoke(k.url, "rb/q", "json")
+		if r.status != 200 || !strings.Contains(string(r.body), `"path":"/q"`) {
+			t.Errorf("json: %d %q", r.status, r.body)
+		}
+		r, _ = invoke(k.url, "rb", "raise")
+		if r.status != 500 || !strings.Contains(string(r.body), "ruby says no") {
+			t.Errorf("a raise answered %d %q, want 500 with its message", r.status, r.body)
+		}
+		r, _ = invoke(k.url, "rb", "crash")
+		if r.status != 502 {
+			t.Errorf("a worker crash answered %d %q, want 502", r.status, r.body)
+		}
+		r, _ = invoke(k.url, "rb", "after")
+		if r.status != 200 || string(r.body) != "after" {
+			t.Errorf("the call after a crash: %d %q", r.status, r.body)
 		}
 	})
 

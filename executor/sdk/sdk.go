@@ -56,6 +56,23 @@ type Response struct {
 	Header http.Header
 	// Body is the response body.
 	Body []byte
+	// Usage, when not nil, is what processes other than this one used
+	// for the call: a worker process or a program the handler ran. The
+	// call's CPU figures are this process's own CPU time during the call
+	// plus Usage's; its peak memory is the larger of this process's and
+	// Usage's. nil adds nothing, as for a handler doing its work itself.
+	Usage *Usage
+}
+
+// Usage is the resource usage of a call's helper processes, which the
+// executor's own figures (getrusage of its process) do not see.
+type Usage struct {
+	// CPUUser and CPUSystem are the CPU time the helpers spent for the
+	// call, in user and kernel mode.
+	CPUUser, CPUSystem time.Duration
+	// MaxRSSBytes is the helpers' peak resident set size, in bytes; 0
+	// when unknown.
+	MaxRSSBytes int64
 }
 
 // Handler runs one call. An error fails the call with status 500 (or the
@@ -85,7 +102,8 @@ func Serve(h Handler) {
 
 // Run connects to the agent at socket (DefaultSocket when empty) and serves
 // calls with h until the session ends or ctx is done. It returns nil when the
-// agent closed the session. The function name it reports is $KILN_FUNCTION.
+// agent closed the session. Once ctx is done, the calls still running are
+// cancelled and send no Result: the agent answers them itself. The function name it reports is $KILN_FUNCTION.
 func Run(ctx context.Context, socket string, h Handler) error {
 	return RunFunction(ctx, socket, os.Getenv(EnvFunction), h)
 }
@@ -201,8 +219,9 @@ func (s *session) serve(ctx context.Context) error {
 	}
 }
 
-// start runs inv's handler in a goroutine of its own and sends its Result;
-// trace, when not nil, is completed and sent with it.
+// start runs inv's handler in a goroutine of its own and sends its Result,
+// unless parent, the session's context, is done by then; trace, when not
+// nil, is completed and sent with it.
 func (s *session) start(parent context.Context, inv *pb.Invoke, trace *pb.CallTrace) {
 	var (
 		ctx    context.Context
@@ -222,6 +241,9 @@ func (s *session) start(parent context.Context, inv *pb.Invoke, trace *pb.CallTr
 		delete(s.calls, inv.CallId)
 		s.mu.Unlock()
 		cancel()
+		if parent.Err() != nil {
+			return // the session is ending: the agent answers the call itself
+		}
 		if trace != nil {
 			trace.SendingNs = pb.MonotonicNow()
 			res.Trace = trace
@@ -245,7 +267,10 @@ func (s *session) run(ctx context.Context, inv *pb.Invoke, trace *pb.CallTrace) 
 			req.Header[h.Key] = append(req.Header[h.Key], h.Value)
 		}
 	}
-	var before syscall.Rusage
+	var (
+		before syscall.Rusage
+		helper *Usage // resp.Usage, once the handler returned
+	)
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &before)
 	start := time.Now()
 	defer func() {
@@ -258,7 +283,7 @@ func (s *session) run(ctx context.Context, inv *pb.Invoke, trace *pb.CallTrace) 
 			}
 			fmt.Fprintf(os.Stderr, "kiln: call %s: handler panicked: %v\n%s", inv.CallId, p, debug.Stack())
 		}
-		usage(res, &before)
+		usage(res, &before, helper)
 	}()
 	if trace != nil {
 		trace.HandlerStartNs = pb.MonotonicNow()
@@ -269,6 +294,7 @@ func (s *session) run(ctx context.Context, inv *pb.Invoke, trace *pb.CallTrace) 
 	}
 	res = &pb.Result{CallId: inv.CallId, ExecNs: time.Since(start).Nanoseconds()}
 	if resp != nil {
+		helper = resp.Usage
 		res.Status = int32(resp.Status)
 		res.Body = resp.Body
 		for k, vs := range resp.Header {
@@ -287,15 +313,19 @@ func (s *session) run(ctx context.Context, inv *pb.Invoke, trace *pb.CallTrace) 
 }
 
 // usage fills res's CPU and memory figures from the process's resource
-// usage now and before the call.
-func usage(res *pb.Result, before *syscall.Rusage) {
+// usage now and before the call, plus helper's when not nil.
+func usage(res *pb.Result, before *syscall.Rusage, helper *Usage) {
 	var after syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &after) != nil {
-		return
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &after) == nil {
+		res.CpuUserNs = after.Utime.Nano() - before.Utime.Nano()
+		res.CpuSysNs = after.Stime.Nano() - before.Stime.Nano()
+		res.MaxRssBytes = after.Maxrss << 10 // kilobytes on Linux
 	}
-	res.CpuUserNs = after.Utime.Nano() - before.Utime.Nano()
-	res.CpuSysNs = after.Stime.Nano() - before.Stime.Nano()
-	res.MaxRssBytes = after.Maxrss << 10 // kilobytes on Linux
+	if helper != nil {
+		res.CpuUserNs += helper.CPUUser.Nanoseconds()
+		res.CpuSysNs += helper.CPUSystem.Nanoseconds()
+		res.MaxRssBytes = max(res.MaxRssBytes, helper.MaxRSSBytes)
+	}
 }
 
 func version() string {

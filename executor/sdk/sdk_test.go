@@ -286,6 +286,28 @@ func TestStatusesAndErrors(t *testing.T) {
 	}
 }
 
+// TestHelperUsage checks that a Response's Usage is added to the call's
+// CPU figures and bounds its peak memory from below.
+func TestHelperUsage(t *testing.T) {
+	a := newAgent(t)
+	const helperRSS = 1 << 40 // more than this process will ever have
+	s, _ := a.run(t, context.Background(), func(ctx context.Context, req *sdk.Request) (*sdk.Response, error) {
+		if string(req.Body) == "helper" {
+			return &sdk.Response{Usage: &sdk.Usage{CPUUser: time.Hour, CPUSystem: 2 * time.Hour, MaxRSSBytes: helperRSS}}, errors.New("failed too")
+		}
+		return &sdk.Response{Usage: &sdk.Usage{MaxRSSBytes: 1}}, nil
+	})
+	r := s.call(t, "h", "helper")
+	if r.CpuUserNs < int64(time.Hour) || r.CpuUserNs > int64(time.Hour+time.Minute) ||
+		r.CpuSysNs < int64(2*time.Hour) || r.CpuSysNs > int64(2*time.Hour+time.Minute) || r.MaxRssBytes != helperRSS || r.Error != "failed too" {
+		t.Errorf("result with a helper's usage: cpu %v+%v, max rss %d, error %q", time.Duration(r.CpuUserNs), time.Duration(r.CpuSysNs), r.MaxRssBytes, r.Error)
+	}
+	// A smaller helper peak leaves the executor's own.
+	if r := s.call(t, "small", "small"); r.MaxRssBytes < 1<<20 || r.CpuUserNs > int64(time.Minute) {
+		t.Errorf("result with a small helper: cpu %v, max rss %d", time.Duration(r.CpuUserNs), r.MaxRssBytes)
+	}
+}
+
 // TestPanicFailsOnlyItsCall checks that a handler's panic is its call's
 // function error and the session goes on.
 func TestPanicFailsOnlyItsCall(t *testing.T) {

@@ -16,6 +16,7 @@ func BenchmarkCall(b *testing.B) {
 	for _, l := range []struct{ runtime, file, handler string }{
 		{"python3", "handler.py", "def handle(req):\n    return req.body\n"},
 		{"node", "handler.js", "module.exports = (req) => req.body;\n"},
+		{"ruby", "handler.rb", "def handle(req)\n  req.body\nend\n"},
 	} {
 		b.Run(l.runtime, func(b *testing.B) {
 			requireCommand(b, l.runtime)

@@ -1,15 +1,16 @@
 // Package worker is the generic executor: it serves functions written in
 // languages other than Go by supervising one long-lived worker process per
-// container (python3, node), or by forking a program per call (binary).
+// container (python3, node, ruby), or by forking a program per call (binary).
 //
 // # Environment
 //
 // The agent starts the executor (cmd/kiln-executor) with:
 //
-//	KILN_RUNTIME      python3, node or binary (unset or "go": the Go stem cell, not this package)
+//	KILN_RUNTIME      python3, node, ruby or binary (unset or "go": the Go stem cell, not this package)
 //	KILN_CODE_DIR     the function's code directory, e.g. /function
 //	KILN_HANDLER      the handler file, relative to KILN_CODE_DIR (handler.py,
-//	                  handler.js, or the program to run for binary); unset: stem cell
+//	                  handler.js, handler.rb, or the program to run for binary);
+//	                  unset: stem cell
 //	KILN_FUNCTION     the function's name
 //	KILN_CONCURRENCY  calls in flight per container (default 1); read by the worker
 //	KILN_SOCKET       the agent's socket (default /kiln/agent.sock)
@@ -71,10 +72,19 @@
 //	    version (optional) is the language's version, reported in Ready.
 //	{"t":"loaded"}  or  {"t":"load_error","error":"..."}
 //	    The answer to load.
-//	{"t":"result","id":"c1","status":200,"headers":[["K","v"],...],"error":""}  + the response body
+//	{"t":"result","id":"c1","status":200,"headers":[["K","v"],...],"error":"",
+//	 "cpu_user_us":N,"cpu_sys_us":N,"max_rss_kb":N}  + the response body
 //	    The answer to call c1, exactly one per call not cancelled. status 0
 //	    means 200, or 500 when error is not empty; a non-empty error fails
-//	    the call with that message.
+//	    the call with that message. The three usage members are optional
+//	    (absent or 0: not known): the CPU time the worker process used,
+//	    in user and kernel mode, from the call frame's arrival to the
+//	    result, in microseconds, and the process's peak resident set
+//	    (getrusage's ru_maxrss), in KiB. They are added to the call's
+//	    figures (see sdk.Response.Usage). They are process-wide: with
+//	    calls running concurrently each call's deltas include the others'
+//	    CPU time, so that overlapping calls' figures add up to more than
+//	    the process used.
 //
 // A frame over the limits, a header that is not a JSON object, an unknown
 // kind or a frame out of turn (anything before ready, a second ready) is a

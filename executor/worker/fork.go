@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/textproto"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -36,7 +37,9 @@ var ErrResponseTooLarge = errors.New("response too large")
 //	    values of a repeated header joined with ", "
 //
 // Its working directory is the code directory, and it runs in a process
-// group of its own, killed whole when the call's ctx ends.
+// group of its own, killed whole when the call's ctx ends. The program's
+// resource usage (its own and that of the children it waited for) is the
+// response's Usage.
 type Fork struct {
 	program string
 	dir     string
@@ -75,6 +78,7 @@ func (f *Fork) Call(ctx context.Context, req *sdk.Request) (*sdk.Response, error
 	cmd.WaitDelay = time.Second // output pipes a background child holds open
 	stdout.over = func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	err := cmd.Run()
+	usage := programUsage(cmd.ProcessState)
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
@@ -90,9 +94,26 @@ func (f *Fork) Call(ctx context.Context, req *sdk.Request) (*sdk.Response, error
 		if msg == "" {
 			msg = exit.Error()
 		}
-		return &sdk.Response{Status: http.StatusInternalServerError}, errors.New(msg)
+		return &sdk.Response{Status: http.StatusInternalServerError, Usage: usage}, errors.New(msg)
 	}
-	return &sdk.Response{Status: http.StatusOK, Body: stdout.buf.Bytes()}, nil
+	return &sdk.Response{Status: http.StatusOK, Body: stdout.buf.Bytes(), Usage: usage}, nil
+}
+
+// programUsage returns what a finished program (and the children it
+// waited for) used, or nil when it did not start or end.
+func programUsage(st *os.ProcessState) *sdk.Usage {
+	if st == nil {
+		return nil
+	}
+	ru, ok := st.SysUsage().(*syscall.Rusage)
+	if !ok || ru == nil {
+		return nil
+	}
+	return &sdk.Usage{
+		CPUUser:     time.Duration(ru.Utime.Nano()),
+		CPUSystem:   time.Duration(ru.Stime.Nano()),
+		MaxRSSBytes: ru.Maxrss << 10, // KiB on Linux
+	}
 }
 
 // boundedBuffer keeps what is written up to limit bytes; past it, it calls

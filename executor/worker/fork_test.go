@@ -3,6 +3,7 @@ package worker_test
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/kilnfx/kiln/executor/worker"
 	pb "github.com/kilnfx/kiln/proto/executorpb"
@@ -19,6 +20,8 @@ case "$Http_Path" in
   exit 2 ;;
 /env) printf '%s|%s|%s|%s|%s|%s' "$Http_Method" "$Http_Query" "$Http_Content_Type" "$Http_X_Custom_Header" "$GREETING" "$(pwd)" ;;
 /sleep) sleep 10 ;;
+/burn) i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done ;;
+/alloc) awk 'BEGIN { s = "x"; while (length(s) < 50000000) s = s s; print length(s) }' ;;
 *) cat ;;
 esac
 `
@@ -47,6 +50,13 @@ func TestBinary(t *testing.T) {
 	}
 	if !strings.Contains(r.logs.String(), "noise line 0 of") {
 		t.Error("the whole stderr did not reach the logs")
+	}
+	// The program's CPU and memory are the call's.
+	if res := s.call(t, "burn", "/burn", ""); res.Status != 200 || res.CpuUserNs < int64(50*time.Millisecond) {
+		t.Errorf("a program burning CPU: status %d, cpu %v user %v system", res.Status, time.Duration(res.CpuUserNs), time.Duration(res.CpuSysNs))
+	}
+	if res := s.call(t, "alloc", "/alloc", ""); strings.TrimSpace(string(res.Body)) != "67108864" || res.MaxRssBytes < 40<<20 {
+		t.Errorf("a program allocating 50 MB: %q, max rss %d bytes", res.Body, res.MaxRssBytes)
 	}
 	s.invoke(t, &pb.Invoke{CallId: "sleep", Path: "/sleep"})
 	s.cancel(t, "sleep")

@@ -42,6 +42,12 @@ type workerHeader struct {
 	Headers [][2]string `json:"headers"`
 	Error   string      `json:"error"`
 	Version string      `json:"version"`
+
+	// A result's optional usage figures: the worker process's CPU time
+	// during the call, in microseconds, and its peak resident set, in KiB.
+	CPUUserUs int64 `json:"cpu_user_us"`
+	CPUSysUs  int64 `json:"cpu_sys_us"`
+	MaxRSSKB  int64 `json:"max_rss_kb"`
 }
 
 // frameReader reads the worker's frames. It is not safe for concurrent use.

@@ -218,7 +218,8 @@ func (p *Process) Load(ctx context.Context, dir, handler string, env map[string]
 // the worker is sent a cancel and Call returns ctx.Err(). When the worker
 // dies first Call returns an error wrapping ErrExited (or ErrProtocol, or
 // ErrClosed). The result's error, when the worker sets one, is returned
-// with the response.
+// with the response. The result's usage members, when it has any, are the
+// response's Usage.
 func (p *Process) Call(ctx context.Context, req *sdk.Request) (*sdk.Response, error) {
 	ch := resultChans.Get().(chan callResult)
 	p.mu.Lock()
@@ -260,9 +261,28 @@ func (p *Process) Call(ctx context.Context, req *sdk.Request) (*sdk.Response, er
 	}
 }
 
-// response turns a result frame into the SDK's answer.
+// responseWithUsage is an answer with its usage figures, allocated at once.
+type responseWithUsage struct {
+	sdk.Response
+	usage sdk.Usage
+}
+
+// response turns a result frame into the SDK's answer, with the worker's
+// usage figures when the frame has any.
 func (r callResult) response() (*sdk.Response, error) {
-	resp := &sdk.Response{Status: r.h.Status, Body: r.body}
+	var resp *sdk.Response
+	if r.h.CPUUserUs != 0 || r.h.CPUSysUs != 0 || r.h.MaxRSSKB != 0 {
+		ru := &responseWithUsage{usage: sdk.Usage{
+			CPUUser:     time.Duration(max(r.h.CPUUserUs, 0)) * time.Microsecond,
+			CPUSystem:   time.Duration(max(r.h.CPUSysUs, 0)) * time.Microsecond,
+			MaxRSSBytes: max(r.h.MaxRSSKB, 0) << 10,
+		}}
+		ru.Response.Usage = &ru.usage
+		resp = &ru.Response
+	} else {
+		resp = new(sdk.Response)
+	}
+	resp.Status, resp.Body = r.h.Status, r.body
 	if len(r.h.Headers) > 0 {
 		resp.Header = make(http.Header, len(r.h.Headers))
 		for _, kv := range r.h.Headers {

@@ -66,6 +66,17 @@ def handle(req):
             time.sleep(0.005)
         print("cancelled", req.id, file=sys.stderr)
         return "late"
+    if p == "/burn":
+        n, end = 0, time.process_time() + 0.1
+        while time.process_time() < end:
+            for _ in range(10000):
+                n += 1
+        return "burnt"
+    if p == "/alloc":
+        b = bytearray(50 << 20)
+        for i in range(0, len(b), 4096):
+            b[i] = 1
+        return str(len(b))
     if p == "/crash":
         os._exit(3)
     if p == "/env":
@@ -102,6 +113,12 @@ def handle(req):
       while (!req.cancelled) await new Promise((r) => setTimeout(r, 5));
       console.error('cancelled', req.id);
       return 'late';
+    case '/burn': {
+      const end = process.cpuUsage().user + 100000;
+      while (process.cpuUsage().user < end);
+      return 'burnt';
+    }
+    case '/alloc': return String(Buffer.alloc(50 << 20).fill(1).length);
     case '/crash': process.exit(3);
     case '/env': return process.env.GREETING || '';
     case '/pid': return String(process.pid);
@@ -109,6 +126,52 @@ def handle(req):
   }
   return 'unknown';
 };
+`,
+}, {
+	runtime: "ruby", command: "ruby", handlerFile: "handler.rb", emptyErrorName: "RuntimeError",
+	noHandle:    "def nothing(req)\nend\n",
+	importFails: "raise 'boom at import'\n",
+	handler: `def handle(req)
+  case req.path
+  when "/echo"
+    [200, { "X-Method" => req.method, "X-Path" => req.path, "X-Query" => req.query,
+            "X-In" => req.headers.fetch("X-In", ""),
+            "X-All" => req.header_list.select { |k, _| k == "X-In" }.map { |_, v| v } }, req.body]
+  when "/json" then { a: 1, b: [1, 2] }
+  when "/list" then [1, 2]
+  when "/str" then "h\u00e9llo"
+  when "/bytes" then "\x00\x01".b
+  when "/none" then nil
+  when "/tuple" then [201, { "X-T" => ["a", "b"] }, { made: true }]
+  when "/raise" then raise ArgumentError, "bad thing"
+  when "/raise-empty" then raise RuntimeError, ""
+  when "/badtype" then 3.5
+  when "/print"
+    2000.times { puts "x" * 1000 }
+    "intact"
+  when "/sleep"
+    sleep 0.2
+    "slept"
+  when "/loop"
+    sleep 0.005 until req.cancelled?
+    $stderr.puts "cancelled #{req.id}"
+    "late"
+  when "/burn"
+    n = 0
+    finish = Process.clock_gettime(Process::CLOCK_PROCESS_CPUTIME_ID) + 0.1
+    while Process.clock_gettime(Process::CLOCK_PROCESS_CPUTIME_ID) < finish
+      10_000.times { n += 1 }
+    end
+    "burnt"
+  when "/alloc"
+    ("\x01".b * (50 << 20)).bytesize.to_s
+  when "/crash" then exit!(3)
+  when "/env" then ENV.fetch("GREETING", "")
+  when "/pid" then Process.pid.to_s
+  when "/cwd" then Dir.pwd
+  else "unknown"
+  end
+end
 `,
 }}
 
@@ -231,6 +294,20 @@ func TestCallsOverlap(t *testing.T) {
 	})
 }
 
+// TestUsageCoversWorker checks that a call's CPU and memory figures are
+// the worker's: a handler burning 100ms of CPU, or touching 50 MB.
+func TestUsageCoversWorker(t *testing.T) {
+	forEachLanguage(t, func(t *testing.T, l language) {
+		s, _ := start(t, l)
+		if r := s.call(t, "burn", "/burn", ""); string(r.Body) != "burnt" || r.CpuUserNs < int64(50*time.Millisecond) {
+			t.Errorf("a call burning 100ms of CPU: %q, cpu %v user %v system", r.Body, time.Duration(r.CpuUserNs), time.Duration(r.CpuSysNs))
+		}
+		if r := s.call(t, "alloc", "/alloc", ""); string(r.Body) != strconv.Itoa(50<<20) || r.MaxRssBytes < 40<<20 {
+			t.Errorf("a call touching 50 MB: %q, max rss %d bytes", r.Body, r.MaxRssBytes)
+		}
+	})
+}
+
 // TestCancelReachesWorker checks that a Cancel, and a deadline, end the
 // call at once, reach the handler (which logs it), and leave the worker
 // serving.
@@ -264,18 +341,17 @@ func TestCancelReachesWorker(t *testing.T) {
 	})
 }
 
-// TestWorkerCrash checks that a worker's exit fails the calls in flight
-// and ends Serve with the exit status.
+// TestWorkerCrash checks that a worker's exit ends the session with no
+// result for the calls in flight (the agent answers them 502, the
+// container's failure) and ends Serve with the exit status.
 func TestWorkerCrash(t *testing.T) {
 	forEachLanguage(t, func(t *testing.T, l language) {
 		s, r := start(t, l, "KILN_CONCURRENCY=4")
 		s.invoke(t, &pb.Invoke{CallId: "inflight", Path: "/sleep"})
 		s.invoke(t, &pb.Invoke{CallId: "crash", Path: "/crash"})
-		// Each call either fails or is lost with the session (the agent
-		// then answers 502); none succeeds.
 		for m := range s.msgs {
-			if res := m.GetResult(); res != nil && res.Error == "" {
-				t.Errorf("a call succeeded after the crash: %v", res)
+			if res := m.GetResult(); res != nil {
+				t.Errorf("a result was sent after the crash: %v", res)
 			}
 		}
 		err := r.wait(t)

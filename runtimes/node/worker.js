@@ -86,6 +86,7 @@ class Request {
     this.deadline = h.deadline_ms > 0 ? Date.now() + h.deadline_ms : null;
     this.cancelled = false;
     this._abort = null;
+    this._cpu = process.cpuUsage(); // {user, system} in microseconds
   }
 
   get signal() {
@@ -145,13 +146,26 @@ function answer(v) {
 let handler = null;
 const inflight = new Map(); // id -> Request
 
+// result returns the result frame's header of req: the process's CPU time
+// since the call began (other calls' on the event loop too) and its peak
+// resident set.
+function result(req, status, headers, error) {
+  const ru = process.resourceUsage();
+  return {
+    t: 'result', id: req.id, status, headers, error,
+    cpu_user_us: ru.userCPUTime - req._cpu.user,
+    cpu_sys_us: ru.systemCPUTime - req._cpu.system,
+    max_rss_kb: ru.maxRSS,
+  };
+}
+
 function finish(req, value, failed) {
   if (inflight.get(req.id) !== req) return; // cancelled
   inflight.delete(req.id);
   if (!failed) {
     try {
       const [status, headers, body] = answer(value);
-      send({ t: 'result', id: req.id, status, headers, error: '' }, body);
+      send(result(req, status, headers, ''), body);
       return;
     } catch (e) {
       value = e;
@@ -160,7 +174,7 @@ function finish(req, value, failed) {
   process.stderr.write('kiln: call ' + req.id + ' failed: ' + ((value && value.stack) || String(value)) + '\n');
   let msg = value && value.message !== undefined ? String(value.message) : String(value);
   if (!msg) msg = (value && value.name) || 'Error';
-  send({ t: 'result', id: req.id, status: 500, headers: [], error: msg }, EMPTY);
+  send(result(req, 500, [], msg), EMPTY);
 }
 
 function call(h, body) {

@@ -43,6 +43,7 @@ import importlib.machinery
 import importlib.util
 import json
 import os
+import resource
 import select
 import struct
 import sys
@@ -56,6 +57,7 @@ MAX_BODY = 64 << 20
 SMALL_BODY = 32 << 10
 CHUNK = 64 << 10
 _prefix = struct.Struct(">II")
+_getrusage, _RUSAGE_SELF = resource.getrusage, resource.RUSAGE_SELF
 
 
 class ProtocolError(Exception):
@@ -251,13 +253,22 @@ class Worker:
             self.pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="kiln-call")
 
     def run(self, req):
-        """Runs one call and returns the result frame's header and body."""
+        """Runs one call and returns the result frame's header and body.
+        The header carries the process's CPU time during the call (with
+        a pool, other calls' too) and its peak resident set."""
+        before = _getrusage(_RUSAGE_SELF)
         try:
             status, headers, body = _answer(self.handle(req))
-            return {"t": "result", "id": req.id, "status": status, "headers": headers, "error": ""}, body
+            header = {"t": "result", "id": req.id, "status": status, "headers": headers, "error": ""}
         except BaseException as e:  # noqa: a handler's SystemExit fails its call too
             sys.stderr.write("kiln: call %s failed:\n%s" % (req.id, traceback.format_exc()))
-            return {"t": "result", "id": req.id, "status": 500, "headers": [], "error": _message(e)}, b""
+            header = {"t": "result", "id": req.id, "status": 500, "headers": [], "error": _message(e)}
+            body = b""
+        after = _getrusage(_RUSAGE_SELF)
+        header["cpu_user_us"] = round((after.ru_utime - before.ru_utime) * 1e6)
+        header["cpu_sys_us"] = round((after.ru_stime - before.ru_stime) * 1e6)
+        header["max_rss_kb"] = after.ru_maxrss
+        return header, body
 
     def run_pooled(self, req):
         header, body = self.run(req)

@@ -262,8 +262,8 @@ func TestRuntimeRecipes(t *testing.T) {
 // TestRuntimeRootFS, so a re-run takes no time.
 const runtimeCacheDir = "/var/cache/kiln-test/runtimes"
 
-// TestRuntimeRootFS builds the root filesystems of the python3, node and
-// binary runtimes from their recipes (in runtimeCacheDir, so only the first
+// TestRuntimeRootFS builds the root filesystems of the python3, node, ruby
+// and binary runtimes from their recipes (in runtimeCacheDir, so only the first
 // run builds) and checks that each works as uid 65534 on a read-only root
 // and keeps to its size aim. It takes about half a minute the first time,
 // and runs only with KILN_TEST_RUNTIME_ROOTFS=1.
@@ -284,6 +284,7 @@ func TestRuntimeRootFS(t *testing.T) {
 	}{
 		{"python3", 60 << 20, []string{"/usr/bin/python3", "-c", "import json, threading, traceback, importlib.util, sys; print(json.dumps(sys.version_info[:2]))"}, "[3, 11]"},
 		{"node", 120 << 20, []string{"/usr/bin/node", "-e", `require("fs"); console.log(process.version.split(".")[0])`}, "v18"},
+		{"ruby", 60 << 20, []string{"/usr/bin/ruby", "-e", `require "json"; require "thread"; puts JSON.generate({a: RUBY_VERSION[0, 3]})`}, `{"a":"3.1"}`},
 		{"binary", 30 << 20, []string{"/bin/sh", "-c", `printf 'a b\n' | cut -d' ' -f2 | sed s/b/ok/ | grep ok | head -n1 | tr -d '\n'; ls / >/dev/null`}, "ok"},
 	} {
 		t.Run(tc.runtime, func(t *testing.T) {

@@ -1,6 +1,6 @@
 // Package rootfs builds the base root filesystems of kiln's runtimes
-// (python3, node, binary) from Debian packages with mmdebstrap, following
-// each runtime's recipe.yaml, and keeps them content-addressed in a
+// (python3, node, ruby, binary) from Debian packages with mmdebstrap,
+// following each runtime's recipe.yaml, and keeps them content-addressed in a
 // directory: a build of recipe r lives in <dir>/<name>-<hash>/, where hash
 // is r.Hash(), so a changed recipe gets a new build and an unchanged one is
 // built once.

@@ -30,8 +30,8 @@ const (
 // comments give.
 type FunctionSpec struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// runtime names the language runtime: "go", "python3", "node" or
-	// "binary" (docs/RUNTIMES.md).
+	// runtime names the language runtime: "go", "python3", "node", "ruby"
+	// or "binary" (docs/RUNTIMES.md).
 	Runtime string `protobuf:"bytes,1,opt,name=runtime,proto3" json:"runtime,omitempty"`
 	// code is the function's files as a tar archive, gzip-compressed or not
 	// (in JSON: base64). It is unpacked into the function's own root
@@ -41,8 +41,8 @@ type FunctionSpec struct {
 	// the function's current code (a new function needs it).
 	Code []byte `protobuf:"bytes,14,opt,name=code,proto3" json:"code,omitempty"`
 	// handler is the file of the archive that handles calls: for go and
-	// binary an executable (default "handler"), for python3 and node the
-	// source file (default "handler.py", "handler.js").
+	// binary an executable (default "handler"), for python3, node and ruby
+	// the source file (default "handler.py", "handler.js", "handler.rb").
 	Handler string `protobuf:"bytes,3,opt,name=handler,proto3" json:"handler,omitempty"`
 	// memory_mb is the container's hard memory limit in MiB (default 128).
 	MemoryMb int32 `protobuf:"varint,4,opt,name=memory_mb,json=memoryMb,proto3" json:"memory_mb,omitempty"`
@@ -532,7 +532,7 @@ func (x *ContainerList) GetContainers() []*Container {
 // Runtime is a built root filesystem of a language runtime.
 type Runtime struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// name is the runtime's name: "python3", "node" or "binary".
+	// name is the runtime's name: "python3", "node", "ruby" or "binary".
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// recipe_hash is the digest of the recipe (and extra packages) it was
 	// built from; builds are stored under it.

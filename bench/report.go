@@ -274,7 +274,7 @@ func (r *Run) Goals() []Goal {
 		}
 		return m, x.Throughput >= 50_000, true
 	})
-	for _, rt := range []string{"python3", "node"} {
+	for _, rt := range []string{"python3", "node", "ruby"} {
 		check(rt+" stem p50 under 15 ms", r.Find("runtime-stem-"+rt), under(15_000))
 		check(rt+" warm p50 ≤ 1.3× go's warm", r.Find("runtime-warm-"+rt), func(x *Result) (string, bool, bool) {
 			m, ratio := against(x, p50)

@@ -20,6 +20,7 @@ var runtimeEcho = []struct {
 	stems                    bool // the runtime keeps stem cells
 }{
 	{"python3", "handler.py", "def handle(req):\n    return req.body\n", true},
+	{"ruby", "handler.rb", "def handle(req)\n  req.body\nend\n", true},
 	{"node", "handler.js", "module.exports = (req) => req.body;\n", true},
 	{"binary", "handler.sh", "#!/bin/sh\nexec cat\n", false},
 }
@@ -168,7 +169,7 @@ func runRuntimes(ctx context.Context, e *Env) ([]Result, error) {
 
 	// Stem cells: a kilnd keeping frozen stem cells of the interpreters
 	// (and go's, beside them), each call to a new function.
-	args := []string{"--runtimes-dir", bases, "--stem-cells", "go=1,python3=1,node=1"}
+	args := []string{"--runtimes-dir", bases, "--stem-cells", "go=1,python3=1,node=1,ruby=1"}
 	if e.Executor != "" {
 		args = append(args, "--executor-binary", e.Executor)
 	}

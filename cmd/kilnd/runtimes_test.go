@@ -294,17 +294,18 @@ end
 	})
 }
 
-// TestRuntimeStemCells: a python3 or node function's first call is served
+// TestRuntimeStemCells: a python3, node or ruby function's first call is served
 // by a stem cell that already holds the interpreter.
 func TestRuntimeStemCells(t *testing.T) {
 	requireIntegration(t)
 	if err := os.MkdirAll(runtimesCache, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	k := startKilnd(t, shortTempDir(t), "--runtimes-dir", runtimesCache, "--stem-cells", "python3=1,node=1")
+	k := startKilnd(t, shortTempDir(t), "--runtimes-dir", runtimesCache, "--stem-cells", "python3=1,node=1,ruby=1")
 	for _, c := range []struct{ rt, file, src string }{
 		{"python3", "handler.py", "def handle(req):\n    return b'stem:' + req.body\n"},
 		{"node", "handler.js", "module.exports = (req) => 'stem:' + req.body.toString();\n"},
+		{"ruby", "handler.rb", "def handle(req)\n  'stem:' + req.body\nend\n"},
 	} {
 		dir := writeFiles(t, map[string]string{c.file: c.src})
 		name := "stem-" + c.rt

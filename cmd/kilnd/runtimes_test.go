@@ -12,7 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protojson"
+
 	"github.com/kilnfx/kiln/agent/bundle"
+	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
 )
 
 // runtimesCache keeps the runtimes' root filesystems between runs of the
@@ -118,7 +121,7 @@ func TestRuntimes(t *testing.T) {
 
 	t.Run("python3", func(t *testing.T) {
 		dir := writeFiles(t, map[string]string{
-			"handler.py": `import json, os, sys
+			"handler.py": `import json, os, sys, time
 
 def handle(req):
     what = req.body.decode()
@@ -130,6 +133,14 @@ def handle(req):
         raise ValueError("no such thing")
     if what == "crash":
         os._exit(3)
+    if what == "burn":
+        t = time.process_time()
+        while time.process_time() - t < 0.2:
+            pass
+        block = bytearray(48 << 20)
+        for i in range(0, len(block), 4096):
+            block[i] = 1
+        return "burnt"
     if what == "flood":
         for i in range(20000):
             print("flood line", i, "x" * 64)
@@ -161,6 +172,20 @@ def handle(req):
 		r, _ = invoke(k.url, "py", "flood")
 		if r.status != 200 || string(r.body) != "intact" {
 			t.Errorf("a flood of stdout answered %d %q", r.status, r.body)
+		}
+		// The usage record covers the worker's CPU and memory, not only the
+		// executor's.
+		r, _ = invoke(k.url, "py", "burn")
+		if r.status != 200 {
+			t.Fatalf("burn: %d %q", r.status, r.body)
+		}
+		var rec kilnv1.CallRecord
+		eventually(t, 10*time.Second, "the burn call's usage record", func() bool {
+			got := k.do(t, "GET", "/v1/calls/"+r.header.Get("X-Kiln-Call-Id"), nil)
+			return got.status == 200 && protojson.Unmarshal(got.body, &rec) == nil
+		})
+		if rec.CpuUserMs+rec.CpuSystemMs < 150 || rec.MemoryPeakBytes < 40<<20 {
+			t.Errorf("the usage record of a call that burnt 200 ms of CPU and touched 48 MiB says cpu_user_ms %.1f, cpu_system_ms %.1f, memory_peak_bytes %d", rec.CpuUserMs, rec.CpuSystemMs, rec.MemoryPeakBytes)
 		}
 		r, _ = invoke(k.url, "py", "crash")
 		if r.status != 502 {

@@ -120,6 +120,7 @@ type options struct {
 	dialTimeout time.Duration
 	cgroupRoot  string
 	cpus        string // cpuset.cpus of every container; "" for all
+	pullTimeout time.Duration
 	log         *slog.Logger
 }
 
@@ -207,6 +208,10 @@ type Driver struct {
 	// the driver's record, or nil for a container known only by its id.
 	pending map[string]*container
 	closed  bool // guarded by mu
+
+	// imageMu serialises the making and removing of image root
+	// filesystem directories (images.go).
+	imageMu sync.Mutex
 }
 
 // container is the driver's record of a container it started.
@@ -242,6 +247,7 @@ func New(ctx context.Context, address string, opts ...Option) (*Driver, error) {
 		killTimeout: 10 * time.Second,
 		callTimeout: 30 * time.Second,
 		dialTimeout: 10 * time.Second,
+		pullTimeout: DefaultPullTimeout,
 		cgroupRoot:  "/sys/fs/cgroup",
 		log:         slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}

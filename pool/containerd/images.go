@@ -67,7 +67,7 @@ func (d *Driver) ImportImage(ctx context.Context, r io.Reader) ([]pool.Image, er
 		if ctx.Err() != nil || unreachable(err) {
 			return nil, fmt.Errorf("import image: %w", err)
 		}
-		return nil, fmt.Errorf("import image: %w: %v", pool.ErrInvalidImage, err)
+		return nil, fmt.Errorf("import image: %w: not a docker save archive nor an OCI image layout as a tar: %v", pool.ErrInvalidImage, err)
 	}
 	if len(imgs) == 0 {
 		return nil, fmt.Errorf("import image: %w: the archive names no image", pool.ErrInvalidImage)
@@ -149,7 +149,7 @@ func (d *Driver) lookupImage(ctx context.Context, ref string) (images.Image, err
 			return images.Image{}, fmt.Errorf("image %s: %w", ref, err)
 		}
 	}
-	return images.Image{}, fmt.Errorf("image %s: %w", ref, pool.ErrImageNotFound)
+	return images.Image{}, fmt.Errorf("%w: %s", pool.ErrImageNotFound, ref)
 }
 
 // imageRecord describes img with the size of its content for the node's
@@ -339,11 +339,11 @@ func applyLayer(ctx context.Context, cs content.Store, desc ocispec.Descriptor, 
 // pool.ErrImageNotFound and names ref.
 func (d *Driver) pull(ctx context.Context, ref string) (images.Image, error) {
 	if d.opts.pullTimeout <= 0 {
-		return images.Image{}, fmt.Errorf("image %s: %w: it is not imported (kiln image import)", ref, pool.ErrImageNotFound)
+		return images.Image{}, fmt.Errorf("%w: %s is not imported (kiln image import)", pool.ErrImageNotFound, ref)
 	}
 	named, err := reference.ParseDockerRef(ref)
 	if err != nil {
-		return images.Image{}, fmt.Errorf("image %s: %w: it is not imported, and it is no reference a registry could serve: %v", ref, pool.ErrImageNotFound, err)
+		return images.Image{}, fmt.Errorf("%w: %s is not imported (kiln image import), and it is no reference a registry could serve: %v", pool.ErrImageNotFound, ref, err)
 	}
 	pctx, cancel := context.WithTimeout(ctx, d.opts.pullTimeout)
 	defer cancel()
@@ -352,8 +352,8 @@ func (d *Driver) pull(ctx context.Context, ref string) (images.Image, error) {
 		if ctx.Err() != nil {
 			return images.Image{}, ctx.Err()
 		}
-		return images.Image{}, fmt.Errorf("image %s: %w: it is not imported (kiln image import), and pulling %s failed within %v: %v",
-			ref, pool.ErrImageNotFound, named, d.opts.pullTimeout, err)
+		return images.Image{}, fmt.Errorf("%w: %s is not imported (kiln image import), and pulling %s failed within %v: %v",
+			pool.ErrImageNotFound, ref, named, d.opts.pullTimeout, err)
 	}
 	return img.Metadata(), nil
 }

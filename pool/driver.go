@@ -142,8 +142,8 @@ type ImageRootFS struct {
 // "docker.io/library/hello:1").
 type ImageStore interface {
 	// ImportImage reads an image archive from r, a docker-archive
-	// (docker save) or an OCI image layout as a tar, either possibly
-	// gzip-compressed, stores its content and returns the images it named
+	// (docker save) or an OCI image layout as a tar (not compressed; its
+	// layers may be), stores its content and returns the images it named
 	// (an image without a name gets one from its digest). An image of the
 	// same name is replaced. An archive that is no image is an error
 	// wrapping ErrInvalidImage.

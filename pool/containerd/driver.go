@@ -1,6 +1,9 @@
 // Package containerd is the real pool.Driver: it runs function containers
 // under containerd (runtime io.containerd.runc.v2, with runc or crun) from a
-// plain root filesystem directory, without images or snapshots.
+// plain root filesystem directory, without snapshots. It is also a
+// pool.ImageStore (images.go): imported OCI images live in containerd's
+// content store, and each is run from a directory its layers are applied
+// to.
 //
 // Every container gets the security defaults of kiln's design: uid/gid
 // pool.ContainerUID, a read-only root, no capabilities, no_new_privileges,

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -147,6 +148,24 @@ func dockerArchive(t *testing.T, tag string, files []imageFile, entrypoint, env 
 	return tarFiles(t, []string{configName, "layer0/layer.tar", "manifest.json"}, blobs)
 }
 
+// upperSource is a binary handler: it answers its body in capitals, with
+// two variables of its environment and its working directory.
+const upperSource = `package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"strings"
+)
+
+func main() {
+	b, _ := io.ReadAll(os.Stdin)
+	wd, _ := os.Getwd()
+	fmt.Print(strings.ToUpper(string(b)), " ", os.Getenv("FROM_IMAGE"), " ", os.Getenv("BOTH"), " ", wd)
+}
+`
+
 // TestImages imports images of the probe function (an OCI layout and a
 // docker save archive, made here), deploys and calls them, and checks the
 // refusals: an unknown image, an archive that is no image, removing an
@@ -211,6 +230,46 @@ func TestImages(t *testing.T) {
 		t.Errorf("img-docker's record: %s", r.body)
 	}
 
+	t.Run("generic executor", func(t *testing.T) {
+		// The image's entrypoint is kiln-executor serving a binary
+		// handler, all named by the image's environment.
+		src := filepath.Join(t.TempDir(), "main.go")
+		if err := os.WriteFile(src, []byte(upperSource), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		upper := filepath.Join(t.TempDir(), "upper")
+		build := exec.Command("go", "build", "-o", upper, src)
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := build.CombinedOutput(); err != nil {
+			t.Fatalf("go build upper: %v\n%s", err, out)
+		}
+		executor, err := os.ReadFile(filepath.Join(binDir, "kiln-executor"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		program, err := os.ReadFile(upper)
+		if err != nil {
+			t.Fatal(err)
+		}
+		archive := ociArchive(t, "kiln.test/upper:1",
+			[]imageFile{{name: "kiln-executor", mode: 0o755, data: executor}, {name: "app/upper", mode: 0o755, data: program}},
+			[]string{"/kiln-executor"},
+			[]string{"KILN_RUNTIME=binary", "KILN_CODE_DIR=/app", "KILN_HANDLER=upper", "FROM_IMAGE=image", "BOTH=image"})
+		if r := k.do(t, "POST", "/v1/images", archive); r.status != 200 || !strings.Contains(string(r.body), "kiln.test/upper:1") {
+			t.Fatalf("import: %d %s", r.status, r.body)
+		}
+		k.deploy(t, "img-upper", map[string]any{"image": "kiln.test/upper:1", "env": map[string]string{"BOTH": "function"}})
+		r := k.do(t, "POST", "/invoke/img-upper", []byte("hello"))
+		if want := "HELLO image function /app"; r.status != 200 || string(r.body) != want {
+			t.Fatalf("img-upper answered %d %q, want %q\n%s", r.status, r.body, want, k.logs)
+		}
+		if r := k.do(t, "DELETE", "/v1/functions/img-upper", nil); r.status != 204 {
+			t.Fatalf("delete img-upper: %d %s", r.status, r.body)
+		}
+		if r := k.do(t, "DELETE", "/v1/images/kiln.test/upper:1", nil); r.status != 204 {
+			t.Fatalf("DELETE the image: %d %s", r.status, r.body)
+		}
+	})
 	t.Run("unknown image", func(t *testing.T) {
 		r := k.tryDeploy(t, "img-missing", map[string]any{"image": "kiln.test/missing:1"})
 		if r.status != 400 || !strings.Contains(string(r.body), "kiln.test/missing:1") {

@@ -327,3 +327,30 @@ func TestImages(t *testing.T) {
 		}
 	})
 }
+
+// TestImageFunctionRestart checks that a function of an image serves again
+// after kilnd restarts, from the root filesystem made at its deploy.
+func TestImageFunctionRestart(t *testing.T) {
+	requireIntegration(t)
+	dir := shortTempDir(t)
+	k := startKilnd(t, dir)
+	probe, err := os.ReadFile(filepath.Join(binDir, "probe"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	archive := ociArchive(t, "kiln.test/probe:restart", []imageFile{{name: "probe", mode: 0o755, data: probe}, {name: "app/x", mode: 0o644}}, []string{"/probe"}, nil)
+	if r := k.do(t, "POST", "/v1/images", archive); r.status != 200 {
+		t.Fatalf("import: %d %s", r.status, r.body)
+	}
+	k.deploy(t, "img-restart", map[string]any{"image": "kiln.test/probe:restart"})
+	if r := k.do(t, "POST", "/invoke/img-restart", []byte("one")); r.status != 202 || string(r.body) != "probe:one" {
+		t.Fatalf("before the restart: %d %q", r.status, r.body)
+	}
+	if err := k.stop(); err != nil {
+		t.Fatal(err)
+	}
+	k = startKilnd(t, dir)
+	if r := k.do(t, "POST", "/invoke/img-restart", []byte("two")); r.status != 202 || string(r.body) != "probe:two" {
+		t.Fatalf("after the restart: %d %q\n%s", r.status, r.body, k.logs)
+	}
+}

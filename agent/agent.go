@@ -195,7 +195,11 @@ func (a *Agent) AdminTokenPath() string { return filepath.Join(a.dataDir, AdminT
 // (a CPU quota below the kernel's smallest, an environment over the exec
 // limit), naming the spec's field.
 func (a *Agent) checkLimits(spec *kilnv1.FunctionSpec) error {
-	fn := a.newFunction(&kilnv1.Function{Name: "check", Spec: spec}, "/", "/")
+	return a.checkFunction(a.newFunction(&kilnv1.Function{Name: "check", Spec: spec}, "/", "/"))
+}
+
+// checkFunction is checkLimits of fn, the cached form of a spec.
+func (a *Agent) checkFunction(fn *function) error {
 	err := a.pool.CheckFunction(fn.pool)
 	if err == nil {
 		return nil
@@ -204,7 +208,7 @@ func (a *Agent) checkLimits(spec *kilnv1.FunctionSpec) error {
 	if !errors.As(err, &se) {
 		return fmt.Errorf("%w: spec: %v", ErrInvalidArgument, err)
 	}
-	field := map[string]string{"CPUMillis": "cpu_millis", "Env": "env", "MemoryBytes": "memory_mb", "Args": "handler"}[se.Field]
+	field := map[string]string{"CPUMillis": "cpu_millis", "Env": "env", "MemoryBytes": "memory_mb", "Args": "handler", "Cwd": "image"}[se.Field]
 	if field == "" {
 		field = "spec"
 	}
@@ -220,16 +224,26 @@ func (a *Agent) load(r datastore.Function) (*function, error) {
 	if err := protojson.Unmarshal(r.Spec, spec); err != nil {
 		return nil, fmt.Errorf("decode spec: %w", err)
 	}
-	codeDir := filepath.Join(a.functionsDir, r.Name, r.Revision, "rootfs")
-	if _, err := os.Stat(filepath.Join(codeDir, spec.Handler)); err != nil {
-		return nil, fmt.Errorf("code of revision %s: %w", r.Revision, err)
-	}
 	rec := &kilnv1.Function{
 		Name:     r.Name,
 		Spec:     spec,
 		Revision: r.Revision,
 		Created:  timestamppb.New(r.Created),
 		Updated:  timestamppb.New(r.Updated),
+	}
+	if spec.Runtime == RuntimeImage {
+		img, err := a.imageRootFS(context.Background(), spec.Image)
+		if err != nil {
+			return nil, err
+		}
+		if rev := imageRevision(img); rev != r.Revision {
+			return nil, fmt.Errorf("image %s is now %s, not the deployed revision %s", spec.Image, rev, r.Revision)
+		}
+		return a.newImageFunction(rec, img), nil
+	}
+	codeDir := filepath.Join(a.functionsDir, r.Name, r.Revision, "rootfs")
+	if _, err := os.Stat(filepath.Join(codeDir, spec.Handler)); err != nil {
+		return nil, fmt.Errorf("code of revision %s: %w", r.Revision, err)
 	}
 	if spec.Runtime == "go" {
 		return a.newFunction(rec, codeDir, ""), nil
@@ -320,7 +334,7 @@ func (a *Agent) newFunction(rec *kilnv1.Function, codeDir, base string) *functio
 			IdleTimeout:   s.IdleTimeout.AsDuration(),
 		},
 	}
-	if s.Runtime != "go" {
+	if s.Runtime != "go" && s.Runtime != RuntimeImage {
 		a.runtimeFunction(f.pool, s, codeDir, base)
 	}
 	return f
@@ -331,7 +345,9 @@ func (a *Agent) newFunction(rec *kilnv1.Function, codeDir, base string) *functio
 // without code keeps the function's current code. Containers of an earlier
 // revision or with other limits are stopped. Errors wrap ErrInvalidArgument
 // for a bad name, spec or archive, and ErrInsufficientStorage when the disk
-// is full.
+// is full. A spec of the image runtime (spec.Image set) takes no code: its
+// image's root filesystem is made ready (once per image) and its
+// revision is the image's digest.
 func (a *Agent) Deploy(ctx context.Context, name string, spec *kilnv1.FunctionSpec) (*kilnv1.Function, error) {
 	if err := ValidateName(name); err != nil {
 		return nil, err
@@ -339,6 +355,9 @@ func (a *Agent) Deploy(ctx context.Context, name string, spec *kilnv1.FunctionSp
 	spec, err := normalizeSpec(spec)
 	if err != nil {
 		return nil, err
+	}
+	if spec.Runtime == RuntimeImage {
+		return a.deployImage(ctx, name, spec)
 	}
 	if err := a.checkLimits(spec); err != nil {
 		return nil, err
@@ -381,6 +400,39 @@ func (a *Agent) Deploy(ctx context.Context, name string, spec *kilnv1.FunctionSp
 		revision = cur.record.Revision
 		codeDir = filepath.Join(a.functionsDir, name, revision, "rootfs")
 	}
+	return a.install(ctx, name, spec, revision, func(rec *kilnv1.Function) *function {
+		return a.newFunction(rec, codeDir, base)
+	})
+}
+
+// deployImage is Deploy of spec, of the image runtime.
+func (a *Agent) deployImage(ctx context.Context, name string, spec *kilnv1.FunctionSpec) (*kilnv1.Function, error) {
+	// Made before the deploy lock is taken: the first deploy of an image
+	// applies its layers.
+	img, err := a.imageRootFS(ctx, spec.Image)
+	if err != nil {
+		return nil, err
+	}
+	spec.Image = img.Name
+	revision := imageRevision(img)
+	check := a.newImageFunction(&kilnv1.Function{Name: "check", Spec: spec, Revision: revision}, img)
+	if len(check.pool.Args) == 0 {
+		return nil, fmt.Errorf("%w: handler: image %s has no entrypoint nor command: set handler to the command that serves calls", ErrInvalidArgument, img.Name)
+	}
+	if err := a.checkFunction(check); err != nil {
+		return nil, err
+	}
+	a.deployMu.Lock()
+	defer a.deployMu.Unlock()
+	return a.install(ctx, name, spec, revision, func(rec *kilnv1.Function) *function {
+		return a.newImageFunction(rec, img)
+	})
+}
+
+// install stores the function name of spec at revision, caches the
+// function newFn makes of its record, and has the pool run it. It runs
+// under deployMu.
+func (a *Agent) install(ctx context.Context, name string, spec *kilnv1.FunctionSpec, revision string, newFn func(*kilnv1.Function) *function) (*kilnv1.Function, error) {
 	specJSON, err := protojson.Marshal(spec)
 	if err != nil {
 		return nil, fmt.Errorf("encode spec: %w", err)
@@ -394,13 +446,13 @@ func (a *Agent) Deploy(ctx context.Context, name string, spec *kilnv1.FunctionSp
 	if err != nil {
 		return nil, fmt.Errorf("store function: %w", err)
 	}
-	fn := a.newFunction(&kilnv1.Function{
+	fn := newFn(&kilnv1.Function{
 		Name:     name,
 		Spec:     spec,
 		Revision: revision,
 		Created:  timestamppb.New(stored.Created),
 		Updated:  timestamppb.New(stored.Updated),
-	}, codeDir, base)
+	})
 	a.mu.Lock()
 	a.functions[name] = fn
 	a.mu.Unlock()

@@ -57,7 +57,28 @@ func normalizeSpec(spec *kilnv1.FunctionSpec) (*kilnv1.FunctionSpec, error) {
 	bad := func(field, format string, args ...any) error {
 		return fmt.Errorf("%w: %s: %s", ErrInvalidArgument, field, fmt.Sprintf(format, args...))
 	}
+	if s.Image != "" && s.Runtime == "" {
+		s.Runtime = RuntimeImage
+	}
 	switch rt := runtimes.Get(s.Runtime); {
+	case s.Runtime == RuntimeImage:
+		if s.Image == "" {
+			return nil, bad("image", "required with runtime %s (a reference of an imported image)", RuntimeImage)
+		}
+		if len(s.Image) > 1024 || strings.ContainsAny(s.Image, " \t\n\x00") {
+			return nil, bad("image", "%.80q is not an image reference", s.Image)
+		}
+		if len(s.Packages) > 0 {
+			return nil, bad("packages", "an image brings its own files: it takes no packages")
+		}
+		if len(s.Code) > 0 {
+			return nil, bad("code", "an image function runs the image's files: it takes no code")
+		}
+		if len(s.Handler) > MaxImageHandlerBytes || strings.IndexByte(s.Handler, 0) >= 0 {
+			return nil, bad("handler", "an image's command line of at most %d bytes, without NUL", MaxImageHandlerBytes)
+		}
+	case s.Image != "":
+		return nil, bad("image", "an image runs as runtime %s (or an empty runtime), not %q", RuntimeImage, s.Runtime)
 	case s.Runtime == "go":
 		if s.Handler == "" {
 			s.Handler = DefaultHandler
@@ -66,7 +87,7 @@ func normalizeSpec(spec *kilnv1.FunctionSpec) (*kilnv1.FunctionSpec, error) {
 			return nil, bad("packages", "the go runtime runs a static binary alone: it takes no packages")
 		}
 	case s.Runtime == "":
-		return nil, bad("runtime", "required (one of: %s)", strings.Join(RuntimeNames(), ", "))
+		return nil, bad("runtime", "required (one of: %s; or image set)", strings.Join(RuntimeNames(), ", "))
 	case rt == nil:
 		return nil, bad("runtime", "unknown runtime %q (one of: %s)", s.Runtime, strings.Join(RuntimeNames(), ", "))
 	default:
@@ -80,7 +101,7 @@ func normalizeSpec(spec *kilnv1.FunctionSpec) (*kilnv1.FunctionSpec, error) {
 			s.Packages = slices.Compact(slices.Sorted(slices.Values(s.Packages)))
 		}
 	}
-	if !handlerRE.MatchString(s.Handler) || strings.Contains(s.Handler, "..") {
+	if s.Runtime != RuntimeImage && (!handlerRE.MatchString(s.Handler) || strings.Contains(s.Handler, "..")) {
 		return nil, bad("handler", "%q is not a relative path inside the code directory", s.Handler)
 	}
 	switch {
@@ -157,5 +178,8 @@ func containerKey(revision string, s *kilnv1.FunctionSpec) string {
 	}
 	h.Write([]byte(s.Handler))
 	h.Write([]byte("\x00" + s.Runtime + "\x00" + strings.Join(s.Packages, " ")))
+	if s.Image != "" {
+		h.Write([]byte("\x00" + s.Image))
+	}
 	return hex.EncodeToString(h.Sum(nil)[:8])
 }

@@ -265,7 +265,8 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 func TestHTTPDeployBodyLimit(t *testing.T) {
 	e := newGRPCEnv(t)
 	const deployLimit = 10 << 20
-	_, addr := startHTTP(t, e.agent, WithAdminToken("admintoken", true), WithMaxDeployBytes(deployLimit))
+	const imageLimit = 12 << 20
+	_, addr := startHTTP(t, e.agent, WithAdminToken("admintoken", true), WithMaxDeployBytes(deployLimit), WithMaxImageBytes(imageLimit))
 	usual := testMaxBody + bodySlack
 
 	send := func(method, path, token string, length int, body bool) string {
@@ -298,6 +299,12 @@ func TestHTTPDeployBodyLimit(t *testing.T) {
 		{"deploy without the token", "PUT", "/v1/functions/big", "", usual + 1, false, "401", "unauthenticated"},
 		{"deploy with a wrong token", "PUT", "/v1/functions/big", "nope", usual + 1, false, "401", "unauthenticated"},
 		{"invoke over the usual limit", "POST", "/invoke/echo", "admintoken", usual + 1, false, "413", "payload_too_large"},
+		// The admin's image import is read past the usual limit (then
+		// refused: the fake driver keeps no images).
+		{"admin image import over the usual limit", "POST", "/v1/images", "admintoken", usual + 1<<20, true, "400", "keeps no images"},
+		{"admin image import over the image limit", "POST", "/v1/images", "admintoken", imageLimit + 1, false, "413", "--max-image-bytes"},
+		{"image import without the token", "POST", "/v1/images", "", usual + 1, false, "401", "unauthenticated"},
+		{"POST below /v1/images", "POST", "/v1/images/x", "admintoken", usual + 1, false, "413", "payload_too_large"},
 		{"PUT elsewhere under /v1/functions", "PUT", "/v1/functions/big/logs", "admintoken", usual + 1, false, "413", "payload_too_large"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -314,6 +321,7 @@ func TestRequestConfig(t *testing.T) {
 	s := NewHTTPServer(e.agent, WithAdminToken("admintoken", true), WithBodyTimeout(time.Minute), WithMaxDeployBytes(1<<30))
 	body := fasthttp.RequestConfig{ReadTimeout: time.Minute}
 	deploy := fasthttp.RequestConfig{ReadTimeout: deployBodyTimeout, MaxRequestBodySize: 1 << 30}
+	image := fasthttp.RequestConfig{ReadTimeout: deployBodyTimeout, MaxRequestBodySize: DefaultMaxImageBytes}
 	for _, tt := range []struct {
 		name, head string
 		want       fasthttp.RequestConfig
@@ -329,6 +337,10 @@ func TestRequestConfig(t *testing.T) {
 		{"no function named", "PUT /v1/functions/ HTTP/1.1\r\nHost: k\r\nAuthorization: Bearer admintoken\r\nContent-Length: 100000\r\n\r\n", body},
 		{"a function's sub-resource", "PUT /v1/functions/f/logs HTTP/1.1\r\nHost: k\r\nAuthorization: Bearer admintoken\r\nContent-Length: 100000\r\n\r\n", body},
 		{"POST to the deploy path", "POST /v1/functions/f HTTP/1.1\r\nHost: k\r\nAuthorization: Bearer admintoken\r\nContent-Length: 100000\r\n\r\n", body},
+		{"image import by the admin", "POST /v1/images HTTP/1.1\r\nHost: k\r\nAuthorization: Bearer admintoken\r\nContent-Length: 5\r\n\r\n", image},
+		{"image import by someone else", "POST /v1/images HTTP/1.1\r\nHost: k\r\nAuthorization: Bearer tenantkey\r\nContent-Length: 100000\r\n\r\n", body},
+		{"PUT to the images path", "PUT /v1/images HTTP/1.1\r\nHost: k\r\nAuthorization: Bearer admintoken\r\nContent-Length: 100000\r\n\r\n", body},
+		{"POST below the images path", "POST /v1/images/x HTTP/1.1\r\nHost: k\r\nAuthorization: Bearer admintoken\r\nContent-Length: 100000\r\n\r\n", body},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			var h fasthttp.RequestHeader

@@ -43,6 +43,10 @@ const (
 	// DefaultMaxDeployBytes is the body limit of a deploy
 	// (PUT /v1/functions/{name}).
 	DefaultMaxDeployBytes = 128 << 20
+	// DefaultMaxImageBytes is the body limit of an image import
+	// (POST /v1/images). The body is held in memory while containerd
+	// stores its content.
+	DefaultMaxImageBytes = 1 << 30
 )
 
 // deployBodyTimeout is the least time a deploy's body may take.
@@ -84,6 +88,7 @@ type HTTPServer struct {
 	headerTimeout time.Duration
 	bodyTimeout   time.Duration
 	maxDeploy     int
+	maxImage      int
 }
 
 // HTTPOption configures an HTTPServer.
@@ -100,6 +105,7 @@ type httpOptions struct {
 	headerTimeout time.Duration
 	bodyTimeout   time.Duration
 	maxDeploy     int
+	maxImage      int
 }
 
 // WithCallTracing lets a call ask for its trace with wire.HeaderTrace
@@ -174,6 +180,18 @@ func WithMaxDeployBytes(n int) HTTPOption {
 	}
 }
 
+// WithMaxImageBytes sets the body limit of an image import,
+// POST /v1/images (default DefaultMaxImageBytes), granted, like the
+// deploy limit, only to the admin; a larger archive is answered 413.
+// Values of 0 or less keep the default.
+func WithMaxImageBytes(n int) HTTPOption {
+	return func(o *httpOptions) {
+		if n > 0 {
+			o.maxImage = n
+		}
+	}
+}
+
 // NewHTTPServer returns a server of a's API. Request bodies over the agent's
 // limit are refused with 413.
 func NewHTTPServer(a *agent.Agent, opts ...HTTPOption) *HTTPServer {
@@ -183,6 +201,7 @@ func NewHTTPServer(a *agent.Agent, opts ...HTTPOption) *HTTPServer {
 		headerTimeout: DefaultHeaderTimeout,
 		bodyTimeout:   DefaultBodyTimeout,
 		maxDeploy:     DefaultMaxDeployBytes,
+		maxImage:      DefaultMaxImageBytes,
 	}
 	for _, opt := range opts {
 		opt(&o)
@@ -205,6 +224,7 @@ func NewHTTPServer(a *agent.Agent, opts ...HTTPOption) *HTTPServer {
 		headerTimeout: o.headerTimeout,
 		bodyTimeout:   o.bodyTimeout,
 		maxDeploy:     o.maxDeploy,
+		maxImage:      o.maxImage,
 	}
 	if w, err := newDisconnectWatcher(); err == nil {
 		s.disconnects = w
@@ -288,9 +308,9 @@ func writeRefusal(c net.Conn, why refusal) { _, _ = c.Write(refusals[why]) }
 
 // requestConfig is fasthttp's HeaderReceived hook: once a request's
 // headers are in, it sets how long its body may take and how large it may
-// be. A deploy the admin sends gets the deploy limit and, from now on, at
-// least deployBodyTimeout; any other request keeps the server's limit. A
-// body over smallBody, or of unknown length (chunked), gets the body
+// be. A deploy the admin sends gets the deploy limit, an image import the
+// image limit, and either, from now on, at least deployBodyTimeout; any
+// other request keeps the server's limit. A body over smallBody, or of unknown length (chunked), gets the body
 // timeout from now on; a smaller one, or none, keeps the header deadline.
 // It runs on every request, invocations included: it must not allocate.
 func (s *HTTPServer) requestConfig(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
@@ -302,6 +322,9 @@ func (s *HTTPServer) requestConfig(h *fasthttp.RequestHeader) fasthttp.RequestCo
 	}
 	if isDeploy(h) && s.gate.admitsAdmin(h.Peek(fasthttp.HeaderAuthorization)) {
 		return fasthttp.RequestConfig{ReadTimeout: max(s.bodyTimeout, deployBodyTimeout), MaxRequestBodySize: s.maxDeploy}
+	}
+	if isImageImport(h) && s.gate.admitsAdmin(h.Peek(fasthttp.HeaderAuthorization)) {
+		return fasthttp.RequestConfig{ReadTimeout: max(s.bodyTimeout, deployBodyTimeout), MaxRequestBodySize: s.maxImage}
 	}
 	if n > 0 && n <= smallBody {
 		return fasthttp.RequestConfig{}
@@ -325,6 +348,19 @@ func isDeploy(h *fasthttp.RequestHeader) bool {
 	return ok && len(name) > 0 && bytes.IndexByte(name, '/') < 0
 }
 
+// isImageImport reports whether h is POST /v1/images, judged on the raw
+// request target as isDeploy judges a deploy.
+func isImageImport(h *fasthttp.RequestHeader) bool {
+	if !h.IsPost() {
+		return false
+	}
+	rest, ok := bytes.CutPrefix(h.RequestURI(), prefixImages)
+	if i := bytes.IndexByte(rest, '?'); i >= 0 {
+		rest = rest[:i]
+	}
+	return ok && (len(rest) == 0 || string(rest) == "/")
+}
+
 // Shutdown stops accepting connections and waits, bounded by ctx, for the
 // requests in flight to finish.
 func (s *HTTPServer) Shutdown(ctx context.Context) error {
@@ -341,6 +377,7 @@ var (
 	prefixFunction  = []byte("/function/")
 	prefixFunctions = []byte("/v1/functions")
 	prefixRuntimes  = []byte("/v1/runtimes")
+	prefixImages    = []byte("/v1/images")
 )
 
 func (s *HTTPServer) handle(ctx *fasthttp.RequestCtx) {
@@ -357,6 +394,10 @@ func (s *HTTPServer) handle(ctx *fasthttp.RequestCtx) {
 	case bytes.HasPrefix(path, prefixRuntimes):
 		if s.admin(ctx) {
 			s.runtimes(ctx, string(path[len(prefixRuntimes):]))
+		}
+	case bytes.HasPrefix(path, prefixImages):
+		if s.admin(ctx) {
+			s.images(ctx, string(path[len(prefixImages):]))
 		}
 	case bytes.HasPrefix(path, prefixKeys):
 		if s.admin(ctx) {
@@ -564,7 +605,7 @@ func (s *HTTPServer) writeError(ctx *fasthttp.RequestCtx, err error) {
 }
 
 // handleParseError answers requests fasthttp could not read: too large
-// (413; 401 for a deploy by anyone but the admin), too slow (408), or
+// (413; 401 for a deploy or an image import by anyone but the admin), too slow (408), or
 // malformed (400).
 func (s *HTTPServer) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 	var netErr net.Error
@@ -574,6 +615,12 @@ func (s *HTTPServer) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 			err = aerr
 		} else {
 			err = fmt.Errorf("%w: a deploy's body is over the %d byte limit", agent.ErrPayloadTooLarge, s.maxDeploy)
+		}
+	case errors.Is(err, fasthttp.ErrBodyTooLarge) && isImageImport(&ctx.Request.Header):
+		if aerr := s.gate.requireAdmin(bearer(ctx)); aerr != nil {
+			err = aerr
+		} else {
+			err = fmt.Errorf("%w: an image archive is over the %d byte limit of an import (kilnd --max-image-bytes)", agent.ErrPayloadTooLarge, s.maxImage)
 		}
 	case errors.Is(err, fasthttp.ErrBodyTooLarge):
 		err = fmt.Errorf("%w: body is over the %d byte limit", agent.ErrPayloadTooLarge, s.agent.MaxBodyBytes())

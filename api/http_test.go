@@ -280,6 +280,13 @@ func TestHTTPRoutes(t *testing.T) {
 		{"GET", "/v1/calls", "", 200, `"calls"`},
 		{"GET", "/v1/calls/nope", "", 404, "nope"},
 		{"GET", "/v1/callsx", "", 404, "no route"},
+		// The fake driver keeps no images.
+		{"GET", "/v1/images", "", 400, "keeps no images"},
+		{"POST", "/v1/images", "archive", 400, "keeps no images"},
+		{"POST", "/v1/images", "", 400, "image archive"},
+		{"DELETE", "/v1/images/docker.io/library/hello:1", "", 400, "keeps no images"},
+		{"DELETE", "/v1/images/", "", 405, "method not allowed"},
+		{"GET", "/v1/imagesx", "", 404, "no route"},
 		{"GET", "/metrics", "", 200, "kiln_test_metric 1"},
 		{"GET", "/healthz", "", 200, "ok\n"},
 		{"GET", "/readyz", "", 200, "ok\n"},
@@ -423,6 +430,8 @@ func TestHTTPMethods(t *testing.T) {
 		{"POST", "/v1/usage", "GET"},
 		{"DELETE", "/v1/calls", "GET"},
 		{"POST", "/v1/calls/some-id", "GET"},
+		{"PUT", "/v1/images", "GET, POST"},
+		{"GET", "/v1/images/hello:1", "DELETE"},
 	} {
 		t.Run(tt.method+" "+tt.path, func(t *testing.T) {
 			a := e.admin(t, tt.method, tt.path, nil)
@@ -462,6 +471,7 @@ func TestHTTPAuth(t *testing.T) {
 		{"GET", "/v1/functions"}, {"GET", "/v1/functions/echo"}, {"DELETE", "/v1/functions/echo"},
 		{"PUT", "/v1/functions/echo"}, {"GET", "/v1/functions/echo/containers"}, {"GET", "/v1/functions/echo/logs"},
 		{"GET", "/v1/keys"}, {"POST", "/v1/keys"}, {"DELETE", "/v1/keys/key-1"},
+		{"GET", "/v1/images"}, {"POST", "/v1/images"}, {"DELETE", "/v1/images/hello:1"},
 	}
 	for _, m := range management {
 		t.Run("no token "+m.method+" "+m.path, func(t *testing.T) {

@@ -30,6 +30,9 @@ type ContainerSpec struct {
 	Args []string
 	// Env is the process environment, as KEY=VALUE.
 	Env []string
+	// Cwd is the process's working directory, an absolute path inside
+	// RootFS; empty means "/".
+	Cwd string
 	// SocketDir is the container's own host directory, bind-mounted at
 	// ExecutorDir inside the container. The agent's socket lives there.
 	SocketDir string
@@ -90,6 +93,84 @@ func (p *Pool) PrepareRootFS(dir string) error {
 		return rp.PrepareRootFS(dir)
 	}
 	return nil
+}
+
+// ErrImageNotFound is returned (wrapped) by an ImageStore for a reference
+// it holds no image of (and, where it pulls, could not pull).
+var ErrImageNotFound = errors.New("image not found")
+
+// ErrInvalidImage is returned (wrapped) by ImageStore.ImportImage for an
+// archive that is no image (neither an OCI image layout nor a docker save
+// archive, or one whose content is broken), and by ImageRootFS for an image
+// it cannot run (no manifest for this node's platform, a layer it cannot
+// apply).
+var ErrInvalidImage = errors.New("invalid image")
+
+// Image is an image an ImageStore holds.
+type Image struct {
+	// Name is its canonical reference ("docker.io/library/hello:1").
+	Name string
+	// Digest is the digest of its manifest, or of its index.
+	Digest string
+	// SizeBytes is the size of its content for the node's platform.
+	SizeBytes int64
+	// Created is when it was imported.
+	Created time.Time
+}
+
+// ImageRootFS is an image made ready to run: its root filesystem as a
+// directory and what its config says about the process.
+type ImageRootFS struct {
+	Image
+	// Dir is a host directory usable as ContainerSpec.RootFS (the driver's
+	// PrepareRootFS has run on it). It is shared by every function of the
+	// image and must not be written to.
+	Dir string
+	// Entrypoint and Cmd are the image config's: the process runs
+	// Entrypoint followed by Cmd.
+	Entrypoint, Cmd []string
+	// Env is the image config's environment, as KEY=VALUE.
+	Env []string
+	// WorkingDir is the image config's working directory; empty means "/".
+	WorkingDir string
+}
+
+// ImageStore is a Driver that keeps OCI images and runs containers from
+// them, without a registry: images come in as archives. Every method is
+// safe for concurrent use and honours ctx cancellation. A reference is
+// matched as given and in its canonical form ("hello:1" is
+// "docker.io/library/hello:1").
+type ImageStore interface {
+	// ImportImage reads an image archive from r, a docker-archive
+	// (docker save) or an OCI image layout as a tar (not compressed; its
+	// layers may be), stores its content and returns the images it named
+	// (an image without a name gets one from its digest). An image of the
+	// same name is replaced. An archive that is no image is an error
+	// wrapping ErrInvalidImage.
+	ImportImage(ctx context.Context, r io.Reader) ([]Image, error)
+	// Images lists the stored images, sorted by name.
+	Images(ctx context.Context) ([]Image, error)
+	// Image returns the stored image ref names, or an error wrapping
+	// ErrImageNotFound; it never pulls.
+	Image(ctx context.Context, ref string) (Image, error)
+	// RemoveImage deletes the stored image ref names (its content once no
+	// other image shares it, and its root filesystem directory once no
+	// other image has the same digest), or returns an error wrapping
+	// ErrImageNotFound. The caller makes sure no container runs from it.
+	RemoveImage(ctx context.Context, ref string) error
+	// ImageRootFS returns the image ref names ready to run, making its
+	// root filesystem directory the first time (the image's layers
+	// applied in order; later calls find it). A ref the store does not
+	// hold may be pulled from its registry, within a short bound; when
+	// that fails too the error wraps ErrImageNotFound and names ref.
+	ImageRootFS(ctx context.Context, ref string) (ImageRootFS, error)
+}
+
+// Images returns the driver's ImageStore, or false when the driver keeps
+// no images.
+func (p *Pool) Images() (ImageStore, bool) {
+	is, ok := p.driver.(ImageStore)
+	return is, ok
 }
 
 // ExecutorDir is where a container sees its SocketDir.

@@ -56,6 +56,7 @@ func (p *Pool) startFor(s *set, fn *Function, prewarm bool) {
 		Mounts:      fn.Mounts,
 		Args:        fn.Args,
 		Env:         fn.Env,
+		Cwd:         fn.Cwd,
 		MemoryBytes: fn.MemoryBytes,
 		CPUMillis:   fn.CPUMillis,
 	})

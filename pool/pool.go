@@ -43,11 +43,12 @@ type Function struct {
 	// Runtime names the language runtime; stem cells of the same runtime
 	// can become this function's containers.
 	Runtime string
-	// RootFS, Mounts, Args and Env are as in ContainerSpec.
+	// RootFS, Mounts, Args, Env and Cwd are as in ContainerSpec.
 	RootFS string
 	Mounts []Mount
 	Args   []string
 	Env    []string
+	Cwd    string
 	// Code is what a stem cell loads to become the function, on the host:
 	// for the go runtime the function's executable, for the others the
 	// directory of its code. Empty means stem cells cannot serve the
@@ -267,6 +268,7 @@ func (p *Pool) CheckFunction(fn *Function) error {
 		RootFS:      fn.RootFS,
 		Args:        fn.Args,
 		Env:         fn.Env,
+		Cwd:         fn.Cwd,
 		MemoryBytes: fn.MemoryBytes,
 		CPUMillis:   fn.CPUMillis,
 	})

@@ -11,12 +11,14 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/kilnfx/kiln/agent/bundle"
+	"github.com/kilnfx/kiln/api/client"
 	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
 	"github.com/kilnfx/kiln/runtimes"
 	goruntime "github.com/kilnfx/kiln/runtimes/go"
@@ -82,8 +84,9 @@ which must not exist or be empty, from the template of runtime R (default go).
 }
 
 func (c *cli) deployCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "deploy [DIR]",
+	var image string
+	cmd := &cobra.Command{
+		Use:   "deploy [DIR] | deploy --image REF [NAME | DIR]",
 		Short: "Build the function in DIR (default .) and deploy it",
 		Long: `deploy reads DIR/kiln.yaml and sends the function's code and settings to
 the agent, which may be on another machine. A Go function is built into one
@@ -93,8 +96,13 @@ without version control and editor files (.git, .kiln, __pycache__, ...);
 a node function with a package.json gets its dependencies installed first
 (npm install --omit=dev; this needs npm). The packed code must stay under
 64 MiB. The first deploy of a runtime builds its root filesystem on the
-agent, which takes a minute or so.`,
-		Args: args(cobra.MaximumNArgs(1)),
+agent, which takes a minute or so.
+
+With --image, the function runs the image REF imported into the agent
+(kiln image import) instead of code: NAME names it, or the settings of
+DIR/kiln.yaml (default .) are used without its code.`,
+		Example: "  kiln deploy\n  kiln deploy --image example.com/hello:1 hello",
+		Args:    args(cobra.MaximumNArgs(1)),
 		RunE: func(cmd *cobra.Command, a []string) error {
 			dir := "."
 			if len(a) == 1 {
@@ -103,6 +111,9 @@ agent, which takes a minute or so.`,
 			cl, err := c.client(cmd)
 			if err != nil {
 				return err
+			}
+			if image != "" {
+				return c.deployImage(cmd, cl, image, dir)
 			}
 			cfgPath := filepath.Join(dir, goruntime.ConfigFile)
 			cfg, err := goruntime.LoadConfig(cfgPath)
@@ -128,6 +139,34 @@ agent, which takes a minute or so.`,
 			return nil
 		},
 	}
+	cmd.Flags().StringVar(&image, "image", "", "deploy the imported image `REF` instead of code")
+	return cmd
+}
+
+// deployImage deploys the image ref as the function arg names, or with
+// the settings of arg/kiln.yaml when arg is a directory holding one.
+func (c *cli) deployImage(cmd *cobra.Command, cl *client.Client, ref, arg string) error {
+	cfgPath := filepath.Join(arg, goruntime.ConfigFile)
+	cfg, err := goruntime.LoadConfig(cfgPath)
+	switch {
+	case errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENOTDIR):
+		if arg == "." {
+			return usageError{fmt.Errorf("deploy --image %s: name the function (or run it where a %s is)", ref, goruntime.ConfigFile)}
+		}
+		cfg = goruntime.Config{Name: arg}
+	case err != nil:
+		return err
+	}
+	spec, err := cfg.ImageSpec(ref)
+	if err != nil {
+		return usageError{fmt.Errorf("deploy --image %s: %w", ref, err)}
+	}
+	fn, err := cl.Deploy(cmd.Context(), cfg.Name, spec)
+	if err != nil {
+		return fmt.Errorf("deploy %s: %w", cfg.Name, c.agentError(cmd, err))
+	}
+	fmt.Fprintf(c.stdout, "Deployed %s (image %s) revision %s\n", fn.GetName(), fn.GetSpec().GetImage(), fn.GetRevision())
+	return nil
 }
 
 func (c *cli) invokeCmd() *cobra.Command {

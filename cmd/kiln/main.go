@@ -162,6 +162,7 @@ and calls.`,
 		c.callsCmd(),
 		c.keysCmd(),
 		c.runtimeCmd(),
+		c.imageCmd(),
 	)
 	return root
 }

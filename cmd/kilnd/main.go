@@ -65,6 +65,8 @@ type config struct {
 	maxConnsPerIP   int
 	headerTimeout   time.Duration
 	bodyTimeout     time.Duration
+	maxImageBytes   int
+	pullTimeout     time.Duration
 }
 
 func main() {
@@ -107,6 +109,8 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	fs.IntVar(&c.maxConnsPerIP, "max-conns-per-ip", api.DefaultMaxConnsPerIP, "connections each API listener keeps open from one client IP; more are refused (HTTP 429)")
 	fs.DurationVar(&c.headerTimeout, "header-timeout", api.DefaultHeaderTimeout, "bound on reading a request's headers (HTTP) and a new connection's handshake (gRPC)")
 	fs.DurationVar(&c.bodyTimeout, "body-timeout", api.DefaultBodyTimeout, "bound on reading a request's body over 64 KiB once its headers are in (smaller ones must come within --header-timeout; a deploy's gets at least 5m)")
+	fs.IntVar(&c.maxImageBytes, "max-image-bytes", api.DefaultMaxImageBytes, "size limit in `bytes` of an image archive kiln image import sends (held in memory while it is imported); a larger one is answered 413")
+	fs.DurationVar(&c.pullTimeout, "pull-timeout", ctrd.DefaultPullTimeout, "bound on pulling an image that a deploy names and that is not imported, from its registry (0: never pull)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -151,6 +155,9 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	}
 	if c.headerTimeout <= 0 {
 		return c, fmt.Errorf("--header-timeout %v: must be positive", c.headerTimeout)
+	}
+	if c.maxImageBytes <= 0 {
+		return c, fmt.Errorf("--max-image-bytes %d: must be positive", c.maxImageBytes)
 	}
 	if c.bodyTimeout <= 0 {
 		return c, fmt.Errorf("--body-timeout %v: must be positive", c.bodyTimeout)
@@ -292,6 +299,7 @@ func run(args []string, stderr io.Writer) error {
 		ctrd.WithCPUs(cfg.containerCPUs.String()),
 		ctrd.WithRuntimeBinary(cfg.runtimeBinary),
 		ctrd.WithStateDir(filepath.Join(cfg.dataDir, "driver")),
+		ctrd.WithPullTimeout(cfg.pullTimeout),
 		ctrd.WithLogger(log),
 	)
 	if err != nil {
@@ -454,6 +462,7 @@ func run(args []string, stderr io.Writer) error {
 		api.WithConnLimits(maxConns, cfg.maxConnsPerIP),
 		api.WithHeaderTimeout(cfg.headerTimeout),
 		api.WithBodyTimeout(cfg.bodyTimeout),
+		api.WithMaxImageBytes(cfg.maxImageBytes),
 		api.WithCallTracing(cfg.traceCalls),
 	)
 	grpcSrv, health := api.NewGRPCServer(a, api.WithGRPCLogger(log),

@@ -1,6 +1,9 @@
 // Package containerd is the real pool.Driver: it runs function containers
 // under containerd (runtime io.containerd.runc.v2, with runc or crun) from a
-// plain root filesystem directory, without images or snapshots.
+// plain root filesystem directory, without snapshots. It is also a
+// pool.ImageStore (images.go): imported OCI images live in containerd's
+// content store, and each is run from a directory its layers are applied
+// to.
 //
 // Every container gets the security defaults of kiln's design: uid/gid
 // pool.ContainerUID, a read-only root, no capabilities, no_new_privileges,
@@ -120,6 +123,7 @@ type options struct {
 	dialTimeout time.Duration
 	cgroupRoot  string
 	cpus        string // cpuset.cpus of every container; "" for all
+	pullTimeout time.Duration
 	log         *slog.Logger
 }
 
@@ -207,6 +211,10 @@ type Driver struct {
 	// the driver's record, or nil for a container known only by its id.
 	pending map[string]*container
 	closed  bool // guarded by mu
+
+	// imageMu serialises the making and removing of image root
+	// filesystem directories (images.go).
+	imageMu sync.Mutex
 }
 
 // container is the driver's record of a container it started.
@@ -242,6 +250,7 @@ func New(ctx context.Context, address string, opts ...Option) (*Driver, error) {
 		killTimeout: 10 * time.Second,
 		callTimeout: 30 * time.Second,
 		dialTimeout: 10 * time.Second,
+		pullTimeout: DefaultPullTimeout,
 		cgroupRoot:  "/sys/fs/cgroup",
 		log:         slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}

@@ -1,6 +1,7 @@
 package containerd
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -82,6 +83,9 @@ func checkSpec(spec pool.ContainerSpec) error {
 			}
 		}
 	}
+	if spec.Cwd != "" && (!filepath.IsAbs(spec.Cwd) || strings.IndexByte(spec.Cwd, 0) >= 0) {
+		return specError("Cwd", "%q is not an absolute path", spec.Cwd)
+	}
 	if len(spec.Args) == 0 || spec.Args[0] == "" {
 		return specError("Args", "empty")
 	}
@@ -143,7 +147,7 @@ func (d *Driver) specOpts(spec pool.ContainerSpec) []oci.SpecOpts {
 		oci.WithRootFSPath(spec.RootFS),
 		oci.WithRootFSReadonly(),
 		oci.WithProcessArgs(spec.Args...),
-		oci.WithProcessCwd("/"),
+		oci.WithProcessCwd(cmp.Or(spec.Cwd, "/")),
 		oci.WithEnv(spec.Env),
 		oci.WithUIDGID(pool.ContainerUID, pool.ContainerUID),
 		withNoCapabilities,

@@ -127,6 +127,29 @@ func (c Config) Spec(code []byte) (*kilnv1.FunctionSpec, error) {
 	return s, nil
 }
 
+// ImageSpec converts c to the spec of a function running the imported image
+// ref instead of code (runtime "image"): the handler, when set, replaces
+// the image's command; runtime and packages must be unset.
+func (c Config) ImageSpec(ref string) (*kilnv1.FunctionSpec, error) {
+	if ref == "" {
+		return nil, errors.New("image: empty reference")
+	}
+	if c.Runtime != "" && c.Runtime != "image" {
+		return nil, fmt.Errorf("runtime: %q with an image: leave it out (an image is its own runtime)", c.Runtime)
+	}
+	if len(c.Packages) > 0 {
+		return nil, errors.New("packages: an image brings its own files: leave them out")
+	}
+	plain := c
+	plain.Runtime, plain.Handler = "", ""
+	s, err := plain.spec()
+	if err != nil {
+		return nil, err
+	}
+	s.Runtime, s.Image, s.Handler = "image", ref, c.Handler
+	return s, nil
+}
+
 // spec validates c and converts it, without the code path.
 func (c Config) spec() (*kilnv1.FunctionSpec, error) {
 	if c.Name == "" {

@@ -31,7 +31,9 @@ const (
 type FunctionSpec struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// runtime names the language runtime: "go", "python3", "node", "ruby"
-	// or "binary" (docs/RUNTIMES.md).
+	// or "binary" (docs/RUNTIMES.md), or "image" for a function that runs
+	// an imported OCI image (image set; an empty runtime with image set
+	// means "image").
 	Runtime string `protobuf:"bytes,1,opt,name=runtime,proto3" json:"runtime,omitempty"`
 	// code is the function's files as a tar archive, gzip-compressed or not
 	// (in JSON: base64). It is unpacked into the function's own root
@@ -69,7 +71,15 @@ type FunctionSpec struct {
 	RequireKey bool `protobuf:"varint,13,opt,name=require_key,json=requireKey,proto3" json:"require_key,omitempty"`
 	// packages are Debian packages added to the runtime's root filesystem
 	// for this function (say jq, ffmpeg or python3-numpy); not for go.
-	Packages      []string `protobuf:"bytes,15,rep,name=packages,proto3" json:"packages,omitempty"`
+	Packages []string `protobuf:"bytes,15,rep,name=packages,proto3" json:"packages,omitempty"`
+	// image is the reference of an image imported into kilnd (kiln image
+	// import) whose entrypoint speaks kiln's executor protocol; the function
+	// runs on the image's root filesystem with its entrypoint and command
+	// (handler, when set, replaces the command, split at spaces), its
+	// environment under the function's env, and its working directory. An
+	// image function takes no code. The agent stores the image's canonical
+	// name here.
+	Image         string `protobuf:"bytes,16,opt,name=image,proto3" json:"image,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -200,6 +210,13 @@ func (x *FunctionSpec) GetPackages() []string {
 		return x.Packages
 	}
 	return nil
+}
+
+func (x *FunctionSpec) GetImage() string {
+	if x != nil {
+		return x.Image
+	}
+	return ""
 }
 
 // Function is a deployed function.
@@ -665,6 +682,128 @@ func (x *RuntimeList) GetRuntimes() []*Runtime {
 	return nil
 }
 
+// Image is an OCI image in kilnd's image store, as GET /v1/images lists
+// them.
+type Image struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is the image's canonical reference, as a FunctionSpec's image
+	// names it: "docker.io/library/hello:1", or "kiln.local/import@sha256:..."
+	// for an image imported without a name.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// digest is the digest of the image's manifest (or index).
+	Digest string `protobuf:"bytes,2,opt,name=digest,proto3" json:"digest,omitempty"`
+	// size_bytes is the size of its content for this node's platform
+	// (compressed layers, config and manifest).
+	SizeBytes     int64                  `protobuf:"varint,3,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	Created       *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=created,proto3" json:"created,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Image) Reset() {
+	*x = Image{}
+	mi := &file_kiln_v1_functions_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Image) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Image) ProtoMessage() {}
+
+func (x *Image) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_functions_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Image.ProtoReflect.Descriptor instead.
+func (*Image) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_functions_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *Image) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Image) GetDigest() string {
+	if x != nil {
+		return x.Digest
+	}
+	return ""
+}
+
+func (x *Image) GetSizeBytes() int64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
+func (x *Image) GetCreated() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Created
+	}
+	return nil
+}
+
+// ImageList is the answer to a listing of images and to an import (the
+// images the archive held).
+type ImageList struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Images        []*Image               `protobuf:"bytes,1,rep,name=images,proto3" json:"images,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImageList) Reset() {
+	*x = ImageList{}
+	mi := &file_kiln_v1_functions_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImageList) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImageList) ProtoMessage() {}
+
+func (x *ImageList) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_functions_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImageList.ProtoReflect.Descriptor instead.
+func (*ImageList) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_functions_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ImageList) GetImages() []*Image {
+	if x != nil {
+		return x.Images
+	}
+	return nil
+}
+
 // RuntimeBuildEvent is one line of the answer to a runtime build
 // (POST /v1/runtimes/{name}, newline-delimited JSON): progress lines with
 // stage and elapsed, then one last line with runtime or error.
@@ -684,7 +823,7 @@ type RuntimeBuildEvent struct {
 
 func (x *RuntimeBuildEvent) Reset() {
 	*x = RuntimeBuildEvent{}
-	mi := &file_kiln_v1_functions_proto_msgTypes[8]
+	mi := &file_kiln_v1_functions_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -696,7 +835,7 @@ func (x *RuntimeBuildEvent) String() string {
 func (*RuntimeBuildEvent) ProtoMessage() {}
 
 func (x *RuntimeBuildEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_functions_proto_msgTypes[8]
+	mi := &file_kiln_v1_functions_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -709,7 +848,7 @@ func (x *RuntimeBuildEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RuntimeBuildEvent.ProtoReflect.Descriptor instead.
 func (*RuntimeBuildEvent) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_functions_proto_rawDescGZIP(), []int{8}
+	return file_kiln_v1_functions_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RuntimeBuildEvent) GetStage() string {
@@ -744,7 +883,7 @@ var File_kiln_v1_functions_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_functions_proto_rawDesc = "" +
 	"\n" +
-	"\x17kiln/v1/functions.proto\x12\akiln.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd4\x04\n" +
+	"\x17kiln/v1/functions.proto\x12\akiln.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xea\x04\n" +
 	"\fFunctionSpec\x12\x18\n" +
 	"\aruntime\x18\x01 \x01(\tR\aruntime\x12\x12\n" +
 	"\x04code\x18\x0e \x01(\fR\x04code\x12\x18\n" +
@@ -762,7 +901,8 @@ const file_kiln_v1_functions_proto_rawDesc = "" +
 	"cpu_millis\x18\f \x01(\x05R\tcpuMillis\x12\x1f\n" +
 	"\vrequire_key\x18\r \x01(\bR\n" +
 	"requireKey\x12\x1a\n" +
-	"\bpackages\x18\x0f \x03(\tR\bpackages\x1a6\n" +
+	"\bpackages\x18\x0f \x03(\tR\bpackages\x12\x14\n" +
+	"\x05image\x18\x10 \x01(\tR\x05image\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01J\x04\b\x02\x10\x03\"\xd1\x01\n" +
@@ -800,7 +940,15 @@ const file_kiln_v1_functions_proto_rawDesc = "" +
 	"\n" +
 	"build_time\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\tbuildTime\";\n" +
 	"\vRuntimeList\x12,\n" +
-	"\bruntimes\x18\x01 \x03(\v2\x10.kiln.v1.RuntimeR\bruntimes\"\xb0\x01\n" +
+	"\bruntimes\x18\x01 \x03(\v2\x10.kiln.v1.RuntimeR\bruntimes\"\x88\x01\n" +
+	"\x05Image\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06digest\x18\x02 \x01(\tR\x06digest\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\x03 \x01(\x03R\tsizeBytes\x124\n" +
+	"\acreated\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\acreated\"3\n" +
+	"\tImageList\x12&\n" +
+	"\x06images\x18\x01 \x03(\v2\x0e.kiln.v1.ImageR\x06images\"\xb0\x01\n" +
 	"\x11RuntimeBuildEvent\x12\x14\n" +
 	"\x05stage\x18\x01 \x01(\tR\x05stage\x123\n" +
 	"\aelapsed\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\aelapsed\x12*\n" +
@@ -819,7 +967,7 @@ func file_kiln_v1_functions_proto_rawDescGZIP() []byte {
 	return file_kiln_v1_functions_proto_rawDescData
 }
 
-var file_kiln_v1_functions_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_kiln_v1_functions_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_kiln_v1_functions_proto_goTypes = []any{
 	(*FunctionSpec)(nil),          // 0: kiln.v1.FunctionSpec
 	(*Function)(nil),              // 1: kiln.v1.Function
@@ -829,34 +977,38 @@ var file_kiln_v1_functions_proto_goTypes = []any{
 	(*ContainerList)(nil),         // 5: kiln.v1.ContainerList
 	(*Runtime)(nil),               // 6: kiln.v1.Runtime
 	(*RuntimeList)(nil),           // 7: kiln.v1.RuntimeList
-	(*RuntimeBuildEvent)(nil),     // 8: kiln.v1.RuntimeBuildEvent
-	nil,                           // 9: kiln.v1.FunctionSpec.EnvEntry
-	(*durationpb.Duration)(nil),   // 10: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
+	(*Image)(nil),                 // 8: kiln.v1.Image
+	(*ImageList)(nil),             // 9: kiln.v1.ImageList
+	(*RuntimeBuildEvent)(nil),     // 10: kiln.v1.RuntimeBuildEvent
+	nil,                           // 11: kiln.v1.FunctionSpec.EnvEntry
+	(*durationpb.Duration)(nil),   // 12: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
 }
 var file_kiln_v1_functions_proto_depIdxs = []int32{
-	10, // 0: kiln.v1.FunctionSpec.timeout:type_name -> google.protobuf.Duration
-	9,  // 1: kiln.v1.FunctionSpec.env:type_name -> kiln.v1.FunctionSpec.EnvEntry
-	10, // 2: kiln.v1.FunctionSpec.freeze_after:type_name -> google.protobuf.Duration
-	10, // 3: kiln.v1.FunctionSpec.idle_timeout:type_name -> google.protobuf.Duration
+	12, // 0: kiln.v1.FunctionSpec.timeout:type_name -> google.protobuf.Duration
+	11, // 1: kiln.v1.FunctionSpec.env:type_name -> kiln.v1.FunctionSpec.EnvEntry
+	12, // 2: kiln.v1.FunctionSpec.freeze_after:type_name -> google.protobuf.Duration
+	12, // 3: kiln.v1.FunctionSpec.idle_timeout:type_name -> google.protobuf.Duration
 	0,  // 4: kiln.v1.Function.spec:type_name -> kiln.v1.FunctionSpec
-	11, // 5: kiln.v1.Function.created:type_name -> google.protobuf.Timestamp
-	11, // 6: kiln.v1.Function.updated:type_name -> google.protobuf.Timestamp
+	13, // 5: kiln.v1.Function.created:type_name -> google.protobuf.Timestamp
+	13, // 6: kiln.v1.Function.updated:type_name -> google.protobuf.Timestamp
 	1,  // 7: kiln.v1.FunctionList.functions:type_name -> kiln.v1.Function
-	11, // 8: kiln.v1.Container.created:type_name -> google.protobuf.Timestamp
-	11, // 9: kiln.v1.Container.last_used:type_name -> google.protobuf.Timestamp
+	13, // 8: kiln.v1.Container.created:type_name -> google.protobuf.Timestamp
+	13, // 9: kiln.v1.Container.last_used:type_name -> google.protobuf.Timestamp
 	4,  // 10: kiln.v1.ContainerList.containers:type_name -> kiln.v1.Container
-	11, // 11: kiln.v1.Runtime.built:type_name -> google.protobuf.Timestamp
-	10, // 12: kiln.v1.Runtime.build_time:type_name -> google.protobuf.Duration
+	13, // 11: kiln.v1.Runtime.built:type_name -> google.protobuf.Timestamp
+	12, // 12: kiln.v1.Runtime.build_time:type_name -> google.protobuf.Duration
 	6,  // 13: kiln.v1.RuntimeList.runtimes:type_name -> kiln.v1.Runtime
-	10, // 14: kiln.v1.RuntimeBuildEvent.elapsed:type_name -> google.protobuf.Duration
-	6,  // 15: kiln.v1.RuntimeBuildEvent.runtime:type_name -> kiln.v1.Runtime
-	3,  // 16: kiln.v1.RuntimeBuildEvent.error:type_name -> kiln.v1.Error
-	17, // [17:17] is the sub-list for method output_type
-	17, // [17:17] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	13, // 14: kiln.v1.Image.created:type_name -> google.protobuf.Timestamp
+	8,  // 15: kiln.v1.ImageList.images:type_name -> kiln.v1.Image
+	12, // 16: kiln.v1.RuntimeBuildEvent.elapsed:type_name -> google.protobuf.Duration
+	6,  // 17: kiln.v1.RuntimeBuildEvent.runtime:type_name -> kiln.v1.Runtime
+	3,  // 18: kiln.v1.RuntimeBuildEvent.error:type_name -> kiln.v1.Error
+	19, // [19:19] is the sub-list for method output_type
+	19, // [19:19] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_functions_proto_init() }
@@ -870,7 +1022,7 @@ func file_kiln_v1_functions_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kiln_v1_functions_proto_rawDesc), len(file_kiln_v1_functions_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -13,6 +13,7 @@ import (
 	"slices"
 
 	"github.com/kilnfx/kiln/runtimes/binary"
+	"github.com/kilnfx/kiln/runtimes/cpp"
 	"github.com/kilnfx/kiln/runtimes/node"
 	"github.com/kilnfx/kiln/runtimes/python3"
 )
@@ -25,7 +26,8 @@ type Runtime struct {
 	// built from Debian packages.
 	Recipe []byte
 	// Worker is the source of the worker bootstrap the executor runs, or
-	// nil for a runtime with no long-lived worker (binary).
+	// nil for a runtime with no worker bootstrap (binary; cpp, whose program
+	// is its own worker).
 	Worker []byte
 	// Template holds the files `kiln init` writes, as text/template
 	// sources named <file>.tmpl.
@@ -38,6 +40,7 @@ var all = []*Runtime{
 	{Name: python3.Name, Recipe: python3.Recipe, Worker: python3.Worker, Template: python3.Template, Handler: python3.Handler},
 	{Name: node.Name, Recipe: node.Recipe, Worker: node.Worker, Template: node.Template, Handler: node.Handler},
 	{Name: binary.Name, Recipe: binary.Recipe, Template: binary.Template, Handler: binary.Handler},
+	{Name: cpp.Name, Recipe: cpp.Recipe, Template: cpp.Template, Handler: cpp.Handler},
 }
 
 // Get returns the named runtime, or nil when kiln has none of that name.

@@ -19,6 +19,7 @@ import (
 	"github.com/kilnfx/kiln/agent/bundle"
 	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
 	"github.com/kilnfx/kiln/runtimes"
+	"github.com/kilnfx/kiln/runtimes/cpp"
 	goruntime "github.com/kilnfx/kiln/runtimes/go"
 )
 
@@ -88,7 +89,9 @@ func (c *cli) deployCmd() *cobra.Command {
 		Long: `deploy reads DIR/kiln.yaml and sends the function's code and settings to
 the agent, which may be on another machine. A Go function is built into one
 static binary (DIR/.kiln/build/handler; this needs the go command) and that
-binary is its code. For the other runtimes the code is the directory itself,
+binary is its code; so is a C++ function (DIR/handler.cpp compiled with
+g++ -static and kiln's SDK; this needs g++). For the other runtimes the
+code is the directory itself,
 without version control and editor files (.git, .kiln, __pycache__, ...);
 a node function with a package.json gets its dependencies installed first
 (npm install --omit=dev; this needs npm). The packed code must stay under
@@ -296,6 +299,13 @@ func (c *cli) packCode(cmd *cobra.Command, dir string, cfg goruntime.Config) ([]
 			return nil, err
 		}
 		return bundle.PackBytes("", map[string]string{"handler": bin}, limit)
+	case cpp.Name:
+		fmt.Fprintf(c.stderr, "Building %s (%s)...\n", cfg.Name, cpp.Compiler)
+		bin, err := cpp.Build(cmd.Context(), dir)
+		if err != nil {
+			return nil, err
+		}
+		return bundle.PackBytes("", map[string]string{cpp.Handler: bin}, limit)
 	case "node":
 		if _, err := os.Stat(filepath.Join(dir, "package.json")); err == nil {
 			fmt.Fprintf(c.stderr, "Installing the dependencies of %s (npm install --omit=dev)...\n", cfg.Name)

@@ -13,6 +13,7 @@ import (
 	"github.com/kilnfx/kiln/executor/stem"
 	pb "github.com/kilnfx/kiln/proto/executorpb"
 	"github.com/kilnfx/kiln/runtimes/binary"
+	"github.com/kilnfx/kiln/runtimes/cpp"
 	"github.com/kilnfx/kiln/runtimes/node"
 	"github.com/kilnfx/kiln/runtimes/python3"
 )
@@ -94,6 +95,9 @@ func Serve(ctx context.Context, cfg Config) error {
 	if cfg.Runtime == binary.Name {
 		return serveFork(ctx, cfg)
 	}
+	if cfg.Runtime == cpp.Name {
+		return serveProgram(ctx, cfg)
+	}
 	argv, ok := Command(cfg.Runtime)
 	if !ok {
 		return fmt.Errorf("unknown runtime %q", cfg.Runtime)
@@ -112,22 +116,7 @@ func Serve(ctx context.Context, cfg Config) error {
 	defer p.Close()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	go func() {
-		select {
-		case <-p.Done():
-			cancel() // ends the session at once: the agent replaces the container
-		case <-ctx.Done():
-		}
-	}()
-	died := func(err error) error {
-		if perr := p.Err(); perr != nil && !errors.Is(perr, ErrClosed) {
-			if st := p.ExitState(exitGrace); st != nil {
-				fmt.Fprintf(stderrOf(cfg), "kiln-executor: worker %d exited: %v\n", p.Pid(), st)
-			}
-			return perr
-		}
-		return err
-	}
+	died := supervise(ctx, cancel, cfg, p)
 
 	function := cfg.Function
 	if cfg.Handler == "" {
@@ -143,6 +132,29 @@ func Serve(ctx context.Context, cfg Config) error {
 	}
 	err = sdk.RunWith(ctx, cfg.Socket, sdk.RunOptions{Function: function, Runtime: cfg.Runtime, Version: p.Version()}, p.Call)
 	return died(err)
+}
+
+// supervise cancels ctx (with cancel) when p dies, which ends the session
+// at once so that the agent replaces the container, and returns died: the
+// error to return instead of err, which is p's death when p died (its exit
+// status then printed on cfg's stderr).
+func supervise(ctx context.Context, cancel context.CancelFunc, cfg Config, p *Process) (died func(err error) error) {
+	go func() {
+		select {
+		case <-p.Done():
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return func(err error) error {
+		if perr := p.Err(); perr != nil && !errors.Is(perr, ErrClosed) {
+			if st := p.ExitState(exitGrace); st != nil {
+				fmt.Fprintf(stderrOf(cfg), "kiln-executor: worker %d exited: %v\n", p.Pid(), st)
+			}
+			return perr
+		}
+		return err
+	}
 }
 
 // serveFork serves cfg with the binary runtime.

@@ -59,7 +59,7 @@ func writeFiles(t *testing.T, files map[string]string) string {
 	return dir
 }
 
-// TestRuntimes builds the python3, node and binary runtimes, then follows
+// TestRuntimes builds the python3, node, binary and cpp runtimes, then follows
 // a user of each: kiln init, kiln deploy, kiln invoke; and checks the
 // handler conventions, failures, stem cells, extra packages and a flood of
 // output.
@@ -71,7 +71,7 @@ func TestRuntimes(t *testing.T) {
 	k := startKilnd(t, shortTempDir(t), "--runtimes-dir", runtimesCache)
 	work := t.TempDir()
 
-	for _, rt := range []string{"python3", "node", "binary"} {
+	for _, rt := range []string{"python3", "node", "binary", "cpp"} {
 		out, err := kilnCLI(t, k, work, "", "runtime", "build", rt)
 		if err != nil {
 			t.Fatalf("kiln runtime build %s: %v\n%s", rt, err, out)
@@ -86,7 +86,7 @@ func TestRuntimes(t *testing.T) {
 		t.Fatalf("kiln runtime list: %v\n%s", err, out)
 	}
 	t.Logf("kiln runtime list:\n%s", out)
-	for _, rt := range []string{"python3", "node", "binary"} {
+	for _, rt := range []string{"python3", "node", "binary", "cpp"} {
 		if !strings.Contains(out, rt) {
 			t.Errorf("kiln runtime list lacks %s", rt)
 		}
@@ -97,7 +97,7 @@ func TestRuntimes(t *testing.T) {
 	}
 
 	t.Run("templates", func(t *testing.T) {
-		for _, rt := range []string{"python3", "node", "binary"} {
+		for _, rt := range []string{"python3", "node", "binary", "cpp"} {
 			name := "hello-" + rt
 			if out, err := kilnCLI(t, k, work, "", "init", "--runtime", rt, name); err != nil {
 				t.Fatalf("kiln init --runtime %s: %v\n%s", rt, err, out)
@@ -203,6 +203,48 @@ def handle(req):
 			t.Errorf("a worker crash answered %d %q, want 502", r.status, r.body)
 		}
 		r, _ = invoke(k.url, "js", "after")
+		if r.status != 200 || string(r.body) != "after" {
+			t.Errorf("the call after a crash: %d %q", r.status, r.body)
+		}
+	})
+
+	t.Run("cpp", func(t *testing.T) {
+		dir := writeFiles(t, map[string]string{
+			"kiln.yaml": "name: cc\nruntime: cpp\n",
+			"handler.cpp": `#include <cstdlib>
+#include <stdexcept>
+#include "kiln.hpp"
+
+kiln::Response handle(const kiln::Request& req) {
+    if (req.body == "raise") throw std::runtime_error("c++ says no");
+    if (req.body == "crash") std::_Exit(3);
+    if (req.body == "where") return kiln::Response{200, {{"X-Path", req.path}}, req.method + " " + req.query};
+    return kiln::Response{200, {}, req.body};
+}
+
+int main() { return kiln::serve(handle); }
+`,
+		})
+		if out, err := kilnCLI(t, k, dir, "", "deploy"); err != nil {
+			t.Fatalf("kiln deploy: %v\n%s", err, out)
+		}
+		r, err := invoke(k.url, "cc", "echo me")
+		if err != nil || r.status != 200 || string(r.body) != "echo me" {
+			t.Fatalf("echo: %v %d %q", err, r.status, r.body)
+		}
+		r, _ = invoke(k.url, "cc/p?x=y", "where")
+		if r.status != 200 || r.header.Get("X-Path") != "/p" || string(r.body) != "POST x=y" {
+			t.Errorf("where: %d %v %q", r.status, r.header, r.body)
+		}
+		r, _ = invoke(k.url, "cc", "raise")
+		if r.status != 500 || !strings.Contains(string(r.body), "c++ says no") {
+			t.Errorf("an exception answered %d %q, want 500 with its message", r.status, r.body)
+		}
+		r, _ = invoke(k.url, "cc", "crash")
+		if r.status != 502 {
+			t.Errorf("a crash answered %d %q, want 502", r.status, r.body)
+		}
+		r, _ = invoke(k.url, "cc", "after")
 		if r.status != 200 || string(r.body) != "after" {
 			t.Errorf("the call after a crash: %d %q", r.status, r.body)
 		}

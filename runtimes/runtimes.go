@@ -14,6 +14,7 @@ import (
 
 	"github.com/kilnfx/kiln/runtimes/binary"
 	"github.com/kilnfx/kiln/runtimes/cpp"
+	"github.com/kilnfx/kiln/runtimes/java"
 	"github.com/kilnfx/kiln/runtimes/node"
 	"github.com/kilnfx/kiln/runtimes/python3"
 )
@@ -41,6 +42,7 @@ var all = []*Runtime{
 	{Name: node.Name, Recipe: node.Recipe, Worker: node.Worker, Template: node.Template, Handler: node.Handler},
 	{Name: binary.Name, Recipe: binary.Recipe, Template: binary.Template, Handler: binary.Handler},
 	{Name: cpp.Name, Recipe: cpp.Recipe, Template: cpp.Template, Handler: cpp.Handler},
+	{Name: java.Name, Recipe: java.Recipe, Worker: java.WorkerSource(), Template: java.Template, Handler: java.Handler},
 }
 
 // Get returns the named runtime, or nil when kiln has none of that name.

@@ -14,6 +14,7 @@ import (
 	pb "github.com/kilnfx/kiln/proto/executorpb"
 	"github.com/kilnfx/kiln/runtimes/binary"
 	"github.com/kilnfx/kiln/runtimes/cpp"
+	"github.com/kilnfx/kiln/runtimes/java"
 	"github.com/kilnfx/kiln/runtimes/node"
 	"github.com/kilnfx/kiln/runtimes/python3"
 )
@@ -37,6 +38,8 @@ func Command(runtime string) ([]string, bool) {
 		return []string{"python3", "-u", "-B", "-c", string(python3.Worker)}, true
 	case node.Name:
 		return []string{"node", "-e", string(node.Worker)}, true
+	case java.Name:
+		return javaCommand(), true
 	}
 	return nil, false
 }
@@ -108,6 +111,14 @@ func Serve(ctx context.Context, cfg Config) error {
 		// warns on stderr when it is missing, as it is in the runtime's
 		// root filesystem (ca-certificates is not in it).
 		env = append(slices.Clip(env), "NODE_EXTRA_CA_CERTS=")
+	}
+	if cfg.Runtime == java.Name {
+		var cleanup func()
+		var err error
+		if argv, env, cleanup, err = prepareJava(cfg, argv, env); err != nil {
+			return err
+		}
+		defer cleanup()
 	}
 	p, err := Start(ctx, argv, Options{Stdout: cfg.Stdout, Stderr: cfg.Stderr, Env: env, Dir: cfg.CodeDir})
 	if err != nil {

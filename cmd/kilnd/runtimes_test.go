@@ -59,7 +59,7 @@ func writeFiles(t *testing.T, files map[string]string) string {
 	return dir
 }
 
-// TestRuntimes builds the python3, node, binary and cpp runtimes, then follows
+// TestRuntimes builds the python3, node, binary, cpp and java runtimes, then follows
 // a user of each: kiln init, kiln deploy, kiln invoke; and checks the
 // handler conventions, failures, stem cells, extra packages and a flood of
 // output.
@@ -71,7 +71,7 @@ func TestRuntimes(t *testing.T) {
 	k := startKilnd(t, shortTempDir(t), "--runtimes-dir", runtimesCache)
 	work := t.TempDir()
 
-	for _, rt := range []string{"python3", "node", "binary", "cpp"} {
+	for _, rt := range []string{"python3", "node", "binary", "cpp", "java"} {
 		out, err := kilnCLI(t, k, work, "", "runtime", "build", rt)
 		if err != nil {
 			t.Fatalf("kiln runtime build %s: %v\n%s", rt, err, out)
@@ -86,7 +86,7 @@ func TestRuntimes(t *testing.T) {
 		t.Fatalf("kiln runtime list: %v\n%s", err, out)
 	}
 	t.Logf("kiln runtime list:\n%s", out)
-	for _, rt := range []string{"python3", "node", "binary", "cpp"} {
+	for _, rt := range []string{"python3", "node", "binary", "cpp", "java"} {
 		if !strings.Contains(out, rt) {
 			t.Errorf("kiln runtime list lacks %s", rt)
 		}
@@ -97,7 +97,7 @@ func TestRuntimes(t *testing.T) {
 	}
 
 	t.Run("templates", func(t *testing.T) {
-		for _, rt := range []string{"python3", "node", "binary", "cpp"} {
+		for _, rt := range []string{"python3", "node", "binary", "cpp", "java"} {
 			name := "hello-" + rt
 			if out, err := kilnCLI(t, k, work, "", "init", "--runtime", rt, name); err != nil {
 				t.Fatalf("kiln init --runtime %s: %v\n%s", rt, err, out)
@@ -245,6 +245,48 @@ int main() { return kiln::serve(handle); }
 			t.Errorf("a crash answered %d %q, want 502", r.status, r.body)
 		}
 		r, _ = invoke(k.url, "cc", "after")
+		if r.status != 200 || string(r.body) != "after" {
+			t.Errorf("the call after a crash: %d %q", r.status, r.body)
+		}
+	})
+
+	t.Run("java", func(t *testing.T) {
+		dir := writeFiles(t, map[string]string{
+			"kiln.yaml": "name: jv\nruntime: java\nmemory: 256\n",
+			"Handler.java": `import java.util.Map;
+
+public class Handler {
+    public static Object handle(kiln.Request req) {
+        switch (req.text()) {
+            case "raise": throw new IllegalArgumentException("java says no");
+            case "crash": Runtime.getRuntime().halt(3);
+            case "json": return Map.of("path", req.path, "query", req.query);
+        }
+        return req.body;
+    }
+}
+`,
+		})
+		if out, err := kilnCLI(t, k, dir, "", "deploy"); err != nil {
+			t.Fatalf("kiln deploy: %v\n%s", err, out)
+		}
+		r, err := invoke(k.url, "jv", "echo me")
+		if err != nil || r.status != 200 || string(r.body) != "echo me" {
+			t.Fatalf("echo: %v %d %q", err, r.status, r.body)
+		}
+		r, _ = invoke(k.url, "jv/p?x=y", "json")
+		if r.status != 200 || !strings.Contains(string(r.body), `"path":"/p"`) || r.header.Get("Content-Type") != "application/json" {
+			t.Errorf("json: %d %v %q", r.status, r.header, r.body)
+		}
+		r, _ = invoke(k.url, "jv", "raise")
+		if r.status != 500 || !strings.Contains(string(r.body), "java says no") {
+			t.Errorf("an exception answered %d %q, want 500 with its message", r.status, r.body)
+		}
+		r, _ = invoke(k.url, "jv", "crash")
+		if r.status != 502 {
+			t.Errorf("a crash answered %d %q, want 502", r.status, r.body)
+		}
+		r, _ = invoke(k.url, "jv", "after")
 		if r.status != 200 || string(r.body) != "after" {
 			t.Errorf("the call after a crash: %d %q", r.status, r.body)
 		}

@@ -341,25 +341,28 @@ public class Handler {
 	})
 }
 
-// TestRuntimeStemCells: a python3 or node function's first call is served
-// by a stem cell that already holds the interpreter.
+// TestRuntimeStemCells: a python3, node or java function's first call is
+// served by a stem cell that already holds the interpreter (the JVM, with
+// kiln's worker compiled); a cpp function's by a stem cell started ahead.
 func TestRuntimeStemCells(t *testing.T) {
 	requireIntegration(t)
 	if err := os.MkdirAll(runtimesCache, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	k := startKilnd(t, shortTempDir(t), "--runtimes-dir", runtimesCache, "--stem-cells", "python3=1,node=1")
+	k := startKilnd(t, shortTempDir(t), "--runtimes-dir", runtimesCache, "--stem-cells", "python3=1,node=1,cpp=1,java=1")
 	for _, c := range []struct{ rt, file, src string }{
 		{"python3", "handler.py", "def handle(req):\n    return b'stem:' + req.body\n"},
 		{"node", "handler.js", "module.exports = (req) => 'stem:' + req.body.toString();\n"},
+		{"cpp", "handler.cpp", "#include \"kiln.hpp\"\nint main() { return kiln::serve([](const kiln::Request& req) { return kiln::Response{200, {}, \"stem:\" + req.body}; }); }\n"},
+		{"java", "Handler.java", "public class Handler {\n    public static Object handle(kiln.Request req) { return \"stem:\" + req.text(); }\n}\n"},
 	} {
-		dir := writeFiles(t, map[string]string{c.file: c.src})
 		name := "stem-" + c.rt
+		dir := writeFiles(t, map[string]string{c.file: c.src, "kiln.yaml": "name: " + name + "\nruntime: " + c.rt + "\n"})
 		eventually(t, stemReadyTimeout, "a frozen "+c.rt+" stem cell", func() bool {
 			return strings.Contains(k.logs.String(), `"msg":"stem cell ready","runtime":"`+c.rt+`"`)
 		})
-		if r := deployDir(t, k, name, dir, map[string]any{"runtime": c.rt}); r.status != 200 {
-			t.Fatalf("deploy %s: %d %s", name, r.status, r.body)
+		if out, err := kilnCLI(t, k, dir, "", "deploy"); err != nil {
+			t.Fatalf("kiln deploy %s: %v\n%s", name, err, out)
 		}
 		r, err := invoke(k.url, name, "x")
 		if err != nil || r.status != 200 || string(r.body) != "stem:x" {

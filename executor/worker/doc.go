@@ -1,13 +1,13 @@
 // Package worker is the generic executor: it serves functions written in
 // languages other than Go by supervising one long-lived worker process per
-// container (python3, node; for cpp the worker is the function's own
+// container (python3, node, java; for cpp the worker is the function's own
 // program), or by forking a program per call (binary).
 //
 // # Environment
 //
 // The agent starts the executor (cmd/kiln-executor) with:
 //
-//	KILN_RUNTIME      python3, node, binary or cpp (unset or "go": the Go stem cell, not this package)
+//	KILN_RUNTIME      python3, node, java, binary or cpp (unset or "go": the Go stem cell, not this package)
 //	KILN_CODE_DIR     the function's code directory, e.g. /function
 //	KILN_HANDLER      the handler file, relative to KILN_CODE_DIR (handler.py,
 //	                  handler.js, or the program to run for binary and cpp); unset: stem cell
@@ -35,6 +35,10 @@
 // (the SDK applies env and dir). With no interpreter to keep up, a cpp stem
 // cell starts no worker: it waits for Init and then starts the program
 // Init names, so it spares a call only the container's start.
+//
+// The java worker is kiln.Worker (runtimes/java): in function mode it runs
+// from the function's classes, which hold it; a java stem cell runs it in
+// the JVM's source-file mode and loads the function's classes on Init.
 //
 // When the worker exits, or breaks the protocol, every call in flight and
 // every later call fails, and Serve returns an error (the executor exits 1)

@@ -28,7 +28,7 @@ type Config struct {
 	// Name is the function's name (required).
 	Name string `yaml:"name"`
 	// Runtime is the function's runtime: "go" (the default), "python3",
-	// "node", "binary" or "cpp".
+	// "node", "binary", "cpp" or "java".
 	Runtime string `yaml:"runtime"`
 	// Handler is the file of the function's directory that handles calls
 	// (default: the runtime's, e.g. handler.py); not for go nor cpp, whose

@@ -48,7 +48,7 @@ func installCode(functionsDir, name string, archive []byte, runtime, handler str
 	switch {
 	case err != nil || !hi.Mode().IsRegular():
 		return "", "", fmt.Errorf("%w: handler: %q is not a file of the code archive", ErrInvalidArgument, handler)
-	case hi.Mode()&0o111 == 0 && (runtime == "go" || runtime == "binary"):
+	case hi.Mode()&0o111 == 0 && (runtime == "go" || runtime == "binary" || runtime == "cpp"):
 		return "", "", fmt.Errorf("%w: handler: %q is not an executable file of the code archive", ErrInvalidArgument, handler)
 	}
 	if runtime == "go" {

@@ -13,6 +13,8 @@ import (
 	"slices"
 
 	"github.com/kilnfx/kiln/runtimes/binary"
+	"github.com/kilnfx/kiln/runtimes/cpp"
+	"github.com/kilnfx/kiln/runtimes/java"
 	"github.com/kilnfx/kiln/runtimes/node"
 	"github.com/kilnfx/kiln/runtimes/python3"
 	"github.com/kilnfx/kiln/runtimes/ruby"
@@ -26,7 +28,8 @@ type Runtime struct {
 	// built from Debian packages.
 	Recipe []byte
 	// Worker is the source of the worker bootstrap the executor runs, or
-	// nil for a runtime with no long-lived worker (binary).
+	// nil for a runtime with no worker bootstrap (binary; cpp, whose program
+	// is its own worker).
 	Worker []byte
 	// Template holds the files `kiln init` writes, as text/template
 	// sources named <file>.tmpl.
@@ -40,6 +43,8 @@ var all = []*Runtime{
 	{Name: node.Name, Recipe: node.Recipe, Worker: node.Worker, Template: node.Template, Handler: node.Handler},
 	{Name: ruby.Name, Recipe: ruby.Recipe, Worker: ruby.Worker, Template: ruby.Template, Handler: ruby.Handler},
 	{Name: binary.Name, Recipe: binary.Recipe, Template: binary.Template, Handler: binary.Handler},
+	{Name: cpp.Name, Recipe: cpp.Recipe, Template: cpp.Template, Handler: cpp.Handler},
+	{Name: java.Name, Recipe: java.Recipe, Worker: java.WorkerSource(), Template: java.Template, Handler: java.Handler},
 }
 
 // Get returns the named runtime, or nil when kiln has none of that name.

@@ -21,7 +21,9 @@ import (
 	"github.com/kilnfx/kiln/api/client"
 	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
 	"github.com/kilnfx/kiln/runtimes"
+	"github.com/kilnfx/kiln/runtimes/cpp"
 	goruntime "github.com/kilnfx/kiln/runtimes/go"
+	"github.com/kilnfx/kiln/runtimes/java"
 )
 
 // runtimeNames lists every runtime kiln init and kiln deploy know.
@@ -91,7 +93,11 @@ func (c *cli) deployCmd() *cobra.Command {
 		Long: `deploy reads DIR/kiln.yaml and sends the function's code and settings to
 the agent, which may be on another machine. A Go function is built into one
 static binary (DIR/.kiln/build/handler; this needs the go command) and that
-binary is its code. For the other runtimes the code is the directory itself,
+binary is its code; so is a C++ function (DIR/handler.cpp compiled with
+g++ -static and kiln's SDK; this needs g++), and a Java function's
+classes (its .java files compiled with kiln's worker; this needs javac).
+For the other runtimes the
+code is the directory itself,
 without version control and editor files (.git, .kiln, __pycache__, ...);
 a node function with a package.json gets its dependencies installed first
 (npm install --omit=dev; this needs npm). The packed code must stay under
@@ -335,6 +341,20 @@ func (c *cli) packCode(cmd *cobra.Command, dir string, cfg goruntime.Config) ([]
 			return nil, err
 		}
 		return bundle.PackBytes("", map[string]string{"handler": bin}, limit)
+	case cpp.Name:
+		fmt.Fprintf(c.stderr, "Building %s (%s)...\n", cfg.Name, cpp.Compiler)
+		bin, err := cpp.Build(cmd.Context(), dir)
+		if err != nil {
+			return nil, err
+		}
+		return bundle.PackBytes("", map[string]string{cpp.Handler: bin}, limit)
+	case java.Name:
+		fmt.Fprintf(c.stderr, "Building %s (%s)...\n", cfg.Name, java.Compiler)
+		classes, err := java.Build(cmd.Context(), dir)
+		if err != nil {
+			return nil, err
+		}
+		return bundle.PackBytes(classes, nil, limit)
 	case "node":
 		if _, err := os.Stat(filepath.Join(dir, "package.json")); err == nil {
 			fmt.Fprintf(c.stderr, "Installing the dependencies of %s (npm install --omit=dev)...\n", cfg.Name)

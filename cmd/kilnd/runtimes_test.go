@@ -62,7 +62,7 @@ func writeFiles(t *testing.T, files map[string]string) string {
 	return dir
 }
 
-// TestRuntimes builds the python3, node, ruby and binary runtimes, then follows
+// TestRuntimes builds the python3, node, ruby, binary, cpp and java runtimes, then follows
 // a user of each: kiln init, kiln deploy, kiln invoke; and checks the
 // handler conventions, failures, stem cells, extra packages and a flood of
 // output.
@@ -74,7 +74,7 @@ func TestRuntimes(t *testing.T) {
 	k := startKilnd(t, shortTempDir(t), "--runtimes-dir", runtimesCache)
 	work := t.TempDir()
 
-	for _, rt := range []string{"python3", "node", "ruby", "binary"} {
+	for _, rt := range []string{"python3", "node", "ruby", "binary", "cpp", "java"} {
 		out, err := kilnCLI(t, k, work, "", "runtime", "build", rt)
 		if err != nil {
 			t.Fatalf("kiln runtime build %s: %v\n%s", rt, err, out)
@@ -89,7 +89,7 @@ func TestRuntimes(t *testing.T) {
 		t.Fatalf("kiln runtime list: %v\n%s", err, out)
 	}
 	t.Logf("kiln runtime list:\n%s", out)
-	for _, rt := range []string{"python3", "node", "ruby", "binary"} {
+	for _, rt := range []string{"python3", "node", "ruby", "binary", "cpp", "java"} {
 		if !strings.Contains(out, rt) {
 			t.Errorf("kiln runtime list lacks %s", rt)
 		}
@@ -100,7 +100,7 @@ func TestRuntimes(t *testing.T) {
 	}
 
 	t.Run("templates", func(t *testing.T) {
-		for _, rt := range []string{"python3", "node", "ruby", "binary"} {
+		for _, rt := range []string{"python3", "node", "ruby", "binary", "cpp", "java"} {
 			name := "hello-" + rt
 			if out, err := kilnCLI(t, k, work, "", "init", "--runtime", rt, name); err != nil {
 				t.Fatalf("kiln init --runtime %s: %v\n%s", rt, err, out)
@@ -233,6 +233,90 @@ def handle(req):
 		}
 	})
 
+	t.Run("cpp", func(t *testing.T) {
+		dir := writeFiles(t, map[string]string{
+			"kiln.yaml": "name: cc\nruntime: cpp\n",
+			"handler.cpp": `#include <cstdlib>
+#include <stdexcept>
+#include "kiln.hpp"
+
+kiln::Response handle(const kiln::Request& req) {
+    if (req.body == "raise") throw std::runtime_error("c++ says no");
+    if (req.body == "crash") std::_Exit(3);
+    if (req.body == "where") return kiln::Response{200, {{"X-Path", req.path}}, req.method + " " + req.query};
+    return kiln::Response{200, {}, req.body};
+}
+
+int main() { return kiln::serve(handle); }
+`,
+		})
+		if out, err := kilnCLI(t, k, dir, "", "deploy"); err != nil {
+			t.Fatalf("kiln deploy: %v\n%s", err, out)
+		}
+		r, err := invoke(k.url, "cc", "echo me")
+		if err != nil || r.status != 200 || string(r.body) != "echo me" {
+			t.Fatalf("echo: %v %d %q", err, r.status, r.body)
+		}
+		r, _ = invoke(k.url, "cc/p?x=y", "where")
+		if r.status != 200 || r.header.Get("X-Path") != "/p" || string(r.body) != "POST x=y" {
+			t.Errorf("where: %d %v %q", r.status, r.header, r.body)
+		}
+		r, _ = invoke(k.url, "cc", "raise")
+		if r.status != 500 || !strings.Contains(string(r.body), "c++ says no") {
+			t.Errorf("an exception answered %d %q, want 500 with its message", r.status, r.body)
+		}
+		r, _ = invoke(k.url, "cc", "crash")
+		if r.status != 502 {
+			t.Errorf("a crash answered %d %q, want 502", r.status, r.body)
+		}
+		r, _ = invoke(k.url, "cc", "after")
+		if r.status != 200 || string(r.body) != "after" {
+			t.Errorf("the call after a crash: %d %q", r.status, r.body)
+		}
+	})
+
+	t.Run("java", func(t *testing.T) {
+		dir := writeFiles(t, map[string]string{
+			"kiln.yaml": "name: jv\nruntime: java\nmemory: 256\n",
+			"Handler.java": `import java.util.Map;
+
+public class Handler {
+    public static Object handle(kiln.Request req) {
+        switch (req.text()) {
+            case "raise": throw new IllegalArgumentException("java says no");
+            case "crash": Runtime.getRuntime().halt(3);
+            case "json": return Map.of("path", req.path, "query", req.query);
+        }
+        return req.body;
+    }
+}
+`,
+		})
+		if out, err := kilnCLI(t, k, dir, "", "deploy"); err != nil {
+			t.Fatalf("kiln deploy: %v\n%s", err, out)
+		}
+		r, err := invoke(k.url, "jv", "echo me")
+		if err != nil || r.status != 200 || string(r.body) != "echo me" {
+			t.Fatalf("echo: %v %d %q", err, r.status, r.body)
+		}
+		r, _ = invoke(k.url, "jv/p?x=y", "json")
+		if r.status != 200 || !strings.Contains(string(r.body), `"path":"/p"`) || r.header.Get("Content-Type") != "application/json" {
+			t.Errorf("json: %d %v %q", r.status, r.header, r.body)
+		}
+		r, _ = invoke(k.url, "jv", "raise")
+		if r.status != 500 || !strings.Contains(string(r.body), "java says no") {
+			t.Errorf("an exception answered %d %q, want 500 with its message", r.status, r.body)
+		}
+		r, _ = invoke(k.url, "jv", "crash")
+		if r.status != 502 {
+			t.Errorf("a crash answered %d %q, want 502", r.status, r.body)
+		}
+		r, _ = invoke(k.url, "jv", "after")
+		if r.status != 200 || string(r.body) != "after" {
+			t.Errorf("the call after a crash: %d %q", r.status, r.body)
+		}
+	})
+
 	t.Run("node with npm dependencies", func(t *testing.T) {
 		dir := writeFiles(t, map[string]string{
 			"kiln.yaml":    "name: js-deps\nruntime: node\nhandler: handler.js\n",
@@ -319,26 +403,29 @@ end
 	})
 }
 
-// TestRuntimeStemCells: a python3, node or ruby function's first call is served
-// by a stem cell that already holds the interpreter.
+// TestRuntimeStemCells: a python3, node, ruby or java function's first call
+// is served by a stem cell that already holds the interpreter (the JVM, with
+// kiln's worker compiled); a cpp function's by a stem cell started ahead.
 func TestRuntimeStemCells(t *testing.T) {
 	requireIntegration(t)
 	if err := os.MkdirAll(runtimesCache, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	k := startKilnd(t, shortTempDir(t), "--runtimes-dir", runtimesCache, "--stem-cells", "python3=1,node=1,ruby=1")
+	k := startKilnd(t, shortTempDir(t), "--runtimes-dir", runtimesCache, "--stem-cells", "python3=1,node=1,ruby=1,cpp=1,java=1")
 	for _, c := range []struct{ rt, file, src string }{
 		{"python3", "handler.py", "def handle(req):\n    return b'stem:' + req.body\n"},
 		{"node", "handler.js", "module.exports = (req) => 'stem:' + req.body.toString();\n"},
 		{"ruby", "handler.rb", "def handle(req)\n  'stem:' + req.body\nend\n"},
+		{"cpp", "handler.cpp", "#include \"kiln.hpp\"\nint main() { return kiln::serve([](const kiln::Request& req) { return kiln::Response{200, {}, \"stem:\" + req.body}; }); }\n"},
+		{"java", "Handler.java", "public class Handler {\n    public static Object handle(kiln.Request req) { return \"stem:\" + req.text(); }\n}\n"},
 	} {
-		dir := writeFiles(t, map[string]string{c.file: c.src})
 		name := "stem-" + c.rt
+		dir := writeFiles(t, map[string]string{c.file: c.src, "kiln.yaml": "name: " + name + "\nruntime: " + c.rt + "\n"})
 		eventually(t, stemReadyTimeout, "a frozen "+c.rt+" stem cell", func() bool {
 			return strings.Contains(k.logs.String(), `"msg":"stem cell ready","runtime":"`+c.rt+`"`)
 		})
-		if r := deployDir(t, k, name, dir, map[string]any{"runtime": c.rt}); r.status != 200 {
-			t.Fatalf("deploy %s: %d %s", name, r.status, r.body)
+		if out, err := kilnCLI(t, k, dir, "", "deploy"); err != nil {
+			t.Fatalf("kiln deploy %s: %v\n%s", name, err, out)
 		}
 		r, err := invoke(k.url, name, "x")
 		if err != nil || r.status != 200 || string(r.body) != "stem:x" {

@@ -1,16 +1,17 @@
 // Package worker is the generic executor: it serves functions written in
 // languages other than Go by supervising one long-lived worker process per
-// container (python3, node, ruby), or by forking a program per call (binary).
+// container (python3, node, ruby, java; for cpp the worker is the
+// function's own program), or by forking a program per call (binary).
 //
 // # Environment
 //
 // The agent starts the executor (cmd/kiln-executor) with:
 //
-//	KILN_RUNTIME      python3, node, ruby or binary (unset or "go": the Go stem cell, not this package)
+//	KILN_RUNTIME      python3, node, ruby, java, binary or cpp (unset or "go": the Go stem cell, not this package)
 //	KILN_CODE_DIR     the function's code directory, e.g. /function
 //	KILN_HANDLER      the handler file, relative to KILN_CODE_DIR (handler.py,
-//	                  handler.js, handler.rb, or the program to run for binary);
-//	                  unset: stem cell
+//	                  handler.js, handler.rb, Handler.class, or the program to
+//	                  run for binary and cpp); unset: stem cell
 //	KILN_FUNCTION     the function's name
 //	KILN_CONCURRENCY  calls in flight per container (default 1); read by the worker
 //	KILN_SOCKET       the agent's socket (default /kiln/agent.sock)
@@ -28,6 +29,17 @@
 // Init.CodePath as dir, Init.Handler as handler and the executor's
 // environment overlaid with Init.Env as env, and once loaded opens a new
 // Session saying Ready as Init.Function. The interpreter is not restarted.
+//
+// A cpp function is a static program built with kiln's C++ SDK
+// (runtimes/cpp), which speaks this protocol itself: the executor starts
+// KILN_CODE_DIR/KILN_HANDLER as the worker and sends it load as any other
+// (the SDK applies env and dir). With no interpreter to keep up, a cpp stem
+// cell starts no worker: it waits for Init and then starts the program
+// Init names, so it spares a call only the container's start.
+//
+// The java worker is kiln.Worker (runtimes/java): in function mode it runs
+// from the function's classes, which hold it; a java stem cell runs it in
+// the JVM's source-file mode and loads the function's classes on Init.
 //
 // When the worker exits, or breaks the protocol, every call in flight and
 // every later call fails, and Serve returns an error (the executor exits 1)

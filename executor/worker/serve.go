@@ -13,6 +13,8 @@ import (
 	"github.com/kilnfx/kiln/executor/stem"
 	pb "github.com/kilnfx/kiln/proto/executorpb"
 	"github.com/kilnfx/kiln/runtimes/binary"
+	"github.com/kilnfx/kiln/runtimes/cpp"
+	"github.com/kilnfx/kiln/runtimes/java"
 	"github.com/kilnfx/kiln/runtimes/node"
 	"github.com/kilnfx/kiln/runtimes/python3"
 	"github.com/kilnfx/kiln/runtimes/ruby"
@@ -41,6 +43,8 @@ func Command(runtime string) ([]string, bool) {
 		// --disable-gems: rubygems is not loaded, so that the worker is
 		// ready in about 15 ms instead of 60.
 		return []string{"ruby", "--disable-gems", "-e", string(ruby.Worker)}, true
+	case java.Name:
+		return javaCommand(), true
 	}
 	return nil, false
 }
@@ -99,6 +103,9 @@ func Serve(ctx context.Context, cfg Config) error {
 	if cfg.Runtime == binary.Name {
 		return serveFork(ctx, cfg)
 	}
+	if cfg.Runtime == cpp.Name {
+		return serveProgram(ctx, cfg)
+	}
 	argv, ok := Command(cfg.Runtime)
 	if !ok {
 		return fmt.Errorf("unknown runtime %q", cfg.Runtime)
@@ -110,6 +117,14 @@ func Serve(ctx context.Context, cfg Config) error {
 		// root filesystem (ca-certificates is not in it).
 		env = append(slices.Clip(env), "NODE_EXTRA_CA_CERTS=")
 	}
+	if cfg.Runtime == java.Name {
+		var cleanup func()
+		var err error
+		if argv, env, cleanup, err = prepareJava(cfg, argv, env); err != nil {
+			return err
+		}
+		defer cleanup()
+	}
 	p, err := Start(ctx, argv, Options{Stdout: cfg.Stdout, Stderr: cfg.Stderr, Env: env, Dir: cfg.CodeDir})
 	if err != nil {
 		return err
@@ -117,22 +132,7 @@ func Serve(ctx context.Context, cfg Config) error {
 	defer p.Close()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	go func() {
-		select {
-		case <-p.Done():
-			cancel() // ends the session at once: the agent replaces the container
-		case <-ctx.Done():
-		}
-	}()
-	died := func(err error) error {
-		if perr := p.Err(); perr != nil && !errors.Is(perr, ErrClosed) {
-			if st := p.ExitState(exitGrace); st != nil {
-				fmt.Fprintf(stderrOf(cfg), "kiln-executor: worker %d exited: %v\n", p.Pid(), st)
-			}
-			return perr
-		}
-		return err
-	}
+	died := supervise(ctx, cancel, cfg, p)
 
 	function := cfg.Function
 	if cfg.Handler == "" {
@@ -164,6 +164,29 @@ func callUntilDeath(session context.Context, p *Process) sdk.Handler {
 			<-session.Done()
 		}
 		return resp, err
+	}
+}
+
+// supervise cancels ctx (with cancel) when p dies, which ends the session
+// at once so that the agent replaces the container, and returns died: the
+// error to return instead of err, which is p's death when p died (its exit
+// status then printed on cfg's stderr).
+func supervise(ctx context.Context, cancel context.CancelFunc, cfg Config, p *Process) (died func(err error) error) {
+	go func() {
+		select {
+		case <-p.Done():
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return func(err error) error {
+		if perr := p.Err(); perr != nil && !errors.Is(perr, ErrClosed) {
+			if st := p.ExitState(exitGrace); st != nil {
+				fmt.Fprintf(stderrOf(cfg), "kiln-executor: worker %d exited: %v\n", p.Pid(), st)
+			}
+			return perr
+		}
+		return err
 	}
 }
 

@@ -22,6 +22,21 @@ type language struct {
 	// noHandle is a handler file that defines no handler; importFails one
 	// that fails while loading with "boom at import".
 	noHandle, importFails string
+	// noHandleError is in the load error of noHandle ("TypeError" when empty).
+	noHandleError string
+	// compile, when set, builds a handler's source into a new code
+	// directory and returns it and the handler to load.
+	compile func(t *testing.T, source string) (dir, handler string)
+}
+
+// functionDir writes source as l's handler into a new code directory (or
+// has l compile it there) and returns the directory and the handler.
+func (l language) functionDir(t *testing.T, source string) (dir, handler string) {
+	t.Helper()
+	if l.compile != nil {
+		return l.compile(t, source)
+	}
+	return codeDir(t, map[string]string{l.handlerFile: source}), l.handlerFile
 }
 
 var languages = []language{{
@@ -190,9 +205,9 @@ func forEachLanguage(t *testing.T, test func(t *testing.T, l language)) {
 func start(t *testing.T, l language, env ...string) (*session, *running) {
 	t.Helper()
 	a := newAgent(t)
-	dir := codeDir(t, map[string]string{l.handlerFile: l.handler})
+	dir, handler := l.functionDir(t, l.handler)
 	r := a.serve(t, worker.Config{
-		Runtime: l.runtime, Function: "hello", CodeDir: dir, Handler: l.handlerFile,
+		Runtime: l.runtime, Function: "hello", CodeDir: dir, Handler: handler,
 		Env: append(os.Environ(), env...),
 	})
 	s := a.session(t, r)
@@ -366,14 +381,18 @@ func TestWorkerCrash(t *testing.T) {
 
 func TestLoadError(t *testing.T) {
 	forEachLanguage(t, func(t *testing.T, l language) {
+		noHandleError := l.noHandleError
+		if noHandleError == "" {
+			noHandleError = "TypeError"
+		}
 		for name, tt := range map[string]struct{ source, want string }{
-			"no handler":   {l.noHandle, "TypeError"},
+			"no handler":   {l.noHandle, noHandleError},
 			"import fails": {l.importFails, "boom at import"},
 		} {
 			t.Run(name, func(t *testing.T) {
 				a := newAgent(t)
-				dir := codeDir(t, map[string]string{l.handlerFile: tt.source})
-				r := a.serve(t, worker.Config{Runtime: l.runtime, CodeDir: dir, Handler: l.handlerFile})
+				dir, handler := l.functionDir(t, tt.source)
+				r := a.serve(t, worker.Config{Runtime: l.runtime, CodeDir: dir, Handler: handler})
 				err := r.wait(t)
 				if !errors.Is(err, worker.ErrLoad) || !strings.Contains(err.Error(), tt.want) {
 					t.Errorf("Serve returned %v, want a load error with %q", err, tt.want)
@@ -394,9 +413,9 @@ func TestStem(t *testing.T) {
 			t.Errorf("stem Ready = %v", s.ready)
 		}
 		stemPid := workerPid(t)
-		dir := codeDir(t, map[string]string{l.handlerFile: l.handler})
+		dir, handler := l.functionDir(t, l.handler)
 		s.send(t, &pb.AgentMsg{Msg: &pb.AgentMsg_Init{Init: &pb.Init{
-			Function: "hello", CodePath: dir, Handler: l.handlerFile, Env: map[string]string{"GREETING": "from init"},
+			Function: "hello", CodePath: dir, Handler: handler, Env: map[string]string{"GREETING": "from init"},
 		}}})
 		s.close()
 		s = a.session(t, r)

@@ -16,6 +16,7 @@ import (
 
 	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
 	"github.com/kilnfx/kiln/runtimes"
+	"github.com/kilnfx/kiln/runtimes/cpp"
 )
 
 // ConfigFile is the name of a function's configuration file in its directory.
@@ -27,11 +28,11 @@ type Config struct {
 	// Name is the function's name (required).
 	Name string `yaml:"name"`
 	// Runtime is the function's runtime: "go" (the default), "python3",
-	// "node" or "binary".
+	// "node", "binary", "cpp" or "java".
 	Runtime string `yaml:"runtime"`
 	// Handler is the file of the function's directory that handles calls
-	// (default: the runtime's, e.g. handler.py); not for go, whose handler
-	// is the binary Build makes.
+	// (default: the runtime's, e.g. handler.py); not for go nor cpp, whose
+	// handler is the binary kiln deploy builds.
 	Handler string `yaml:"handler"`
 	// Packages are Debian packages added to the runtime's root filesystem
 	// (not for go).
@@ -166,8 +167,8 @@ func (c Config) spec() (*kilnv1.FunctionSpec, error) {
 	case runtimes.Get(c.Runtime) == nil:
 		return nil, fmt.Errorf("runtime: %q is not supported (want one of: %s)", c.Runtime, strings.Join(append([]string{Runtime}, runtimes.Names()...), ", "))
 	}
-	if s.Runtime == Runtime && c.Handler != "" {
-		return nil, errors.New("handler: the go runtime's handler is the binary kiln deploy builds; leave it out")
+	if (s.Runtime == Runtime || s.Runtime == cpp.Name) && c.Handler != "" {
+		return nil, fmt.Errorf("handler: the %s runtime's handler is the binary kiln deploy builds; leave it out", s.Runtime)
 	}
 	if s.Runtime == Runtime && len(c.Packages) > 0 {
 		return nil, errors.New("packages: the go runtime runs a static binary alone: it takes no packages")

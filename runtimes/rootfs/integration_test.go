@@ -281,11 +281,16 @@ func TestRuntimeRootFS(t *testing.T) {
 		maxSize int64
 		argv    []string
 		want    string
+		prefix  bool // the output need only begin with want
 	}{
-		{"python3", 60 << 20, []string{"/usr/bin/python3", "-c", "import json, threading, traceback, importlib.util, sys; print(json.dumps(sys.version_info[:2]))"}, "[3, 11]"},
-		{"node", 120 << 20, []string{"/usr/bin/node", "-e", `require("fs"); console.log(process.version.split(".")[0])`}, "v18"},
-		{"ruby", 60 << 20, []string{"/usr/bin/ruby", "-e", `require "json"; require "thread"; puts JSON.generate({a: RUBY_VERSION[0, 3]})`}, `{"a":"3.1"}`},
-		{"binary", 30 << 20, []string{"/bin/sh", "-c", `printf 'a b\n' | cut -d' ' -f2 | sed s/b/ok/ | grep ok | head -n1 | tr -d '\n'; ls / >/dev/null`}, "ok"},
+		{"python3", 60 << 20, []string{"/usr/bin/python3", "-c", "import json, threading, traceback, importlib.util, sys; print(json.dumps(sys.version_info[:2]))"}, "[3, 11]", false},
+		{"node", 120 << 20, []string{"/usr/bin/node", "-e", `require("fs"); console.log(process.version.split(".")[0])`}, "v18", false},
+		{"ruby", 60 << 20, []string{"/usr/bin/ruby", "-e", `require "json"; require "thread"; puts JSON.generate({a: RUBY_VERSION[0, 3]})`}, `{"a":"3.1"}`, false},
+		{"binary", 30 << 20, []string{"/bin/sh", "-c", `printf 'a b\n' | cut -d' ' -f2 | sed s/b/ok/ | grep ok | head -n1 | tr -d '\n'; ls / >/dev/null`}, "ok", false},
+		{"cpp", 30 << 20, []string{"/bin/sh", "-c", "echo ok"}, "ok", false},
+		// With no /proc in the chroot the dynamic linker cannot expand the
+		// JVM's $ORIGIN run path (a container has /proc): it is given.
+		{"java", 250 << 20, []string{"/lib64/ld-linux-x86-64.so.2", "--library-path", "/usr/lib/jvm/java-17-openjdk-amd64/lib", "/usr/lib/jvm/java-17-openjdk-amd64/bin/java", "-XX:-UsePerfData", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Xshare:auto", "-version"}, "openjdk version \"17.", true},
 	} {
 		t.Run(tc.runtime, func(t *testing.T) {
 			r, err := rootfs.ParseRecipe(tc.runtime, runtimes.Get(tc.runtime).Recipe)
@@ -303,7 +308,7 @@ func TestRuntimeRootFS(t *testing.T) {
 				t.Errorf("%s: %d bytes, aim at most %d", tc.runtime, b.Size, tc.maxSize)
 			}
 			out, err := runAsNobody(t, b.RootFS, tc.argv...)
-			if err != nil || strings.TrimSpace(out) != tc.want {
+			if got := strings.TrimSpace(out); err != nil || got != tc.want && !(tc.prefix && strings.HasPrefix(got, tc.want)) {
 				t.Errorf("%q as nobody on a read-only root: %q, %v; want %q", tc.argv, out, err, tc.want)
 			}
 		})

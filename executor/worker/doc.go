@@ -96,7 +96,9 @@
 //	    figures (see sdk.Response.Usage). They are process-wide: with
 //	    calls running concurrently each call's deltas include the others'
 //	    CPU time, so that overlapping calls' figures add up to more than
-//	    the process used.
+//	    the process used. The java worker reports the CPU time of the
+//	    thread that ran the call instead (exact per call, without the JIT's
+//	    and the collector's threads).
 //
 // A frame over the limits, a header that is not a JSON object, an unknown
 // kind or a frame out of turn (anything before ready, a second ready) is a

@@ -51,6 +51,24 @@ public class Handler {
                 for (int i = 0; i < 2000; i++) System.out.println("x".repeat(1000));
                 return "intact";
             case "/sleep": Thread.sleep(200); return "slept";
+            case "/burn": {
+                java.lang.management.ThreadMXBean t = java.lang.management.ManagementFactory.getThreadMXBean();
+                long start = t.getCurrentThreadUserTime();
+                long x = 0;
+                while (t.getCurrentThreadUserTime() - start < 100_000_000L) {
+                    for (int i = 0; i < 100000; i++) {
+                        x += i * 31L;
+                    }
+                }
+                return x == 42 ? "never" : "burnt";
+            }
+            case "/alloc": {
+                byte[] b = new byte[50 << 20];
+                for (int i = 0; i < b.length; i += 4096) {
+                    b[i] = 1;
+                }
+                return String.valueOf(b.length);
+            }
             case "/loop":
                 while (!req.cancelled()) Thread.sleep(5);
                 System.err.println("cancelled " + req.id);

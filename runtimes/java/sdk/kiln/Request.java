@@ -32,6 +32,9 @@ public final class Request {
 
     private volatile boolean cancelled;
 
+    /** usage makes the result's usage members, on the call's thread; set by the worker. */
+    java.util.function.Supplier<String> usage;
+
     Request(String id, String method, String path, String query, List<String[]> headerList, byte[] body, long deadline) {
         this.id = id;
         this.method = method;

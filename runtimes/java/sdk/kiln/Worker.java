@@ -9,6 +9,8 @@ import java.io.FileInputStream;
 import java.io.FileOutputStream;
 import java.io.IOException;
 import java.io.OutputStream;
+import java.lang.management.ManagementFactory;
+import java.lang.management.ThreadMXBean;
 import java.lang.reflect.Field;
 import java.lang.reflect.InvocationTargetException;
 import java.lang.reflect.Method;
@@ -226,7 +228,37 @@ public final class Worker {
         pool.execute(() -> run(req));
     }
 
+    /** THREADS measures the CPU time of the thread running a call. */
+    private static final ThreadMXBean THREADS = ManagementFactory.getThreadMXBean();
+
+    /**
+     * usage returns the result header's usage members for a call whose
+     * thread had used cpu0 ns of CPU, user0 of it in user mode, when the call
+     * began: the thread's CPU since (the JIT's and the collector's threads
+     * are not counted) and the process's peak resident memory (VmHWM).
+     */
+    private static String usage(long cpu0, long user0) {
+        StringBuilder b = new StringBuilder();
+        long cpu = THREADS.getCurrentThreadCpuTime() - cpu0, user = THREADS.getCurrentThreadUserTime() - user0;
+        if (cpu0 >= 0 && user0 >= 0) {
+            b.append(",\"cpu_user_us\":").append(user / 1000).append(",\"cpu_sys_us\":").append(Math.max(0, cpu - user) / 1000);
+        }
+        try {
+            for (String line : java.nio.file.Files.readAllLines(java.nio.file.Path.of("/proc/self/status"))) {
+                if (line.startsWith("VmHWM:")) {
+                    b.append(",\"max_rss_kb\":").append(Long.parseLong(line.substring(6).trim().split("\\s+")[0]));
+                    break;
+                }
+            }
+        } catch (IOException | RuntimeException e) {
+            // No figure: the executor's own stands.
+        }
+        return b.toString();
+    }
+
     private void run(Request req) {
+        long cpu0 = THREADS.getCurrentThreadCpuTime(), user0 = THREADS.getCurrentThreadUserTime();
+        req.usage = () -> usage(cpu0, user0);
         Object v;
         try {
             v = handle.invoke(null, req);
@@ -317,6 +349,9 @@ public final class Worker {
         if (error != null) {
             b.append(",\"error\":");
             Json.string(b, error);
+        }
+        if (req.usage != null) {
+            b.append(req.usage.get());
         }
         try {
             send(b.append('}').toString(), body);

@@ -20,6 +20,8 @@ func init() {
 		handler: `import java.util.*;
 
 public class Handler {
+    static final java.util.concurrent.CyclicBarrier MEETING = new java.util.concurrent.CyclicBarrier(4);
+
     public static Object handle(kiln.Request req) throws Exception {
         switch (req.path) {
             case "/echo": {
@@ -51,6 +53,13 @@ public class Handler {
                 for (int i = 0; i < 2000; i++) System.out.println("x".repeat(1000));
                 return "intact";
             case "/sleep": Thread.sleep(200); return "slept";
+            case "/meet":
+                try {
+                    MEETING.await(20, java.util.concurrent.TimeUnit.SECONDS);
+                    return "met";
+                } catch (java.util.concurrent.TimeoutException | java.util.concurrent.BrokenBarrierException e) {
+                    return "alone";
+                }
             case "/burn": {
                 java.lang.management.ThreadMXBean t = java.lang.management.ManagementFactory.getThreadMXBean();
                 long start = t.getCurrentThreadUserTime();

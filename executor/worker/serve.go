@@ -151,17 +151,25 @@ func Serve(ctx context.Context, cfg Config) error {
 }
 
 // callUntilDeath returns p.Call, except that a call failed by the
-// worker's death returns only once session, the context of the session
-// with the agent, is done: it is cancelled as soon as the worker is dead,
-// and the SDK sends no result once it is. The agent then answers the
-// call as the container's failure (502), not as the function's error
-// (500), whatever the order in which the call and the session notice the
-// death.
+// worker's death returns only once the call's own context is done. Its
+// ancestor session, the context of the session with the agent, is
+// cancelled as soon as the worker is dead (see supervise), and the SDK
+// sends no result once its session's context is done. Waiting for the
+// call's context, not session's, matters: a context's children are
+// cancelled after its own Done channel closes, so only once the call's
+// context is done is the SDK's (between the two) sure to be. The agent
+// then answers the call as the container's failure (502), not as the
+// function's error (500), whatever the order in which the call and the
+// session notice the death.
 func callUntilDeath(session context.Context, p *Process) sdk.Handler {
 	return func(ctx context.Context, req *sdk.Request) (*sdk.Response, error) {
 		resp, err := p.Call(ctx, req)
 		if err != nil && p.Err() != nil {
-			<-session.Done()
+			select {
+			case <-ctx.Done():
+			case <-session.Done():
+				<-ctx.Done() // session's cancellation reaches ctx next
+			}
 		}
 		return resp, err
 	}

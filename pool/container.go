@@ -191,8 +191,8 @@ func (c *Container) listen() error {
 		grpc.InitialConnWindowSize(4<<20),
 		grpc.ReadBufferSize(64<<10),
 		grpc.WriteBufferSize(64<<10),
-		grpc.MaxRecvMsgSize(64<<20),
-		grpc.MaxSendMsgSize(64<<20),
+		grpc.MaxRecvMsgSize(pb.MaxMessageBytes),
+		grpc.MaxSendMsgSize(pb.MaxMessageBytes),
 		grpc.MaxConcurrentStreams(1),
 	)
 	pb.RegisterAgentServer(c.srv, &sessionServer{c: c})

@@ -30,7 +30,10 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	pb "github.com/kilnfx/kiln/proto/executorpb"
 )
@@ -77,7 +80,17 @@ type Usage struct {
 
 // Handler runs one call. An error fails the call with status 500 (or the
 // Response's Status when a Response is also returned) and its message.
+//
+// An answer (body, headers and error message together) is limited to
+// MaxResponseBytes: a larger one is not sent, and the call fails with the
+// error class response_too_large (HTTP 502) while the function keeps
+// serving.
 type Handler func(ctx context.Context, req *Request) (*Response, error)
+
+// MaxResponseBytes is the largest answer a handler may give: 64 MiB, the
+// executor protocol's message limit, less 64 KiB for the rest of the
+// message.
+const MaxResponseBytes = pb.MaxResultBodyBytes
 
 // Environment variables the agent sets for the executor.
 const (
@@ -140,7 +153,7 @@ func RunWith(ctx context.Context, socket string, opts RunOptions, h Handler) err
 		grpc.WithInitialConnWindowSize(4<<20),
 		grpc.WithReadBufferSize(64<<10),
 		grpc.WithWriteBufferSize(64<<10),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20)),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(pb.MaxMessageBytes), grpc.MaxCallSendMsgSize(pb.MaxMessageBytes)),
 	)
 	if err != nil {
 		return fmt.Errorf("dial agent: %w", err)
@@ -244,12 +257,48 @@ func (s *session) start(parent context.Context, inv *pb.Invoke, trace *pb.CallTr
 		if parent.Err() != nil {
 			return // the session is ending: the agent answers the call itself
 		}
+		if n := answerSize(res); n > pb.MaxResultBodyBytes {
+			res = tooLarge(res, n)
+		}
 		if trace != nil {
 			trace.SendingNs = pb.MonotonicNow()
 			res.Trace = trace
 		}
-		_ = s.send(&pb.ExecutorMsg{Msg: &pb.ExecutorMsg_Result{Result: res}})
+		err := s.send(&pb.ExecutorMsg{Msg: &pb.ExecutorMsg_Result{Result: res}})
+		if status.Code(err) == codes.ResourceExhausted && res.ErrorClass == "" {
+			// gRPC refused the message as over its size limit, before
+			// sending anything: say so rather than leave the call to
+			// its timeout.
+			res = tooLarge(res, proto.Size(res))
+			_ = s.send(&pb.ExecutorMsg{Msg: &pb.ExecutorMsg_Result{Result: res}})
+		}
 	}()
+}
+
+// answerSize is the size of what the handler answered in res: its body,
+// headers and error message.
+func answerSize(res *pb.Result) int {
+	n := len(res.Body) + len(res.Error)
+	for _, h := range res.Headers {
+		n += len(h.Key) + len(h.Value)
+	}
+	return n
+}
+
+// tooLarge returns the Result that replaces res, whose answer of size
+// bytes is over the limit: no body nor headers, an error saying why and
+// the class ErrorClassResponseTooLarge, res's figures kept.
+func tooLarge(res *pb.Result, size int) *pb.Result {
+	return &pb.Result{
+		CallId:      res.CallId,
+		Status:      http.StatusBadGateway,
+		ExecNs:      res.ExecNs,
+		CpuUserNs:   res.CpuUserNs,
+		CpuSysNs:    res.CpuSysNs,
+		MaxRssBytes: res.MaxRssBytes,
+		Error:       fmt.Sprintf("the function's answer of %d bytes is over the %d byte limit", size, pb.MaxResultBodyBytes),
+		ErrorClass:  pb.ErrorClassResponseTooLarge,
+	}
 }
 
 // run calls the handler for one Invoke, turning a panic into an error result.

@@ -153,13 +153,12 @@ func (c *Container) Invoke(ctx context.Context, inv *pb.Invoke) (*pb.Result, err
 		}
 		return nil, err
 	}
-	if res.Error != "" {
+	c.billedCPU.Add(res.CpuUserNs + res.CpuSysNs)
+	if res.Error != "" && res.ErrorClass == "" {
 		if f := c.faultOfFailedCall(ctx); f != nil {
 			return res, f
 		}
-		return res, nil
 	}
-	c.billedCPU.Add(res.CpuUserNs + res.CpuSysNs)
 	return res, nil
 }
 

@@ -87,6 +87,12 @@ type Usage struct {
 // serving.
 type Handler func(ctx context.Context, req *Request) (*Response, error)
 
+// ErrResponseTooLarge, wrapped by a handler's error, fails the call as an
+// answer over the limit (error class response_too_large) rather than as
+// the function's error: for handlers that relay another process's answer
+// and find it too large.
+var ErrResponseTooLarge = errors.New("response too large")
+
 // MaxResponseBytes is the largest answer a handler may give: 64 MiB, the
 // executor protocol's message limit, less 64 KiB for the rest of the
 // message.
@@ -258,7 +264,7 @@ func (s *session) start(parent context.Context, inv *pb.Invoke, trace *pb.CallTr
 			return // the session is ending: the agent answers the call itself
 		}
 		if n := answerSize(res); n > pb.MaxResultBodyBytes {
-			res = tooLarge(res, n)
+			res = tooLarge(res, overLimit(n))
 		}
 		if trace != nil {
 			trace.SendingNs = pb.MonotonicNow()
@@ -269,7 +275,7 @@ func (s *session) start(parent context.Context, inv *pb.Invoke, trace *pb.CallTr
 			// gRPC refused the message as over its size limit, before
 			// sending anything: say so rather than leave the call to
 			// its timeout.
-			res = tooLarge(res, proto.Size(res))
+			res = tooLarge(res, overLimit(proto.Size(res)))
 			_ = s.send(&pb.ExecutorMsg{Msg: &pb.ExecutorMsg_Result{Result: res}})
 		}
 	}()
@@ -285,10 +291,10 @@ func answerSize(res *pb.Result) int {
 	return n
 }
 
-// tooLarge returns the Result that replaces res, whose answer of size
-// bytes is over the limit: no body nor headers, an error saying why and
-// the class ErrorClassResponseTooLarge, res's figures kept.
-func tooLarge(res *pb.Result, size int) *pb.Result {
+// tooLarge returns the Result that replaces res, whose answer is over the
+// limit: no body nor headers, the error why and the class
+// ErrorClassResponseTooLarge, res's figures kept.
+func tooLarge(res *pb.Result, why string) *pb.Result {
 	return &pb.Result{
 		CallId:      res.CallId,
 		Status:      http.StatusBadGateway,
@@ -296,9 +302,14 @@ func tooLarge(res *pb.Result, size int) *pb.Result {
 		CpuUserNs:   res.CpuUserNs,
 		CpuSysNs:    res.CpuSysNs,
 		MaxRssBytes: res.MaxRssBytes,
-		Error:       fmt.Sprintf("the function's answer of %d bytes is over the %d byte limit", size, pb.MaxResultBodyBytes),
+		Error:       why,
 		ErrorClass:  pb.ErrorClassResponseTooLarge,
 	}
+}
+
+// overLimit says that an answer of size bytes is over the limit.
+func overLimit(size int) string {
+	return fmt.Sprintf("the function's answer of %d bytes is over the %d byte limit", size, pb.MaxResultBodyBytes)
 }
 
 // run calls the handler for one Invoke, turning a panic into an error result.
@@ -356,6 +367,9 @@ func (s *session) run(ctx context.Context, inv *pb.Invoke, trace *pb.CallTrace) 
 		res.Error = err.Error()
 		if res.Status == 0 {
 			res.Status = http.StatusInternalServerError
+		}
+		if errors.Is(err, ErrResponseTooLarge) {
+			res = tooLarge(res, err.Error())
 		}
 	}
 	return res

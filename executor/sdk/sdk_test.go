@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -511,5 +512,18 @@ func TestResponseTooLarge(t *testing.T) {
 	}
 	if r := s.call(t, "after", "after"); string(r.Body) != "ok" {
 		t.Errorf("after a refused answer: %q %q", r.Body, r.Error)
+	}
+}
+
+// TestHandlerSaysTooLarge checks that a handler error wrapping
+// ErrResponseTooLarge is sent as that class, not as the function's error.
+func TestHandlerSaysTooLarge(t *testing.T) {
+	a := newAgent(t)
+	s, _ := a.run(t, context.Background(), func(ctx context.Context, req *sdk.Request) (*sdk.Response, error) {
+		return &sdk.Response{Body: []byte("partial")}, fmt.Errorf("%w: the worker answered too much", sdk.ErrResponseTooLarge)
+	})
+	r := s.call(t, "relay", "x")
+	if r.ErrorClass != pb.ErrorClassResponseTooLarge || len(r.Body) != 0 || !strings.Contains(r.Error, "worker answered too much") {
+		t.Errorf("result class %q body %q error %q", r.ErrorClass, r.Body, r.Error)
 	}
 }

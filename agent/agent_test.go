@@ -30,6 +30,8 @@ func handler(ctx context.Context, req *sdk.Request) (*sdk.Response, error) {
 		return nil, ctx.Err()
 	case "fail":
 		return nil, errors.New("nope")
+	case "big":
+		return &sdk.Response{Body: make([]byte, sdk.MaxResponseBytes+1)}, nil
 	}
 	return &sdk.Response{Body: append([]byte("echo:"), req.Body...)}, nil
 }

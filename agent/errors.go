@@ -14,6 +14,10 @@ var (
 	ErrUnavailable         = errdefs.ErrUnavailable
 	ErrDeadlineExceeded    = errdefs.ErrDeadlineExceeded
 	ErrExecutorFailed      = errdefs.ErrExecutorFailed
+	ErrOOM                 = errdefs.ErrOOM
+	ErrPidsExhausted       = errdefs.ErrPidsExhausted
+	ErrExited              = errdefs.ErrExited
+	ErrResponseTooLarge    = errdefs.ErrResponseTooLarge
 	ErrPayloadTooLarge     = errdefs.ErrPayloadTooLarge
 	ErrInsufficientStorage = errdefs.ErrInsufficientStorage
 	ErrCancelled           = errdefs.ErrCancelled

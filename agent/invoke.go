@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"time"
 
@@ -110,10 +111,18 @@ func init() {
 // handler error is not an error of Invoke: it is reported in the Result.
 // Errors wrap one of the agent's error classes: ErrNotFound,
 // ErrInvalidArgument, ErrPayloadTooLarge, ErrResourceExhausted (queue full
-// or the call waited its whole timeout), ErrDeadlineExceeded, ErrUnavailable
-// (no capacity, shutting down, the container runtime unreachable while the
-// call needed a new container, or the usage record could not be written),
-// ErrExecutorFailed.
+// or the call waited its whole timeout), ErrDeadlineExceeded (the timeout),
+// ErrUnavailable (no capacity, shutting down, the container runtime
+// unreachable while the call needed a new container, or the usage record
+// could not be written), ErrResponseTooLarge, and ErrExecutorFailed or,
+// when the pool could tell why the function's process failed, ErrOOM,
+// ErrPidsExhausted or ErrExited (each also an ErrExecutorFailed).
+//
+// A call that failed once it had a container is metered as one that
+// succeeded would be (see docs/METERING.md): its run time, CPU and memory
+// come from the executor's Result when there is one, else from the
+// agent's measure of the time the call held the container and the pool's
+// reading of the container's cgroup.
 //
 // Every call, failed and rejected ones included, leaves exactly one usage
 // record in the agent's UsageSink before Invoke returns; if the record
@@ -168,7 +177,8 @@ func (a *Agent) invoke(ctx context.Context, call *Call, rec *datastore.UsageReco
 	call.Trace.Mark(TraceAcquireStart)
 	t0 := time.Now()
 	c, kind, err := a.pool.Acquire(ctx, fn.pool)
-	waited := time.Since(t0)
+	acquired := time.Now()
+	waited := acquired.Sub(t0)
 	call.Trace.Mark(TraceAcquired)
 	if err != nil {
 		rec.QueueWait = waited
@@ -201,6 +211,14 @@ func (a *Agent) invoke(ctx context.Context, call *Call, rec *datastore.UsageReco
 		// the call still ran out of time.
 		err = context.DeadlineExceeded
 	}
+	if err == nil && out.ErrorClass != "" {
+		err = resultError(fn, out)
+	}
+	if err != nil {
+		// Before the container is released or discarded: its cgroup is
+		// read while it still exists.
+		a.meterFailedCall(ctx, fn, c, rec, out, err, time.Since(acquired))
+	}
 	if errors.Is(err, context.DeadlineExceeded) && !deadline.Before(timeoutAt) {
 		// A function past its own timeout may be stuck: kill its
 		// container and let the pool replace it. A caller's shorter
@@ -226,6 +244,56 @@ func (a *Agent) invoke(ctx context.Context, call *Call, rec *datastore.UsageReco
 	rec.CPUSystem = time.Duration(out.CpuSysNs)
 	rec.MemoryPeakBytes = out.MaxRssBytes
 	return res, nil
+}
+
+// resultError is the error of a Result the executor failed itself, by its
+// error_class.
+func resultError(fn *function, out *pb.Result) error {
+	if out.ErrorClass == pb.ErrorClassResponseTooLarge {
+		return fmt.Errorf("%w: function %q: %s", ErrResponseTooLarge, fn.record.Name, out.Error)
+	}
+	return fmt.Errorf("%w: function %q: executor error of class %q: %s", ErrExecutorFailed, fn.record.Name, out.ErrorClass, out.Error)
+}
+
+// meterFailedCall fills rec's run time, CPU and memory for a call that
+// failed after it got container c, as a call that succeeded would have
+// them: the executor's figures when its Result came (out), else held (the
+// time the call held the container, as the agent measured it) and the
+// pool's reading of the container's cgroup (pool.FailedCallUsage), its CPU
+// bounded by what the container's CPUs could have done in that time.
+func (a *Agent) meterFailedCall(ctx context.Context, fn *function, c *pool.Container, rec *datastore.UsageRecord, out *pb.Result, err error, held time.Duration) {
+	if out != nil {
+		rec.RunTime = time.Duration(out.ExecNs)
+		rec.CPUUser = time.Duration(out.CpuUserNs)
+		rec.CPUSystem = time.Duration(out.CpuSysNs)
+		rec.MemoryPeakBytes = out.MaxRssBytes
+	}
+	if rec.RunTime <= 0 {
+		rec.RunTime = held
+	}
+	if out != nil && rec.MemoryPeakBytes > 0 {
+		return
+	}
+	used, ok := a.pool.FailedCallUsage(ctx, c, err)
+	if !ok {
+		return
+	}
+	if rec.MemoryPeakBytes == 0 {
+		rec.MemoryPeakBytes = used.MemoryPeakBytes
+	}
+	if out != nil {
+		return
+	}
+	cores := float64(runtime.NumCPU())
+	if fn.pool.CPUMillis > 0 {
+		cores = min(cores, float64(fn.pool.CPUMillis)/1000)
+	}
+	if most := time.Duration(float64(held) * cores); used.CPUUser+used.CPUSystem > most {
+		scale := float64(most) / float64(used.CPUUser+used.CPUSystem)
+		used.CPUUser = time.Duration(float64(used.CPUUser) * scale)
+		used.CPUSystem = most - used.CPUUser
+	}
+	rec.CPUUser, rec.CPUSystem = used.CPUUser, used.CPUSystem
 }
 
 // meter completes rec from the call's outcome, writes it to the usage sink
@@ -296,6 +364,10 @@ func (a *Agent) callError(ctx context.Context, fn *function, err error) error {
 	switch {
 	case errors.Is(ctx.Err(), context.Canceled):
 		return fmt.Errorf("%w: the caller went away", ErrCancelled)
+	case errors.Is(err, ErrResponseTooLarge):
+		return err
+	case errors.As(err, new(*pool.Fault)):
+		return faultError(err)
 	case errors.Is(err, pool.ErrQueueFull), errors.Is(err, pool.ErrQueueTimeout):
 		return fmt.Errorf("%w: function %q: %v", ErrResourceExhausted, fn.record.Name, err)
 	case errors.Is(err, pool.ErrNoCapacity), errors.Is(err, pool.ErrUnavailable):
@@ -310,4 +382,20 @@ func (a *Agent) callError(ctx context.Context, fn *function, err error) error {
 		return fmt.Errorf("%w: function %q: %v", ErrExecutorFailed, fn.record.Name, err)
 	}
 	return fmt.Errorf("%w: function %q: %v", ErrExecutorFailed, fn.record.Name, err)
+}
+
+// faultError maps a pool.Fault, the diagnosed failure of a container's
+// process, to its error class.
+func faultError(err error) error {
+	var f *pool.Fault
+	errors.As(err, &f)
+	switch f.Cause {
+	case pool.CauseOOM:
+		return fmt.Errorf("%w: %v", ErrOOM, f)
+	case pool.CausePidsExhausted:
+		return fmt.Errorf("%w: %v", ErrPidsExhausted, f)
+	case pool.CauseExited:
+		return fmt.Errorf("%w: %v", ErrExited, f)
+	}
+	return fmt.Errorf("%w: %v", ErrExecutorFailed, f)
 }

@@ -205,3 +205,72 @@ func TestAdminToken(t *testing.T) {
 		t.Error("TokenEqual")
 	}
 }
+
+// TestFailedCallsSayWhyAndAreBilled checks that a call whose container's
+// process died is answered and recorded under the cause the pool found,
+// that an answer over the limit is response_too_large in a container that
+// keeps serving, and that failed calls carry run time and memory.
+func TestFailedCallsSayWhyAndAreBilled(t *testing.T) {
+	e, sk := newMeteredEnv(t)
+	ctx := context.Background()
+	s := e.spec()
+	s.Timeout = durationpb.New(300 * time.Millisecond)
+	if _, err := e.agent.Deploy(ctx, "echo", s); err != nil {
+		t.Fatal(err)
+	}
+
+	// A timeout holds its container for the whole timeout.
+	if _, err := e.agent.Invoke(ctx, &agent.Call{Function: "echo", Body: []byte("sleep")}); !errors.Is(err, agent.ErrDeadlineExceeded) {
+		t.Fatalf("sleep: %v, want ErrDeadlineExceeded", err)
+	}
+	if r := sk.last(t); r.ErrorClass != "deadline_exceeded" || r.Status != 504 || r.RunTime < 250*time.Millisecond || r.MemoryPeakBytes <= 0 || r.GBSeconds() <= 0 {
+		t.Errorf("timed out call's record: %+v", r)
+	}
+
+	// An answer over the limit.
+	_, err := e.agent.Invoke(ctx, &agent.Call{Function: "echo", Body: []byte("big")})
+	if !errors.Is(err, agent.ErrResponseTooLarge) || errors.Is(err, agent.ErrExecutorFailed) {
+		t.Fatalf("big: %v, want ErrResponseTooLarge", err)
+	}
+	if r := sk.last(t); r.ErrorClass != "response_too_large" || r.Status != 502 || r.RunTime <= 0 || r.BytesOut != 0 {
+		t.Errorf("too large answer's record: %+v", r)
+	}
+	if res, err := e.agent.Invoke(ctx, &agent.Call{Function: "echo", Body: []byte("x")}); err != nil || res.Start != "warm" {
+		t.Fatalf("after a too large answer: %v %v, want a warm call", res, err)
+	}
+
+	// The process killed at its memory limit during a call.
+	e.driver.SetDiagnosis(pool.Diagnosis{ExitCode: -1, Signal: 9, OOMKills: 1, MemoryLimitBytes: 128 << 20})
+	s.Timeout = durationpb.New(10 * time.Second)
+	if _, err := e.agent.Deploy(ctx, "echo", s); err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		_, err := e.agent.Invoke(ctx, &agent.Call{Function: "echo", Body: []byte("sleep")})
+		errc <- err
+	}()
+	var id string
+	for deadline := time.Now().Add(5 * time.Second); id == "" && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		for _, c := range e.pool.Containers("echo") {
+			if c.Active == 1 {
+				id = c.ID
+			}
+		}
+	}
+	if id == "" {
+		t.Fatal("the call never got a container")
+	}
+	e.driver.Crash(id)
+	err = <-errc
+	if !errors.Is(err, agent.ErrOOM) || !errors.Is(err, agent.ErrExecutorFailed) || err.Error() != "out of memory: function echo was killed at its memory limit (128 MiB)" {
+		t.Fatalf("killed call: %v", err)
+	}
+	if r := sk.last(t); r.ErrorClass != "oom" || r.Status != 502 || r.RunTime <= 0 || r.MemoryPeakBytes <= 0 {
+		t.Errorf("killed call's record: %+v", r)
+	}
+	e.driver.SetDiagnosis(pool.Diagnosis{ExitCode: -1})
+	if res, err := e.agent.Invoke(ctx, &agent.Call{Function: "echo", Body: []byte("x")}); err != nil || res.Start != "cold" {
+		t.Fatalf("after the kill: %v %v, want a cold call", res, err)
+	}
+}

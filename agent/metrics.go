@@ -14,6 +14,7 @@ import (
 // and the usage journal at scrape time.
 type Metrics struct {
 	calls     *prometheus.CounterVec
+	errors    *prometheus.CounterVec
 	duration  *prometheus.HistogramVec
 	queueWait prometheus.Histogram
 }
@@ -26,6 +27,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "kiln_calls_total",
 			Help: "Calls by function, HTTP status answered and start kind (warm, thawed, stem, cold, or none).",
 		}, []string{"function", "status", "start"}),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kiln_call_errors_total",
+			Help: "Failed calls by function and error class (the usage record's error_class: oom, pids_exhausted, exited, executor_failure, response_too_large, deadline_exceeded for a timeout, function_error, ...).",
+		}, []string{"function", "class"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "kiln_call_duration_seconds",
 			Help:    "Time from receiving a call to answering it, by function.",
@@ -38,7 +43,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.calls, m.duration, m.queueWait)
+		reg.MustRegister(m.calls, m.errors, m.duration, m.queueWait)
 	}
 	return m
 }
@@ -62,6 +67,9 @@ func (m *Metrics) observe(r *datastore.UsageRecord) {
 		start = "none"
 	}
 	m.calls.WithLabelValues(r.Function, status, start).Inc()
+	if r.ErrorClass != "" {
+		m.errors.WithLabelValues(r.Function, r.ErrorClass).Inc()
+	}
 	m.duration.WithLabelValues(r.Function).Observe(r.TotalTime.Seconds())
 	m.queueWait.Observe(r.QueueWait.Seconds())
 }

@@ -21,19 +21,19 @@ type UsageRecord struct {
 	QueueWait  time.Duration // waiting for a container or admission
 	Start      string        // warm | thawed | stem | cold, or "" when rejected before a container
 	InitTime   time.Duration // container start or specialisation time charged to this call
-	RunTime    time.Duration // measured by the executor
+	RunTime    time.Duration // the handler's run time as the executor measured it; for a call with no such figure (timed out, its process died), the time it held its container as the agent measured it (docs/METERING.md)
 	TotalTime  time.Duration // received to answered
 
-	CPUUser          time.Duration
+	CPUUser          time.Duration // the executor's figure, else read from the container's cgroup (docs/METERING.md)
 	CPUSystem        time.Duration
-	MemoryPeakBytes  int64
+	MemoryPeakBytes  int64 // the executor's figure, else the container's cgroup peak
 	MemoryLimitBytes int64
 	Shared           bool // the container ran other calls at the same time: CPU and memory are not exact
 
 	BytesIn    int64
 	BytesOut   int64
 	Status     int    // HTTP status answered
-	ErrorClass string // "" or an error class of the API (package api/wire): not_found, invalid_argument, unauthenticated, resource_exhausted, unavailable, deadline_exceeded, executor_failure, payload_too_large, insufficient_storage, request_timeout, cancelled, function_error, internal
+	ErrorClass string // "" or an error class of the API (package api/wire): not_found, invalid_argument, unauthenticated, resource_exhausted, unavailable, deadline_exceeded (the timeout class), executor_failure, oom, pids_exhausted, exited, response_too_large, payload_too_large, insufficient_storage, request_timeout, cancelled, function_error, internal
 
 	ContainerID string
 	Node        string

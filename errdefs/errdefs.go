@@ -20,7 +20,13 @@ import (
 	"github.com/kilnfx/kiln/api/wire"
 )
 
-// The sentinel errors of the classes. Errors wrap at most one of them.
+// The sentinel errors of the classes. Errors wrap at most one of them,
+// except that ErrOOM, ErrPidsExhausted and ErrExited are themselves
+// executor failures: each wraps ErrExecutorFailed, so a caller that asks
+// errors.Is(err, ErrExecutorFailed) still learns that the function's
+// process failed, and Classify, which takes the first row an error
+// wraps, finds their own rows first. ErrResponseTooLarge is not an
+// executor failure: the container answered and keeps serving.
 var (
 	// ErrNotFound: the function, call, key or route does not exist.
 	ErrNotFound = errors.New("not found")
@@ -34,10 +40,24 @@ var (
 	// ErrUnavailable: the node cannot take the call now (shutting down, out
 	// of memory, containerd away).
 	ErrUnavailable = errors.New("unavailable")
-	// ErrDeadlineExceeded: the call ran past its timeout.
+	// ErrDeadlineExceeded: the call ran past its timeout. It is the
+	// timeout class (HTTP 504).
 	ErrDeadlineExceeded = errors.New("deadline exceeded")
 	// ErrExecutorFailed: the function's process died or broke its session.
 	ErrExecutorFailed = errors.New("executor failed")
+	// ErrOOM: the kernel killed the function's process at its container's
+	// memory limit. It wraps ErrExecutorFailed.
+	ErrOOM error = &subclass{"out of memory", ErrExecutorFailed}
+	// ErrPidsExhausted: the function's container reached its pids limit,
+	// so that it could not fork or start a thread. It wraps
+	// ErrExecutorFailed.
+	ErrPidsExhausted error = &subclass{"pids exhausted", ErrExecutorFailed}
+	// ErrExited: the function's process exited, or was killed by a signal,
+	// during the call. It wraps ErrExecutorFailed.
+	ErrExited error = &subclass{"process exited", ErrExecutorFailed}
+	// ErrResponseTooLarge: the function's answer is over the response
+	// limit; the container keeps serving.
+	ErrResponseTooLarge = errors.New("response too large")
 	// ErrPayloadTooLarge: the request body or code archive is over the
 	// limit.
 	ErrPayloadTooLarge = errors.New("payload too large")
@@ -58,6 +78,16 @@ var (
 	// ErrInternal: anything else.
 	ErrInternal = errors.New("internal error")
 )
+
+// subclass is a sentinel that is also its parent class's: errors.Is(e,
+// parent) holds.
+type subclass struct {
+	msg    string
+	parent error
+}
+
+func (e *subclass) Error() string { return e.msg }
+func (e *subclass) Unwrap() error { return e.parent }
 
 // Class is one row of the table.
 type Class struct {
@@ -84,7 +114,13 @@ var classes = []Class{
 	{ErrResourceExhausted, wire.ClassResourceExhausted, http.StatusTooManyRequests, codes.ResourceExhausted, true},
 	{ErrUnavailable, wire.ClassUnavailable, http.StatusServiceUnavailable, codes.Unavailable, true},
 	{ErrDeadlineExceeded, wire.ClassDeadlineExceeded, http.StatusGatewayTimeout, codes.DeadlineExceeded, false},
+	// The executor failures kiln could tell the cause of come before
+	// executor_failure, which they wrap.
+	{ErrOOM, wire.ClassOOM, http.StatusBadGateway, codes.Unavailable, false},
+	{ErrPidsExhausted, wire.ClassPidsExhausted, http.StatusBadGateway, codes.Unavailable, false},
+	{ErrExited, wire.ClassExited, http.StatusBadGateway, codes.Unavailable, false},
 	{ErrExecutorFailed, wire.ClassExecutorFailure, http.StatusBadGateway, codes.Unavailable, false},
+	{ErrResponseTooLarge, wire.ClassResponseTooLarge, http.StatusBadGateway, codes.ResourceExhausted, false},
 	{ErrPayloadTooLarge, wire.ClassPayloadTooLarge, http.StatusRequestEntityTooLarge, codes.ResourceExhausted, false},
 	{ErrInsufficientStorage, wire.ClassInsufficientStorage, http.StatusInsufficientStorage, codes.ResourceExhausted, true},
 	{ErrRequestTimeout, wire.ClassRequestTimeout, http.StatusRequestTimeout, codes.DeadlineExceeded, false},

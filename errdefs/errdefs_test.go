@@ -39,3 +39,28 @@ func TestEveryWireClassHasOneRow(t *testing.T) {
 		t.Error("Lookup of an unknown class succeeded")
 	}
 }
+
+func TestExecutorFailureCauses(t *testing.T) {
+	for _, tt := range []struct {
+		err            error
+		name           string
+		executorFailed bool
+	}{
+		{ErrOOM, wire.ClassOOM, true},
+		{ErrPidsExhausted, wire.ClassPidsExhausted, true},
+		{ErrExited, wire.ClassExited, true},
+		{ErrExecutorFailed, wire.ClassExecutorFailure, true},
+		{ErrResponseTooLarge, wire.ClassResponseTooLarge, false},
+	} {
+		err := fmt.Errorf("%w: function echo was killed", tt.err)
+		if got := Classify(err); got.Name != tt.name || got.HTTP != 502 {
+			t.Errorf("Classify(%v) = %s %d, want %s 502", err, got.Name, got.HTTP, tt.name)
+		}
+		if errors.Is(err, ErrExecutorFailed) != tt.executorFailed {
+			t.Errorf("errors.Is(%v, ErrExecutorFailed) = %v", err, !tt.executorFailed)
+		}
+	}
+	if Classify(ErrDeadlineExceeded).HTTP != 504 {
+		t.Error("the timeout class is not 504")
+	}
+}

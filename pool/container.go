@@ -64,6 +64,23 @@ type Container struct {
 	srv     *grpc.Server    // set by listen
 	lis     net.Listener    // set by listen
 	exited  <-chan struct{} // from Driver.Exited, before the container is Starting
+	diag    Diagnoser       // the driver, when it is a Diagnoser; else nil
+
+	// diagnosed is closed once the pool has diagnosed the exit of the
+	// container's process (watch); fault, written before, is what it
+	// found, or nil when it found nothing.
+	diagnosed chan struct{}
+	fault     *Fault
+
+	// The fault counters of the last Diagnosis read (atomic): a count
+	// that grew since is a new fault.
+	oomKillsSeen, pidsMaxSeen atomic.Int64
+	// usageMark (guarded by usageMu) is the cgroup reading a failed
+	// call's CPU is counted from, and billedCPU (atomic, nanoseconds) the
+	// CPU the executor reported for the calls that succeeded since.
+	usageMu   sync.Mutex
+	usageMark Stats
+	billedCPU atomic.Int64
 
 	// Atomic.
 	expectReady atomic.Bool             // a Session may begin now
@@ -115,6 +132,14 @@ func (c *Container) Logs() []byte { return c.logs.Bytes() }
 // an error wrapping ErrExecutorFailed when the executor dies or the session
 // breaks, and with ctx's error when ctx ends first (the executor is told to
 // cancel the call).
+//
+// When the session ended because the container's process exited, Invoke
+// waits (at most DiagnoseWait, not past ctx) for the pool's diagnosis of
+// the exit and fails with a *Fault saying why. When the handler failed the
+// call (Result.error set) and the driver is a Diagnoser whose reading shows
+// a process killed at the memory limit or a fork refused at the pids limit
+// since the last reading, Invoke returns the Result and a *Fault. A call
+// that succeeds pays for none of this.
 func (c *Container) Invoke(ctx context.Context, inv *pb.Invoke) (*pb.Result, error) {
 	s := c.sess.Load()
 	if s == nil {
@@ -122,7 +147,19 @@ func (c *Container) Invoke(ctx context.Context, inv *pb.Invoke) (*pb.Result, err
 	}
 	res, err := s.invoke(ctx, inv)
 	c.calls.Add(1)
-	return res, err
+	if err != nil {
+		if errors.Is(err, ErrExecutorFailed) {
+			err = c.explain(ctx, err)
+		}
+		return nil, err
+	}
+	c.billedCPU.Add(res.CpuUserNs + res.CpuSysNs)
+	if res.Error != "" && res.ErrorClass == "" {
+		if f := c.faultOfFailedCall(ctx); f != nil {
+			return res, f
+		}
+	}
+	return res, nil
 }
 
 // Done returns a channel closed when the container's current session has
@@ -191,8 +228,8 @@ func (c *Container) listen() error {
 		grpc.InitialConnWindowSize(4<<20),
 		grpc.ReadBufferSize(64<<10),
 		grpc.WriteBufferSize(64<<10),
-		grpc.MaxRecvMsgSize(64<<20),
-		grpc.MaxSendMsgSize(64<<20),
+		grpc.MaxRecvMsgSize(pb.MaxMessageBytes),
+		grpc.MaxSendMsgSize(pb.MaxMessageBytes),
 		grpc.MaxConcurrentStreams(1),
 	)
 	pb.RegisterAgentServer(c.srv, &sessionServer{c: c})

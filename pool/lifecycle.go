@@ -185,7 +185,10 @@ func (p *Pool) start(ctx context.Context, idPrefix, runtime string, spec Contain
 		logs:    NewTailBuffer(64 << 10),
 		readyC:  make(chan *session, 1),
 		gone:    make(chan struct{}),
+
+		diagnosed: make(chan struct{}),
 	}
+	c.diag, _ = p.driver.(Diagnoser)
 	if err := c.listen(); err != nil {
 		p.failStart(c, err, false)
 		return nil, err
@@ -231,6 +234,7 @@ func (p *Pool) start(ctx context.Context, idPrefix, runtime string, spec Contain
 		p.failStart(c, err, true)
 		return nil, err
 	}
+	p.markUsage(c)
 	p.wg.Add(1)
 	go p.watch(c)
 	p.log.Debug("container ready", "container", c.id, "took", time.Since(t0))
@@ -254,9 +258,12 @@ func (p *Pool) failStart(c *Container, err error, started bool) {
 	c.goneOnce.Do(func() { close(c.gone) })
 }
 
-// watch fails c when its process exits. A container that is not in use
-// yet (Starting, Specializing) is left to the goroutine starting it, which
-// sees the exit once it is done.
+// watch fails c when its process exits, once it has diagnosed why (the
+// calls that failed with the session wait for that). The diagnosis comes
+// first, while the container and its cgroup still exist: failing c
+// removes them. A container that is not in use yet (Starting,
+// Specializing) is left to the goroutine starting it, which sees the exit
+// once it is done.
 func (p *Pool) watch(c *Container) {
 	defer p.wg.Done()
 	select {
@@ -264,6 +271,7 @@ func (p *Pool) watch(c *Container) {
 	case <-p.bg.Done():
 		return
 	}
+	p.diagnoseExit(c)
 	c.shutdown(fmt.Errorf("%w: container %s: process exited", ErrExecutorFailed, c.id))
 	p.mu.Lock()
 	defer p.mu.Unlock()

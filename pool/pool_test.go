@@ -41,12 +41,18 @@ type env struct {
 
 func newEnv(t *testing.T, opts ...pool.Option) *env {
 	t.Helper()
+	return newEnvWith(t, fake.New(echo), opts...)
+}
+
+// newEnvWith is newEnv on the driver d.
+func newEnvWith(t *testing.T, d *fake.Driver, opts ...pool.Option) *env {
+	t.Helper()
 	dir, err := os.MkdirTemp("/tmp", "kp")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	e := &env{t: t, driver: fake.New(echo), clock: fake.NewClock()}
+	e := &env{t: t, driver: d, clock: fake.NewClock()}
 	p, err := pool.New(e.driver, dir, append([]pool.Option{pool.WithClock(e.clock)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)

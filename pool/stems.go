@@ -114,6 +114,9 @@ func (p *Pool) takeStemLocked(fn *Function) *Container {
 // Ready.
 func (p *Pool) specialize(s *set, fn *Function, c *Container) {
 	err := p.load(p.bg, fn, c)
+	if err == nil {
+		p.markUsage(c) // the function's calls are not billed the stem's start
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	s.starting--

@@ -71,11 +71,31 @@ const (
 	// too many connections, shutting down, containerd away while the call
 	// needs a new container); retry later.
 	ClassUnavailable = "unavailable"
-	// ClassDeadlineExceeded: the call ran past its timeout.
+	// ClassDeadlineExceeded: the call ran past its timeout (HTTP 504). It
+	// is the timeout class: a call that outlived its function's timeout,
+	// or the caller's shorter deadline, is recorded under it.
 	ClassDeadlineExceeded = "deadline_exceeded"
 	// ClassExecutorFailure: the function's process died or broke its
-	// session; the next call gets a fresh container.
+	// session for a reason kiln could not tell (none of ClassOOM,
+	// ClassPidsExhausted, ClassExited); the next call gets a fresh
+	// container.
 	ClassExecutorFailure = "executor_failure"
+	// ClassOOM: the function's container reached its memory limit and the
+	// kernel killed its process (HTTP 502); the next call gets a fresh
+	// container.
+	ClassOOM = "oom"
+	// ClassPidsExhausted: the function could not fork or start a thread
+	// because its container reached its pids limit (HTTP 502), whether its
+	// process died of it or its handler failed.
+	ClassPidsExhausted = "pids_exhausted"
+	// ClassExited: the function's process exited during the call, by
+	// itself or killed by a signal; the message carries the exit status or
+	// the signal (HTTP 502). The next call gets a fresh container.
+	ClassExited = "exited"
+	// ClassResponseTooLarge: the function's answer is over the response
+	// limit (HTTP 502); the executor sent an error instead and the
+	// container keeps serving.
+	ClassResponseTooLarge = "response_too_large"
 	// ClassPayloadTooLarge: the request body or code archive is over the
 	// agent's limit.
 	ClassPayloadTooLarge = "payload_too_large"
@@ -105,7 +125,8 @@ const (
 func Classes() []string {
 	return []string{
 		ClassNotFound, ClassInvalidArgument, ClassUnauthenticated, ClassResourceExhausted,
-		ClassUnavailable, ClassDeadlineExceeded, ClassExecutorFailure, ClassPayloadTooLarge,
+		ClassUnavailable, ClassDeadlineExceeded, ClassExecutorFailure, ClassOOM, ClassPidsExhausted,
+		ClassExited, ClassResponseTooLarge, ClassPayloadTooLarge,
 		ClassInsufficientStorage, ClassRequestTimeout, ClassCancelled, ClassConflict, ClassFunctionError, ClassInternal,
 	}
 }

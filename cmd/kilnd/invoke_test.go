@@ -102,8 +102,8 @@ func TestCrashingFunction(t *testing.T) {
 		t.Fatalf("warm-up = %d %s", r.status, r.body)
 	}
 	r := k.do(t, "POST", "/invoke/probe-crash", []byte("exit"))
-	if r.status != 502 || r.header.Get("X-Kiln-Error") != "executor_failure" {
-		t.Fatalf("exiting function = %d %s %q, want 502 executor_failure", r.status, r.body, r.header.Get("X-Kiln-Error"))
+	if r.status != 502 || r.header.Get("X-Kiln-Error") != "exited" || !bytes.Contains(r.body, []byte("exited with status 3")) {
+		t.Fatalf("exiting function = %d %s %q, want 502 exited with status 3", r.status, r.body, r.header.Get("X-Kiln-Error"))
 	}
 	r = k.do(t, "POST", "/invoke/probe-crash", []byte("after"))
 	if r.status != 202 || string(r.body) != "probe:after" {

@@ -30,7 +30,10 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	pb "github.com/kilnfx/kiln/proto/executorpb"
 )
@@ -77,7 +80,23 @@ type Usage struct {
 
 // Handler runs one call. An error fails the call with status 500 (or the
 // Response's Status when a Response is also returned) and its message.
+//
+// An answer (body, headers and error message together) is limited to
+// MaxResponseBytes: a larger one is not sent, and the call fails with the
+// error class response_too_large (HTTP 502) while the function keeps
+// serving.
 type Handler func(ctx context.Context, req *Request) (*Response, error)
+
+// ErrResponseTooLarge, wrapped by a handler's error, fails the call as an
+// answer over the limit (error class response_too_large) rather than as
+// the function's error: for handlers that relay another process's answer
+// and find it too large.
+var ErrResponseTooLarge = errors.New("response too large")
+
+// MaxResponseBytes is the largest answer a handler may give: 64 MiB, the
+// executor protocol's message limit, less 64 KiB for the rest of the
+// message.
+const MaxResponseBytes = pb.MaxResultBodyBytes
 
 // Environment variables the agent sets for the executor.
 const (
@@ -140,7 +159,7 @@ func RunWith(ctx context.Context, socket string, opts RunOptions, h Handler) err
 		grpc.WithInitialConnWindowSize(4<<20),
 		grpc.WithReadBufferSize(64<<10),
 		grpc.WithWriteBufferSize(64<<10),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20)),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(pb.MaxMessageBytes), grpc.MaxCallSendMsgSize(pb.MaxMessageBytes)),
 	)
 	if err != nil {
 		return fmt.Errorf("dial agent: %w", err)
@@ -244,12 +263,53 @@ func (s *session) start(parent context.Context, inv *pb.Invoke, trace *pb.CallTr
 		if parent.Err() != nil {
 			return // the session is ending: the agent answers the call itself
 		}
+		if n := answerSize(res); n > pb.MaxResultBodyBytes {
+			res = tooLarge(res, overLimit(n))
+		}
 		if trace != nil {
 			trace.SendingNs = pb.MonotonicNow()
 			res.Trace = trace
 		}
-		_ = s.send(&pb.ExecutorMsg{Msg: &pb.ExecutorMsg_Result{Result: res}})
+		err := s.send(&pb.ExecutorMsg{Msg: &pb.ExecutorMsg_Result{Result: res}})
+		if status.Code(err) == codes.ResourceExhausted && res.ErrorClass == "" {
+			// gRPC refused the message as over its size limit, before
+			// sending anything: say so rather than leave the call to
+			// its timeout.
+			res = tooLarge(res, overLimit(proto.Size(res)))
+			_ = s.send(&pb.ExecutorMsg{Msg: &pb.ExecutorMsg_Result{Result: res}})
+		}
 	}()
+}
+
+// answerSize is the size of what the handler answered in res: its body,
+// headers and error message.
+func answerSize(res *pb.Result) int {
+	n := len(res.Body) + len(res.Error)
+	for _, h := range res.Headers {
+		n += len(h.Key) + len(h.Value)
+	}
+	return n
+}
+
+// tooLarge returns the Result that replaces res, whose answer is over the
+// limit: no body nor headers, the error why and the class
+// ErrorClassResponseTooLarge, res's figures kept.
+func tooLarge(res *pb.Result, why string) *pb.Result {
+	return &pb.Result{
+		CallId:      res.CallId,
+		Status:      http.StatusBadGateway,
+		ExecNs:      res.ExecNs,
+		CpuUserNs:   res.CpuUserNs,
+		CpuSysNs:    res.CpuSysNs,
+		MaxRssBytes: res.MaxRssBytes,
+		Error:       why,
+		ErrorClass:  pb.ErrorClassResponseTooLarge,
+	}
+}
+
+// overLimit says that an answer of size bytes is over the limit.
+func overLimit(size int) string {
+	return fmt.Sprintf("the function's answer of %d bytes is over the %d byte limit", size, pb.MaxResultBodyBytes)
 }
 
 // run calls the handler for one Invoke, turning a panic into an error result.
@@ -307,6 +367,9 @@ func (s *session) run(ctx context.Context, inv *pb.Invoke, trace *pb.CallTrace) 
 		res.Error = err.Error()
 		if res.Status == 0 {
 			res.Status = http.StatusInternalServerError
+		}
+		if errors.Is(err, ErrResponseTooLarge) {
+			res = tooLarge(res, err.Error())
 		}
 	}
 	return res

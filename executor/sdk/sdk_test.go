@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -74,7 +75,7 @@ func newAgent(t *testing.T) *agentSide {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := grpc.NewServer()
+	srv := grpc.NewServer(grpc.MaxRecvMsgSize(pb.MaxMessageBytes))
 	pb.RegisterAgentServer(srv, a)
 	go srv.Serve(ln)
 	t.Cleanup(srv.Stop)
@@ -482,5 +483,47 @@ func TestServeExits(t *testing.T) {
 	var exit *exec.ExitError
 	if !errors.As(err, &exit) || exit.ExitCode() != 1 || !strings.Contains(stderr.String(), "kiln executor:") {
 		t.Errorf("Serve without an agent: %v, stderr %q", err, stderr.String())
+	}
+}
+
+// TestResponseTooLarge checks that an answer over the limit is replaced by
+// a Result of class response_too_large, and that the session serves on.
+func TestResponseTooLarge(t *testing.T) {
+	a := newAgent(t)
+	s, _ := a.run(t, context.Background(), func(ctx context.Context, req *sdk.Request) (*sdk.Response, error) {
+		switch string(req.Body) {
+		case "limit":
+			return &sdk.Response{Body: make([]byte, sdk.MaxResponseBytes)}, nil
+		case "over":
+			return &sdk.Response{Body: make([]byte, sdk.MaxResponseBytes+1)}, nil
+		case "headers":
+			return &sdk.Response{Header: http.Header{"X-Big": {strings.Repeat("h", sdk.MaxResponseBytes/2+1)}}, Body: make([]byte, sdk.MaxResponseBytes/2)}, nil
+		}
+		return &sdk.Response{Body: []byte("ok")}, nil
+	})
+	if r := s.call(t, "limit", "limit"); r.ErrorClass != "" || len(r.Body) != sdk.MaxResponseBytes {
+		t.Errorf("an answer at the limit: class %q, %d bytes, error %q", r.ErrorClass, len(r.Body), r.Error)
+	}
+	for _, body := range []string{"over", "headers"} {
+		r := s.call(t, body, body)
+		if r.ErrorClass != pb.ErrorClassResponseTooLarge || len(r.Body) != 0 || len(r.Headers) != 0 || !strings.Contains(r.Error, "limit") || r.ExecNs <= 0 {
+			t.Errorf("%s: class %q, %d bytes, %d headers, error %q, exec %d ns", body, r.ErrorClass, len(r.Body), len(r.Headers), r.Error, r.ExecNs)
+		}
+	}
+	if r := s.call(t, "after", "after"); string(r.Body) != "ok" {
+		t.Errorf("after a refused answer: %q %q", r.Body, r.Error)
+	}
+}
+
+// TestHandlerSaysTooLarge checks that a handler error wrapping
+// ErrResponseTooLarge is sent as that class, not as the function's error.
+func TestHandlerSaysTooLarge(t *testing.T) {
+	a := newAgent(t)
+	s, _ := a.run(t, context.Background(), func(ctx context.Context, req *sdk.Request) (*sdk.Response, error) {
+		return &sdk.Response{Body: []byte("partial")}, fmt.Errorf("%w: the worker answered too much", sdk.ErrResponseTooLarge)
+	})
+	r := s.call(t, "relay", "x")
+	if r.ErrorClass != pb.ErrorClassResponseTooLarge || len(r.Body) != 0 || !strings.Contains(r.Error, "worker answered too much") {
+		t.Errorf("result class %q body %q error %q", r.ErrorClass, r.Body, r.Error)
 	}
 }

@@ -22,8 +22,10 @@ import (
 // stderrTail is how much of a failed program's stderr is its call's error.
 const stderrTail = 4 << 10
 
-// ErrResponseTooLarge: a binary function wrote more than MaxBody bytes.
-var ErrResponseTooLarge = errors.New("response too large")
+// ErrResponseTooLarge: a binary function wrote more than MaxBody bytes. It
+// is sdk.ErrResponseTooLarge, so that the call is answered
+// response_too_large.
+var ErrResponseTooLarge = sdk.ErrResponseTooLarge
 
 // Fork runs a program per call, with OpenFaaS classic watchdog semantics:
 // the request body is its stdin, its stdout the response body (status

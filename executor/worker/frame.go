@@ -11,7 +11,9 @@ import (
 	"unicode/utf8"
 )
 
-// Frame limits; a frame over them is a protocol error.
+// Frame limits; a frame over them is a protocol error, except a result
+// whose body alone is over MaxBody: its call fails with
+// sdk.ErrResponseTooLarge and the worker serves on.
 const (
 	// MaxHeader is the largest frame header, in bytes.
 	MaxHeader = 1 << 20
@@ -48,6 +50,10 @@ type workerHeader struct {
 	CPUUserUs int64 `json:"cpu_user_us"`
 	CPUSysUs  int64 `json:"cpu_sys_us"`
 	MaxRSSKB  int64 `json:"max_rss_kb"`
+
+	// bodyOverLimit is the size of a result's body the reader skipped
+	// because it was over MaxBody; 0 for any other frame.
+	bodyOverLimit int64
 }
 
 // frameReader reads the worker's frames. It is not safe for concurrent use.
@@ -72,7 +78,7 @@ func (fr *frameReader) next() (*workerHeader, []byte, error) {
 		return nil, nil, err
 	}
 	hl, bl := binary.BigEndian.Uint32(prefix[:4]), binary.BigEndian.Uint32(prefix[4:])
-	if hl > MaxHeader || bl > MaxBody {
+	if hl > MaxHeader {
 		return nil, nil, fmt.Errorf("%w: frame of %d+%d bytes is over the limits", ErrProtocol, hl, bl)
 	}
 	if cap(fr.header) < int(hl) {
@@ -81,6 +87,20 @@ func (fr *frameReader) next() (*workerHeader, []byte, error) {
 	fr.header = fr.header[:hl]
 	if _, err := io.ReadFull(fr.r, fr.header); err != nil {
 		return nil, nil, fmt.Errorf("%w: truncated frame: %v", ErrProtocol, err)
+	}
+	if bl > MaxBody {
+		// A result's body over the limit is skipped, and its call
+		// answered response_too_large; any other frame that large
+		// breaks the protocol.
+		h := new(workerHeader)
+		if err := json.Unmarshal(fr.header, h); err != nil || h.T != kindResult {
+			return nil, nil, fmt.Errorf("%w: frame of %d+%d bytes is over the limits", ErrProtocol, hl, bl)
+		}
+		if _, err := io.CopyN(io.Discard, fr.r, int64(bl)); err != nil {
+			return nil, nil, fmt.Errorf("%w: truncated frame: %v", ErrProtocol, err)
+		}
+		h.bodyOverLimit = int64(bl)
+		return h, nil, nil
 	}
 	var body []byte
 	if bl > 0 {

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"io"
 	"testing"
+
+	"github.com/kilnfx/kiln/executor/sdk"
 )
 
 func FuzzAppendJSONString(f *testing.F) {
@@ -79,5 +81,36 @@ func TestFrameReader(t *testing.T) {
 		if _, _, err := newFrameReader(bytes.NewReader(in)).next(); !errors.Is(err, ErrProtocol) {
 			t.Errorf("%s: %v, want a protocol error", name, err)
 		}
+	}
+}
+
+// TestResultBodyOverLimit checks that a result whose body is over MaxBody
+// is skipped and marked, not a protocol error, and that the next frame
+// still reads.
+func TestResultBodyOverLimit(t *testing.T) {
+	frame := func(header string, body int) []byte {
+		b := make([]byte, 8, 8+len(header)+body)
+		binary.BigEndian.PutUint32(b[:4], uint32(len(header)))
+		binary.BigEndian.PutUint32(b[4:], uint32(body))
+		b = append(b, header...)
+		return append(b, make([]byte, body)...)
+	}
+	var in []byte
+	in = append(in, frame(`{"t":"result","id":"big"}`, MaxBody+1)...)
+	in = append(in, frame(`{"t":"result","id":"small"}`, 2)...)
+	fr := newFrameReader(bytes.NewReader(in))
+	h, body, err := fr.next()
+	if err != nil || h.ID != "big" || h.bodyOverLimit != MaxBody+1 || body != nil {
+		t.Fatalf("over the limit: %+v %d bytes %v", h, len(body), err)
+	}
+	if _, err := (callResult{h, body}).response(); !errors.Is(err, sdk.ErrResponseTooLarge) {
+		t.Errorf("its answer: %v, want sdk.ErrResponseTooLarge", err)
+	}
+	if h, body, err := fr.next(); err != nil || h.ID != "small" || len(body) != 2 {
+		t.Fatalf("next frame: %+v %d bytes %v", h, len(body), err)
+	}
+	big := frame(`{"t":"ready"}`, MaxBody+1)
+	if _, _, err := newFrameReader(bytes.NewReader(big)).next(); !errors.Is(err, ErrProtocol) {
+		t.Errorf("a ready frame over the limit: %v, want ErrProtocol", err)
 	}
 }

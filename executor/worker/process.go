@@ -282,6 +282,9 @@ func (r callResult) response() (*sdk.Response, error) {
 	} else {
 		resp = new(sdk.Response)
 	}
+	if r.h.bodyOverLimit > 0 {
+		return resp, fmt.Errorf("%w: the worker answered %d bytes, over the %d byte limit", sdk.ErrResponseTooLarge, r.h.bodyOverLimit, MaxBody)
+	}
 	resp.Status, resp.Body = r.h.Status, r.body
 	if len(r.h.Headers) > 0 {
 		resp.Header = make(http.Header, len(r.h.Headers))

@@ -228,6 +228,11 @@ type container struct {
 	exited     chan struct{}
 	exitOnce   sync.Once
 	cancelWait context.CancelFunc
+	// exitStatus and exitKnown are the task's exit status as its wait
+	// reported it; written once, before exited is closed, and read only
+	// after.
+	exitStatus uint32
+	exitKnown  bool
 
 	statsMu sync.Mutex
 	stats   cgroupStats // guarded by statsMu
@@ -637,7 +642,7 @@ func (d *Driver) watch(ctx context.Context, c *container, exitC <-chan container
 		}
 		err := st.Error()
 		if ok && err == nil {
-			c.markExited()
+			c.markExitedWith(st.ExitCode())
 			return
 		}
 		if ctx.Err() != nil {

@@ -40,6 +40,7 @@ type Driver struct {
 	freezes   int
 	use       int64 // memory every container holds, as Stats reports it
 	hook      func(op, id string) error
+	diagnosis pool.Diagnosis // what Diagnose reports, Stats aside
 }
 
 type container struct {
@@ -52,11 +53,41 @@ type container struct {
 	handler sdk.Handler
 }
 
-var _ pool.Driver = (*Driver)(nil)
+var (
+	_ pool.Driver    = (*Driver)(nil)
+	_ pool.Diagnoser = (*Driver)(nil)
+)
 
 // New returns a Driver whose containers serve calls with h.
 func New(h sdk.Handler) *Driver {
-	return &Driver{handler: h, containers: make(map[string]*container), use: 1 << 20}
+	return &Driver{handler: h, containers: make(map[string]*container), use: 1 << 20,
+		diagnosis: pool.Diagnosis{ExitCode: -1}}
+}
+
+// SetDiagnosis sets what Diagnose reports for every container: its exit
+// status, signal, fault counters and limits (its Stats are Stats's). The
+// default is an exit status of -1 (unknown) and no faults.
+func (d *Driver) SetDiagnosis(diag pool.Diagnosis) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.diagnosis = diag
+}
+
+// Diagnose implements pool.Diagnoser with what SetDiagnosis set. The hook
+// sees it as the op "diagnose".
+func (d *Driver) Diagnose(ctx context.Context, id string) (pool.Diagnosis, error) {
+	if err := d.before("diagnose", id); err != nil {
+		return pool.Diagnosis{}, err
+	}
+	st, err := d.Stats(ctx, id)
+	if err != nil {
+		return pool.Diagnosis{}, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	diag := d.diagnosis
+	diag.Stats, diag.HasStats = st, true
+	return diag, nil
 }
 
 // SetMemoryUse sets the memory use Stats reports for every container
@@ -69,7 +100,7 @@ func (d *Driver) SetMemoryUse(bytes int64) {
 
 // SetHook makes the driver call f before an operation on a container: op
 // is "start", "dial" (in the executor, before it connects), "freeze",
-// "thaw", "update" or "remove". f may block, to hold the container where
+// "thaw", "update", "diagnose" or "remove". f may block, to hold the container where
 // it is; an error from f is what the operation returns (for "dial", the
 // executor exits without connecting). A nil f removes the hook.
 func (d *Driver) SetHook(f func(op, id string) error) {

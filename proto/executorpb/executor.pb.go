@@ -585,7 +585,12 @@ type Result struct {
 	// max_rss_bytes is the process's peak resident set size so far.
 	MaxRssBytes int64 `protobuf:"varint,9,opt,name=max_rss_bytes,json=maxRssBytes,proto3" json:"max_rss_bytes,omitempty"`
 	// trace holds the call's timestamps when its Invoke asked for them.
-	Trace         *CallTrace `protobuf:"bytes,10,opt,name=trace,proto3" json:"trace,omitempty"`
+	Trace *CallTrace `protobuf:"bytes,10,opt,name=trace,proto3" json:"trace,omitempty"`
+	// error_class, when set, says the executor failed the call itself rather
+	// than the handler: "response_too_large" when the handler's answer was
+	// over the response limit (the body is then empty and error says why).
+	// The agent answers it as that error class, not as a function error.
+	ErrorClass    string `protobuf:"bytes,11,opt,name=error_class,json=errorClass,proto3" json:"error_class,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -688,6 +693,13 @@ func (x *Result) GetTrace() *CallTrace {
 		return x.Trace
 	}
 	return nil
+}
+
+func (x *Result) GetErrorClass() string {
+	if x != nil {
+		return x.ErrorClass
+	}
+	return ""
 }
 
 // CallTrace is when a traced call passed each point on the executor's
@@ -1023,7 +1035,7 @@ const file_executor_proto_rawDesc = "" +
 	"\x06method\x18\x05 \x01(\tR\x06method\x12\x12\n" +
 	"\x04path\x18\x06 \x01(\tR\x04path\x12\x14\n" +
 	"\x05query\x18\a \x01(\tR\x05query\x12\x14\n" +
-	"\x05trace\x18\b \x01(\bR\x05trace\"\xc5\x02\n" +
+	"\x05trace\x18\b \x01(\bR\x05trace\"\xe6\x02\n" +
 	"\x06Result\x12\x17\n" +
 	"\acall_id\x18\x01 \x01(\tR\x06callId\x12\x16\n" +
 	"\x06status\x18\x02 \x01(\x05R\x06status\x122\n" +
@@ -1036,7 +1048,9 @@ const file_executor_proto_rawDesc = "" +
 	"cpu_sys_ns\x18\b \x01(\x03R\bcpuSysNs\x12\"\n" +
 	"\rmax_rss_bytes\x18\t \x01(\x03R\vmaxRssBytes\x121\n" +
 	"\x05trace\x18\n" +
-	" \x01(\v2\x1b.kiln.executor.v1.CallTraceR\x05trace\"\xf1\x01\n" +
+	" \x01(\v2\x1b.kiln.executor.v1.CallTraceR\x05trace\x12\x1f\n" +
+	"\verror_class\x18\v \x01(\tR\n" +
+	"errorClass\"\xf1\x01\n" +
 	"\tCallTrace\x12\x1f\n" +
 	"\vreceived_ns\x18\x01 \x01(\x03R\n" +
 	"receivedNs\x12(\n" +

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"strings"
 	"time"
 
@@ -66,6 +67,26 @@ func handle(ctx context.Context, req *sdk.Request) (*sdk.Response, error) {
 		return &sdk.Response{Header: http.Header{"Content-Type": {"application/json"}}, Body: b}, nil
 	case "exit":
 		os.Exit(3)
+	case "oom":
+		// Allocate and touch memory until the kernel kills the process
+		// at its container's limit.
+		var held [][]byte
+		for {
+			b := make([]byte, 1<<20)
+			for i := 0; i < len(b); i += 4096 {
+				b[i] = 1
+			}
+			held = append(held, b)
+		}
+	case "forkbomb":
+		return forkBomb()
+	case "big":
+		// 70 MiB: over the response limit.
+		return &sdk.Response{Body: make([]byte, 70<<20)}, nil
+	case "hang":
+		// Ignore the call's deadline for 5 s.
+		time.Sleep(5 * time.Second)
+		return &sdk.Response{Body: []byte("hung")}, nil
 	case "panic":
 		panic("probe panicked")
 	case "print":
@@ -87,4 +108,35 @@ func handle(ctx context.Context, req *sdk.Request) (*sdk.Response, error) {
 	return &sdk.Response{Status: http.StatusAccepted, Header: h, Body: append([]byte("probe:"), req.Body...)}, nil
 }
 
-func main() { sdk.Serve(handle) }
+// childEnv marks a process forkBomb started: it only waits to be killed.
+const childEnv = "PROBE_CHILD=1"
+
+// forkBomb starts copies of the probe until the container's pids limit
+// refuses one, then kills them and fails the call with the refusal.
+func forkBomb() (*sdk.Response, error) {
+	var children []*exec.Cmd
+	defer func() {
+		for _, c := range children {
+			c.Process.Kill()
+			c.Wait()
+		}
+	}()
+	for len(children) < 10000 {
+		c := exec.Command("/proc/self/exe")
+		c.Env = []string{childEnv, "GOMAXPROCS=1"}
+		if err := c.Start(); err != nil {
+			return nil, fmt.Errorf("fork bomb stopped after %d children: %w", len(children), err)
+		}
+		children = append(children, c)
+	}
+	return &sdk.Response{Body: []byte("no limit met")}, nil
+}
+
+func main() {
+	if len(os.Environ()) > 0 && os.Environ()[0] == childEnv {
+		for {
+			time.Sleep(time.Hour)
+		}
+	}
+	sdk.Serve(handle)
+}

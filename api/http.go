@@ -45,6 +45,13 @@ const (
 	DefaultMaxDeployBytes = 128 << 20
 )
 
+// MaxHeaderBytes bounds a request's line and headers together: fasthttp
+// reads them whole into a buffer of this size (its ReadBufferSize, one per
+// connection). A request whose line and headers are over it, by their
+// size or by their number, is answered 431 headers_too_large and its
+// connection closed.
+const MaxHeaderBytes = 4096
+
 // deployBodyTimeout is the least time a deploy's body may take.
 const deployBodyTimeout = 5 * time.Minute
 
@@ -218,6 +225,11 @@ func NewHTTPServer(a *agent.Agent, opts ...HTTPOption) *HTTPServer {
 		// Read a little past the limit so that a too-large body gets its
 		// 413 from the agent's check rather than a reset connection.
 		MaxRequestBodySize: a.MaxBodyBytes() + bodySlack,
+		ReadBufferSize:     MaxHeaderBytes,
+		// The answer to a request fasthttp cannot read quotes its error,
+		// which otherwise holds up to MaxHeaderBytes of the request itself,
+		// Authorization header included.
+		SecureErrorLogMessage: true,
 		// ReadTimeout bounds the headers; requestConfig gives a body its
 		// own deadline once the headers are in.
 		ReadTimeout:                   s.headerTimeout,
@@ -563,12 +575,16 @@ func (s *HTTPServer) writeError(ctx *fasthttp.RequestCtx, err error) {
 	writeJSON(ctx, status, &kilnv1.Error{Error: err.Error(), Class: class})
 }
 
-// handleParseError answers requests fasthttp could not read: too large
-// (413; 401 for a deploy by anyone but the admin), too slow (408), or
-// malformed (400).
+// handleParseError answers requests fasthttp could not read: a body too
+// large (413; 401 for a deploy by anyone but the admin), a line and
+// headers over MaxHeaderBytes (431), too slow (408), or malformed (400).
+// fasthttp closes the connection after the answer.
 func (s *HTTPServer) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 	var netErr net.Error
+	var small *fasthttp.ErrSmallBuffer
 	switch {
+	case errors.As(err, &small):
+		err = fmt.Errorf("%w: the request line and headers are over %d bytes", errdefs.ErrHeadersTooLarge, MaxHeaderBytes)
 	case errors.Is(err, fasthttp.ErrBodyTooLarge) && isDeploy(&ctx.Request.Header):
 		if aerr := s.gate.requireAdmin(bearer(ctx)); aerr != nil {
 			err = aerr

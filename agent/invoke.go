@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 
@@ -234,7 +236,7 @@ func (a *Agent) invoke(ctx context.Context, call *Call, rec *datastore.UsageReco
 func (a *Agent) meter(call *Call, received time.Time, rec *datastore.UsageRecord, res *Result, err error) error {
 	rec.ReceivedAt = received
 	rec.TotalTime = time.Since(received)
-	rec.Function = truncate(call.Function, 63)
+	rec.Function = recordedName(call.Function)
 	rec.Trigger = call.Trigger
 	rec.Node = a.node
 	rec.BytesIn = int64(len(call.Body))
@@ -278,17 +280,37 @@ func (a *Agent) Reject(call *Call, err error) (string, error) {
 	if received.IsZero() {
 		received = time.Now()
 	}
+	a.mu.RLock()
+	if fn := a.functions[call.Function]; fn != nil {
+		rec.Revision = fn.record.Revision
+		rec.MemoryLimitBytes = fn.pool.MemoryBytes
+	}
+	a.mu.RUnlock()
 	return rec.CallID, a.meter(call, received, rec, nil, err)
 }
 
 // ClassFunctionError is the error class of a call whose handler failed.
 const ClassFunctionError = wire.ClassFunctionError
 
-func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n]
+// recordedName is a call's function name as its usage record and the
+// metrics keep it. A refused call's name is whatever the client sent: it
+// is made valid UTF-8 (each bad byte becomes U+FFFD) and cut to at most 63
+// bytes at a character boundary, so that it can be stored, answered as
+// JSON and exported.
+func recordedName(name string) string {
+	const maxBytes = 63
+	if len(name) <= maxBytes && utf8.ValidString(name) {
+		return name
 	}
-	return s
+	name = strings.ToValidUTF8(name, string(utf8.RuneError))
+	if len(name) <= maxBytes {
+		return name
+	}
+	cut := maxBytes
+	for cut > 0 && !utf8.RuneStart(name[cut]) {
+		cut--
+	}
+	return name[:cut]
 }
 
 // callError maps a pool error to the agent's error classes.

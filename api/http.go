@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttpadaptor"
@@ -399,10 +400,7 @@ func (s *HTTPServer) invoke(ctx *fasthttp.RequestCtx, rest []byte) {
 			ctx.Response.Header.SetBytesV(wire.HeaderTrace, trace.AppendTo(nil))
 		}()
 	}
-	name, sub := rest, []byte("/")
-	if i := bytes.IndexByte(rest, '/'); i >= 0 {
-		name, sub = rest[:i], rest[i:]
-	}
+	name, sub := splitInvokePath(rest)
 	call := &agent.Call{
 		Function: string(name),
 		Trigger:  "http",
@@ -452,12 +450,25 @@ func (s *HTTPServer) invoke(ctx *fasthttp.RequestCtx, rest []byte) {
 	if res.FunctionError != "" {
 		ctx.Response.Header.Set(wire.HeaderError, wire.ClassFunctionError)
 		if len(res.Body) == 0 {
-			writeJSON(ctx, res.Status, &kilnv1.Error{Error: res.FunctionError, Class: wire.ClassFunctionError})
+			writeJSON(ctx, res.Status, &kilnv1.Error{Error: validUTF8(res.FunctionError), Class: wire.ClassFunctionError})
 			return
 		}
 	}
 	ctx.SetBody(res.Body)
 }
+
+// splitInvokePath splits what follows /invoke/ or /function/ in a path
+// into the function's name, up to the first slash, and the path the
+// function sees: the rest from that slash on, or "/" when there is none.
+// The name is not checked here: the agent refuses a bad one.
+func splitInvokePath(rest []byte) (name, sub []byte) {
+	if i := bytes.IndexByte(rest, '/'); i >= 0 {
+		return rest[:i], rest[i:]
+	}
+	return rest, slash
+}
+
+var slash = []byte("/")
 
 // skipHeader reports whether a request header is the transport's business,
 // not the function's.
@@ -562,7 +573,9 @@ func (s *HTTPServer) methodNotAllowed(ctx *fasthttp.RequestCtx, allow string) {
 	writeJSON(ctx, fasthttp.StatusMethodNotAllowed, &kilnv1.Error{Error: "method not allowed", Class: wire.ClassInvalidArgument})
 }
 
-// writeError answers with err's status and a JSON Error body.
+// writeError answers with err's status and a JSON Error body. The message
+// may quote the request (a path, a parameter): bytes that are not UTF-8
+// become U+FFFD, since JSON cannot carry them.
 func (s *HTTPServer) writeError(ctx *fasthttp.RequestCtx, err error) {
 	status, class := HTTPStatus(err)
 	if status >= 500 {
@@ -572,7 +585,15 @@ func (s *HTTPServer) writeError(ctx *fasthttp.RequestCtx, err error) {
 		ctx.Response.Header.Set("Retry-After", "1")
 	}
 	ctx.Response.Header.Set(wire.HeaderError, class)
-	writeJSON(ctx, status, &kilnv1.Error{Error: err.Error(), Class: class})
+	writeJSON(ctx, status, &kilnv1.Error{Error: validUTF8(err.Error()), Class: class})
+}
+
+// validUTF8 returns s with each byte that is not UTF-8 replaced by U+FFFD.
+func validUTF8(s string) string {
+	if utf8.ValidString(s) {
+		return s
+	}
+	return strings.ToValidUTF8(s, string(utf8.RuneError))
 }
 
 // handleParseError answers requests fasthttp could not read: a body too
@@ -602,7 +623,7 @@ func (s *HTTPServer) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 	path := ctx.Path()
 	for _, prefix := range [][]byte{prefixInvoke, prefixFunction} {
 		if rest, ok := bytes.CutPrefix(path, prefix); ok {
-			name, _, _ := bytes.Cut(rest, []byte("/"))
+			name, _ := splitInvokePath(rest)
 			id, rerr := s.agent.Reject(&agent.Call{Function: string(name), Trigger: "http", Received: ctx.Time()}, err)
 			ctx.Response.Header.Set(wire.HeaderCallID, id)
 			err = rerr

@@ -2,13 +2,21 @@ package api
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"net/http"
+	"runtime"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/kilnfx/kiln/api/wire"
@@ -158,5 +166,163 @@ func TestHTTPTricklingBody(t *testing.T) {
 	}
 	if status, _ := get(t, "127.0.0.1", addr, "/healthz"); status != 200 {
 		t.Errorf("after the trickling body: %d", status)
+	}
+}
+
+// TestGRPCOversizedMessage sends a message over the server's receive
+// limit: grpc-go refuses it before reading it, RESOURCE_EXHAUSTED naming
+// both sizes, and the connection goes on serving. (kilnd's limit is the
+// larger of the body and code archive limits plus 64 KiB; the test lowers
+// it to keep the message small.)
+func TestGRPCOversizedMessage(t *testing.T) {
+	const limit = 64 << 10
+	e := newGRPCEnv(t, WithGRPCServerOptions(grpc.MaxRecvMsgSize(limit)))
+	ctx := context.Background()
+	_, err := e.invoker.Invoke(ctx, &kilnv1.InvokeRequest{Function: "echo", Body: make([]byte, limit+1)})
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(status.Convert(err).Message(), "larger than max") ||
+		!strings.Contains(status.Convert(err).Message(), strconv.Itoa(limit)) {
+		t.Fatalf("message over the limit: %v, want RESOURCE_EXHAUSTED naming the limit", err)
+	}
+	stream, err := e.invoker.InvokeStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&kilnv1.InvokeRequest{Id: 1, Function: "echo", Body: make([]byte, limit+1)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); status.Code(err) != codes.ResourceExhausted {
+		t.Errorf("stream message over the limit: %v, want RESOURCE_EXHAUSTED", err)
+	}
+	if resp, err := e.invoker.Invoke(ctx, &kilnv1.InvokeRequest{Function: "echo", Body: []byte("after")}); err != nil || string(resp.Body) != "echo:after" {
+		t.Errorf("the connection after the refusal: %v %v", resp, err)
+	}
+}
+
+// TestGRPCStreamsPerConnectionAreBounded opens more RPCs on one connection
+// than the server's bound on concurrent streams (kilnd's is 1024; the test
+// lowers it): the extra ones wait on the client, never reaching the agent,
+// another connection is served meanwhile, and all are answered once the
+// first end.
+func TestGRPCStreamsPerConnectionAreBounded(t *testing.T) {
+	const bound, opened = 4, 12
+	e := newGRPCEnv(t, WithGRPCServerOptions(grpc.MaxConcurrentStreams(bound)))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	errc := make(chan error, opened)
+	for range opened {
+		go func() {
+			_, err := e.invoker.Invoke(ctx, &kilnv1.InvokeRequest{Function: "echo", Body: []byte("block")})
+			errc <- err
+		}()
+	}
+	for range bound {
+		wait(t, e.started, "the first calls to start")
+	}
+	time.Sleep(200 * time.Millisecond) // time for more to start, were the bound broken
+	if n := e.running.Load(); n != bound {
+		t.Fatalf("%d calls running on one connection, want %d", n, bound)
+	}
+	other, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if resp, err := kilnv1.NewInvokerClient(other).Invoke(ctx, &kilnv1.InvokeRequest{Function: "echo", Body: []byte("x")}); err != nil || string(resp.Body) != "echo:x" {
+		t.Fatalf("another connection while one is at its bound: %v %v", resp, err)
+	}
+	close(e.gate)
+	for range opened {
+		if err := <-errc; err != nil {
+			t.Errorf("a waiting call: %v", err)
+		}
+	}
+	if m := e.maxRunning.Load(); m > bound {
+		t.Errorf("%d calls ran at once on one connection, want at most %d", m, bound)
+	}
+}
+
+// TestGRPCStreamNeverRead sends calls on an InvokeStream whose answers the
+// client never reads. Flow control stops it: the server stops reading the
+// stream once its answers cannot be sent, so the client's sends block
+// long before it has sent them all; kilnd's goroutines and heap stay
+// bounded, another client is served meanwhile, and cancelling the stream
+// gives everything back.
+func TestGRPCStreamNeverRead(t *testing.T) {
+	e := newGRPCEnv(t)
+	settle := func() (goroutines int, heap uint64) {
+		var ms runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&ms)
+		return runtime.NumGoroutine(), ms.HeapAlloc
+	}
+	// The function's container is started first: its goroutines are no
+	// stream's.
+	if _, err := e.invoker.Invoke(context.Background(), &kilnv1.InvokeRequest{Function: "echo"}); err != nil {
+		t.Fatal(err)
+	}
+	g0, h0 := settle()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stream, err := e.invoker.InvokeStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const calls = 20000 // 80 MB of answers, were they all made
+	body := make([]byte, testMaxBody-len("echo:"))
+	var sent atomic.Int64
+	sendDone := make(chan struct{})
+	go func() {
+		defer close(sendDone)
+		for i := range calls {
+			if err := stream.Send(&kilnv1.InvokeRequest{Id: uint64(i), Function: "echo", Body: body}); err != nil {
+				return
+			}
+			sent.Add(1)
+		}
+	}()
+	// Wait until the sender is stuck.
+	for last := int64(-1); ; {
+		time.Sleep(300 * time.Millisecond)
+		n := sent.Load()
+		if n == last {
+			break
+		}
+		last = n
+	}
+	n := sent.Load()
+	if n >= calls {
+		t.Fatalf("the client sent all %d calls without reading an answer: nothing stopped it", n)
+	}
+	g1, h1 := settle()
+	t.Logf("stuck after %d calls sent: %d goroutines (from %d), heap %d MiB (from %d MiB)", n, g1, g0, h1>>20, h0>>20)
+	if g1-g0 > DefaultStreamMaxInFlight+64 {
+		t.Errorf("%d goroutines more than before the stream, want at most the stream's %d in flight and a few", g1-g0, DefaultStreamMaxInFlight)
+	}
+	if h1 > h0+64<<20 {
+		t.Errorf("heap grew from %d to %d MiB", h0>>20, h1>>20)
+	}
+
+	other, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	octx, ocancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer ocancel()
+	if resp, err := kilnv1.NewInvokerClient(other).Invoke(octx, &kilnv1.InvokeRequest{Function: "echo", Body: []byte("x")}); err != nil || string(resp.Body) != "echo:x" {
+		t.Fatalf("another client while a stream is unread: %v %v", resp, err)
+	}
+	cancel()
+	<-sendDone
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		g, _ := settle()
+		if g <= g0+8 {
+			break
+		}
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("%d goroutines after the stream was cancelled, %d before it:\n%s", g, g0, buf[:runtime.Stack(buf, true)])
+		}
 	}
 }

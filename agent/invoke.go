@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -161,6 +162,9 @@ func (a *Agent) invoke(ctx context.Context, call *Call, rec *datastore.UsageReco
 	if len(call.Body) > a.maxBody {
 		return res, fmt.Errorf("%w: body of %d bytes is over the %d byte limit", ErrPayloadTooLarge, len(call.Body), a.maxBody)
 	}
+	if err := checkCallText(call); err != nil {
+		return res, err
+	}
 	if fn.unavailable != nil {
 		return res, fn.unavailable
 	}
@@ -291,6 +295,31 @@ func (a *Agent) Reject(call *Call, err error) (string, error) {
 
 // ClassFunctionError is the error class of a call whose handler failed.
 const ClassFunctionError = wire.ClassFunctionError
+
+// checkCallText refuses a call whose method, path, query or a header is
+// not UTF-8: the executor's protocol carries them as protobuf strings, and
+// a message that cannot be marshalled fails the container's session, and
+// with it the container and every call it is running. The body is bytes
+// and may hold anything. Errors wrap ErrInvalidArgument.
+func checkCallText(call *Call) error {
+	bad := func(what string) error {
+		return fmt.Errorf("%w: the request's %s is not UTF-8 (percent-encode other bytes)", ErrInvalidArgument, what)
+	}
+	switch {
+	case !utf8.ValidString(call.Method):
+		return bad("method")
+	case !utf8.ValidString(call.Path):
+		return bad("path")
+	case !utf8.ValidString(call.Query):
+		return bad("query")
+	}
+	for _, h := range call.Headers {
+		if !utf8.ValidString(h.Key) || !utf8.ValidString(h.Value) {
+			return bad("header " + strconv.Quote(h.Key))
+		}
+	}
+	return nil
+}
 
 // recordedName is a call's function name as its usage record and the
 // metrics keep it. A refused call's name is whatever the client sent: it

@@ -326,3 +326,32 @@ func TestGRPCStreamNeverRead(t *testing.T) {
 		}
 	}
 }
+
+// TestHTTPTextThatIsNotUTF8 sends invocations whose path, query or a
+// header holds bytes that are not UTF-8, which HTTP lets through but the
+// executor's protocol cannot carry. Each is refused 400 before it reaches
+// a container; the function keeps its container (such a call once failed
+// the container's session, killing it and every call it was running).
+func TestHTTPTextThatIsNotUTF8(t *testing.T) {
+	e := newGRPCEnv(t)
+	_, addr := startHTTP(t, e.agent)
+	if resp, body := rawAnswer(t, addr, "GET /invoke/echo HTTP/1.1\r\nHost: k\r\nConnection: close\r\n\r\n"); resp.StatusCode != 200 {
+		t.Fatalf("first call: %d %s", resp.StatusCode, body)
+	}
+	for what, req := range map[string]string{
+		"path":   "GET /invoke/echo/%ff HTTP/1.1\r\nHost: k\r\nConnection: close\r\n\r\n",
+		"query":  "GET /invoke/echo?a=\xff HTTP/1.1\r\nHost: k\r\nConnection: close\r\n\r\n",
+		"header": "GET /invoke/echo HTTP/1.1\r\nHost: k\r\nX-Latin1: caf\xe9\r\nConnection: close\r\n\r\n",
+	} {
+		resp, body := rawAnswer(t, addr, req)
+		if resp.StatusCode != 400 || resp.Header.Get(wire.HeaderError) != wire.ClassInvalidArgument || !strings.Contains(string(body), what) {
+			t.Errorf("%s not UTF-8: %d %s, want 400 invalid_argument naming the %s", what, resp.StatusCode, body, what)
+		}
+	}
+	if resp, body := rawAnswer(t, addr, "GET /invoke/echo HTTP/1.1\r\nHost: k\r\nConnection: close\r\n\r\n"); resp.StatusCode != 200 || resp.Header.Get(wire.HeaderStart) != wire.StartWarm {
+		t.Errorf("call after the refusals: %d %s, start %q, want a warm 200", resp.StatusCode, body, resp.Header.Get(wire.HeaderStart))
+	}
+	if n := e.driver.Starts(); n != 1 {
+		t.Errorf("%d containers started, want 1", n)
+	}
+}

@@ -60,14 +60,10 @@ func TestRefusedNamesAreRecordedSafely(t *testing.T) {
 	} {
 		for _, refuse := range []bool{false, true} {
 			call := &agent.Call{Function: tt.name, Trigger: "http"}
-			var err error
 			if refuse {
-				_, err = a.Reject(call, errors.New("refused at the edge"))
-			} else {
-				_, err = a.Invoke(ctx, call)
-				if !errors.Is(err, tt.want) {
-					t.Errorf("Invoke(%q) = %v, want %v", tt.name, err, tt.want)
-				}
+				a.Reject(call, errors.New("refused at the edge"))
+			} else if _, err := a.Invoke(ctx, call); !errors.Is(err, tt.want) {
+				t.Errorf("Invoke(%q) = %v, want %v", tt.name, err, tt.want)
 			}
 			rec := sk.last(t)
 			if !utf8.ValidString(rec.Function) || len(rec.Function) > 63 {

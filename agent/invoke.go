@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 
@@ -168,6 +171,9 @@ func (a *Agent) invoke(ctx context.Context, call *Call, rec *datastore.UsageReco
 	if len(call.Body) > a.maxBody {
 		return res, fmt.Errorf("%w: body of %d bytes is over the %d byte limit", ErrPayloadTooLarge, len(call.Body), a.maxBody)
 	}
+	if err := checkCallText(call); err != nil {
+		return res, err
+	}
 	if fn.unavailable != nil {
 		return res, fn.unavailable
 	}
@@ -302,7 +308,7 @@ func (a *Agent) meterFailedCall(ctx context.Context, fn *function, c *pool.Conta
 func (a *Agent) meter(call *Call, received time.Time, rec *datastore.UsageRecord, res *Result, err error) error {
 	rec.ReceivedAt = received
 	rec.TotalTime = time.Since(received)
-	rec.Function = truncate(call.Function, 63)
+	rec.Function = recordedName(call.Function)
 	rec.Trigger = call.Trigger
 	rec.Node = a.node
 	rec.BytesIn = int64(len(call.Body))
@@ -346,17 +352,62 @@ func (a *Agent) Reject(call *Call, err error) (string, error) {
 	if received.IsZero() {
 		received = time.Now()
 	}
+	a.mu.RLock()
+	if fn := a.functions[call.Function]; fn != nil {
+		rec.Revision = fn.record.Revision
+		rec.MemoryLimitBytes = fn.pool.MemoryBytes
+	}
+	a.mu.RUnlock()
 	return rec.CallID, a.meter(call, received, rec, nil, err)
 }
 
 // ClassFunctionError is the error class of a call whose handler failed.
 const ClassFunctionError = wire.ClassFunctionError
 
-func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n]
+// checkCallText refuses a call whose method, path, query or a header is
+// not UTF-8: the executor's protocol carries them as protobuf strings, and
+// a message that cannot be marshalled fails the container's session, and
+// with it the container and every call it is running. The body is bytes
+// and may hold anything. Errors wrap ErrInvalidArgument.
+func checkCallText(call *Call) error {
+	bad := func(what string) error {
+		return fmt.Errorf("%w: the request's %s is not UTF-8 (percent-encode other bytes)", ErrInvalidArgument, what)
 	}
-	return s
+	switch {
+	case !utf8.ValidString(call.Method):
+		return bad("method")
+	case !utf8.ValidString(call.Path):
+		return bad("path")
+	case !utf8.ValidString(call.Query):
+		return bad("query")
+	}
+	for _, h := range call.Headers {
+		if !utf8.ValidString(h.Key) || !utf8.ValidString(h.Value) {
+			return bad("header " + strconv.Quote(h.Key))
+		}
+	}
+	return nil
+}
+
+// recordedName is a call's function name as its usage record and the
+// metrics keep it. A refused call's name is whatever the client sent: it
+// is made valid UTF-8 (each bad byte becomes U+FFFD) and cut to at most 63
+// bytes at a character boundary, so that it can be stored, answered as
+// JSON and exported.
+func recordedName(name string) string {
+	const maxBytes = 63
+	if len(name) <= maxBytes && utf8.ValidString(name) {
+		return name
+	}
+	name = strings.ToValidUTF8(name, string(utf8.RuneError))
+	if len(name) <= maxBytes {
+		return name
+	}
+	cut := maxBytes
+	for cut > 0 && !utf8.RuneStart(name[cut]) {
+		cut--
+	}
+	return name[:cut]
 }
 
 // callError maps a pool error to the agent's error classes.

@@ -25,7 +25,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		calls: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kiln_calls_total",
-			Help: "Calls by function, HTTP status answered and start kind (warm, thawed, stem, cold, or none).",
+			Help: "Calls by function (empty for calls of no deployed function), HTTP status answered and start kind (warm, thawed, stem, cold, or none).",
 		}, []string{"function", "status", "start"}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kiln_call_errors_total",
@@ -33,7 +33,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"function", "class"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "kiln_call_duration_seconds",
-			Help:    "Time from receiving a call to answering it, by function.",
+			Help:    "Time from receiving a call to answering it, by function (empty for calls of no deployed function).",
 			Buckets: prometheus.ExponentialBuckets(50e-6, 2, 20), // 50µs .. 26s
 		}, []string{"function"}),
 		queueWait: prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -66,11 +66,18 @@ func (m *Metrics) observe(r *datastore.UsageRecord) {
 	if start == "" {
 		start = "none"
 	}
-	m.calls.WithLabelValues(r.Function, status, start).Inc()
-	if r.ErrorClass != "" {
-		m.errors.WithLabelValues(r.Function, r.ErrorClass).Inc()
+	// A call refused before it reached a deployed function (an unknown or
+	// malformed name) counts under function="": a client that makes up
+	// names cannot make up series, whose memory is never given back.
+	function := r.Function
+	if r.Revision == "" {
+		function = ""
 	}
-	m.duration.WithLabelValues(r.Function).Observe(r.TotalTime.Seconds())
+	m.calls.WithLabelValues(function, status, start).Inc()
+	if r.ErrorClass != "" {
+		m.errors.WithLabelValues(function, r.ErrorClass).Inc()
+	}
+	m.duration.WithLabelValues(function).Observe(r.TotalTime.Seconds())
 	m.queueWait.Observe(r.QueueWait.Seconds())
 }
 

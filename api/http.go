@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttpadaptor"
@@ -48,6 +49,13 @@ const (
 	// stores its content.
 	DefaultMaxImageBytes = 1 << 30
 )
+
+// MaxHeaderBytes bounds a request's line and headers together: fasthttp
+// reads them whole into a buffer of this size (its ReadBufferSize, one per
+// connection). A request whose line and headers are over it, by their
+// size or by their number, is answered 431 headers_too_large and its
+// connection closed.
+const MaxHeaderBytes = 4096
 
 // deployBodyTimeout is the least time a deploy's body may take.
 const deployBodyTimeout = 5 * time.Minute
@@ -238,6 +246,11 @@ func NewHTTPServer(a *agent.Agent, opts ...HTTPOption) *HTTPServer {
 		// Read a little past the limit so that a too-large body gets its
 		// 413 from the agent's check rather than a reset connection.
 		MaxRequestBodySize: a.MaxBodyBytes() + bodySlack,
+		ReadBufferSize:     MaxHeaderBytes,
+		// The answer to a request fasthttp cannot read quotes its error,
+		// which otherwise holds up to MaxHeaderBytes of the request itself,
+		// Authorization header included.
+		SecureErrorLogMessage: true,
 		// ReadTimeout bounds the headers; requestConfig gives a body its
 		// own deadline once the headers are in.
 		ReadTimeout:                   s.headerTimeout,
@@ -428,10 +441,7 @@ func (s *HTTPServer) invoke(ctx *fasthttp.RequestCtx, rest []byte) {
 			ctx.Response.Header.SetBytesV(wire.HeaderTrace, trace.AppendTo(nil))
 		}()
 	}
-	name, sub := rest, []byte("/")
-	if i := bytes.IndexByte(rest, '/'); i >= 0 {
-		name, sub = rest[:i], rest[i:]
-	}
+	name, sub := splitInvokePath(rest)
 	call := &agent.Call{
 		Function: string(name),
 		Trigger:  "http",
@@ -481,12 +491,25 @@ func (s *HTTPServer) invoke(ctx *fasthttp.RequestCtx, rest []byte) {
 	if res.FunctionError != "" {
 		ctx.Response.Header.Set(wire.HeaderError, wire.ClassFunctionError)
 		if len(res.Body) == 0 {
-			writeJSON(ctx, res.Status, &kilnv1.Error{Error: res.FunctionError, Class: wire.ClassFunctionError})
+			writeJSON(ctx, res.Status, &kilnv1.Error{Error: validUTF8(res.FunctionError), Class: wire.ClassFunctionError})
 			return
 		}
 	}
 	ctx.SetBody(res.Body)
 }
+
+// splitInvokePath splits what follows /invoke/ or /function/ in a path
+// into the function's name, up to the first slash, and the path the
+// function sees: the rest from that slash on, or "/" when there is none.
+// The name is not checked here: the agent refuses a bad one.
+func splitInvokePath(rest []byte) (name, sub []byte) {
+	if i := bytes.IndexByte(rest, '/'); i >= 0 {
+		return rest[:i], rest[i:]
+	}
+	return rest, slash
+}
+
+var slash = []byte("/")
 
 // skipHeader reports whether a request header is the transport's business,
 // not the function's.
@@ -591,7 +614,9 @@ func (s *HTTPServer) methodNotAllowed(ctx *fasthttp.RequestCtx, allow string) {
 	writeJSON(ctx, fasthttp.StatusMethodNotAllowed, &kilnv1.Error{Error: "method not allowed", Class: wire.ClassInvalidArgument})
 }
 
-// writeError answers with err's status and a JSON Error body.
+// writeError answers with err's status and a JSON Error body. The message
+// may quote the request (a path, a parameter): bytes that are not UTF-8
+// become U+FFFD, since JSON cannot carry them.
 func (s *HTTPServer) writeError(ctx *fasthttp.RequestCtx, err error) {
 	status, class := HTTPStatus(err)
 	if status >= 500 {
@@ -601,15 +626,27 @@ func (s *HTTPServer) writeError(ctx *fasthttp.RequestCtx, err error) {
 		ctx.Response.Header.Set("Retry-After", "1")
 	}
 	ctx.Response.Header.Set(wire.HeaderError, class)
-	writeJSON(ctx, status, &kilnv1.Error{Error: err.Error(), Class: class})
+	writeJSON(ctx, status, &kilnv1.Error{Error: validUTF8(err.Error()), Class: class})
 }
 
-// handleParseError answers requests fasthttp could not read: too large
-// (413; 401 for a deploy or an image import by anyone but the admin), too slow (408), or
-// malformed (400).
+// validUTF8 returns s with each byte that is not UTF-8 replaced by U+FFFD.
+func validUTF8(s string) string {
+	if utf8.ValidString(s) {
+		return s
+	}
+	return strings.ToValidUTF8(s, string(utf8.RuneError))
+}
+
+// handleParseError answers requests fasthttp could not read: a body too
+// large (413; 401 for a deploy or an image import by anyone but the admin), a line and
+// headers over MaxHeaderBytes (431), too slow (408), or malformed (400).
+// fasthttp closes the connection after the answer.
 func (s *HTTPServer) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 	var netErr net.Error
+	var small *fasthttp.ErrSmallBuffer
 	switch {
+	case errors.As(err, &small):
+		err = fmt.Errorf("%w: the request line and headers are over %d bytes", errdefs.ErrHeadersTooLarge, MaxHeaderBytes)
 	case errors.Is(err, fasthttp.ErrBodyTooLarge) && isDeploy(&ctx.Request.Header):
 		if aerr := s.gate.requireAdmin(bearer(ctx)); aerr != nil {
 			err = aerr
@@ -633,7 +670,7 @@ func (s *HTTPServer) handleParseError(ctx *fasthttp.RequestCtx, err error) {
 	path := ctx.Path()
 	for _, prefix := range [][]byte{prefixInvoke, prefixFunction} {
 		if rest, ok := bytes.CutPrefix(path, prefix); ok {
-			name, _, _ := bytes.Cut(rest, []byte("/"))
+			name, _ := splitInvokePath(rest)
 			id, rerr := s.agent.Reject(&agent.Call{Function: string(name), Trigger: "http", Received: ctx.Time()}, err)
 			ctx.Response.Header.Set(wire.HeaderCallID, id)
 			err = rerr

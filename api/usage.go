@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/csv"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -110,18 +111,91 @@ func apiKey(k agent.Key) *kilnv1.ApiKey {
 	return out
 }
 
-// parseTime reads an RFC 3339 time or unix seconds.
+// Bounds of the times a usage query may name: those the store can hold,
+// which keeps times as int64 nanoseconds since 1970.
+var (
+	minQueryTime = time.Unix(0, math.MinInt64)
+	maxQueryTime = time.Unix(0, math.MaxInt64)
+)
+
+// parseTime reads an RFC 3339 time or unix seconds; "" is the zero time.
+// Errors wrap agent.ErrInvalidArgument and name field, as for a time
+// outside the store's range (years 1678 to 2262), which the store cannot
+// compare with its records.
 func parseTime(field, v string) (time.Time, error) {
 	if v == "" {
 		return time.Time{}, nil
 	}
-	if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
-		return t, nil
+	t, err := time.Parse(time.RFC3339Nano, v)
+	if err != nil {
+		n, nerr := strconv.ParseInt(v, 10, 64)
+		if nerr != nil {
+			return time.Time{}, fmt.Errorf("%w: %s: %q is neither an RFC 3339 time nor unix seconds", agent.ErrInvalidArgument, field, v)
+		}
+		t = time.Unix(n, 0)
 	}
-	if n, err := strconv.ParseInt(v, 10, 64); err == nil {
-		return time.Unix(n, 0), nil
+	if err := checkQueryTime(field, t); err != nil {
+		return time.Time{}, err
 	}
-	return time.Time{}, fmt.Errorf("%w: %s: %q is neither an RFC 3339 time nor unix seconds", agent.ErrInvalidArgument, field, v)
+	return t, nil
+}
+
+// checkQueryTime refuses a time of a usage query outside the store's
+// range (see minQueryTime), naming field. Errors wrap
+// agent.ErrInvalidArgument.
+func checkQueryTime(field string, t time.Time) error {
+	if t.Before(minQueryTime) || t.After(maxQueryTime) {
+		return fmt.Errorf("%w: %s: %s is outside %s..%s", agent.ErrInvalidArgument, field, t.UTC().Format(time.RFC3339),
+			minQueryTime.UTC().Format(time.RFC3339), maxQueryTime.UTC().Format(time.RFC3339))
+	}
+	return nil
+}
+
+// reportQuery reads the query of GET /v1/usage: the report asked for and
+// the answer's format, "json" (also for none) or "csv". Function, tenant
+// and group_by are taken as they are: the tenant is scoped by the caller
+// (report) and group_by checked by the store. Errors wrap
+// agent.ErrInvalidArgument and name the parameter.
+func reportQuery(args *fasthttp.Args) (req *kilnv1.ReportRequest, format string, err error) {
+	req = &kilnv1.ReportRequest{
+		Function: string(args.Peek("function")),
+		Tenant:   string(args.Peek("tenant")),
+		GroupBy:  string(args.Peek("group_by")),
+	}
+	if req.From, err = parseTimestamp("from", string(args.Peek("from"))); err != nil {
+		return nil, "", err
+	}
+	if req.To, err = parseTimestamp("to", string(args.Peek("to"))); err != nil {
+		return nil, "", err
+	}
+	switch format = string(args.Peek("format")); format {
+	case "", "json":
+		format = "json"
+	case "csv":
+	default:
+		return nil, "", fmt.Errorf("%w: format: %q is not json or csv", agent.ErrInvalidArgument, format)
+	}
+	return req, format, nil
+}
+
+// callQuery reads the query of GET /v1/calls into a filter: function and
+// tenant as they are (the tenant is scoped by the caller), since a time,
+// limit 1..wire.MaxCallLimit (0, the store's default, when absent).
+// Errors wrap agent.ErrInvalidArgument and name the parameter.
+func callQuery(args *fasthttp.Args) (datastore.CallFilter, error) {
+	f := datastore.CallFilter{Function: string(args.Peek("function")), Tenant: string(args.Peek("tenant"))}
+	var err error
+	if f.Since, err = parseTime("since", string(args.Peek("since"))); err != nil {
+		return datastore.CallFilter{}, err
+	}
+	if v := args.Peek("limit"); len(v) > 0 {
+		n, err := strconv.Atoi(string(v))
+		if err != nil || n < 1 || n > wire.MaxCallLimit {
+			return datastore.CallFilter{}, fmt.Errorf("%w: limit: %q is outside 1..%d", agent.ErrInvalidArgument, v, wire.MaxCallLimit)
+		}
+		f.Limit = n
+	}
+	return f, nil
 }
 
 // usage serves GET /v1/usage?from=&to=&function=&tenant=&group_by=&format=:
@@ -140,24 +214,9 @@ func (s *HTTPServer) usage(ctx *fasthttp.RequestCtx, rest string) {
 	if !ok {
 		return
 	}
-	args := ctx.QueryArgs()
-	req := &kilnv1.ReportRequest{
-		Function: string(args.Peek("function")),
-		Tenant:   string(args.Peek("tenant")),
-		GroupBy:  string(args.Peek("group_by")),
-	}
-	var err error
-	if req.From, err = parseTimestamp("from", string(args.Peek("from"))); err != nil {
+	req, format, err := reportQuery(ctx.QueryArgs())
+	if err != nil {
 		s.writeError(ctx, err)
-		return
-	}
-	if req.To, err = parseTimestamp("to", string(args.Peek("to"))); err != nil {
-		s.writeError(ctx, err)
-		return
-	}
-	format := string(args.Peek("format"))
-	if format != "" && format != "json" && format != "csv" {
-		s.writeError(ctx, fmt.Errorf("%w: format: %q is not json or csv", agent.ErrInvalidArgument, format))
 		return
 	}
 	rep, err := report(s.base, s.agent, who, req)
@@ -186,11 +245,18 @@ func parseTimestamp(field, v string) (*timestamppb.Timestamp, error) {
 // tenant's key only its own. Errors wrap the agent's classes.
 func report(ctx context.Context, a *agent.Agent, who caller, req *kilnv1.ReportRequest) (*kilnv1.ReportResponse, error) {
 	q := datastore.ReportQuery{Function: req.Function, Tenant: req.Tenant, GroupBy: req.GroupBy}
-	if req.From != nil {
-		q.From = req.From.AsTime()
-	}
-	if req.To != nil {
-		q.To = req.To.AsTime()
+	for _, b := range []struct {
+		field string
+		ts    *timestamppb.Timestamp
+		t     *time.Time
+	}{{"from", req.From, &q.From}, {"to", req.To, &q.To}} {
+		if b.ts == nil {
+			continue
+		}
+		*b.t = b.ts.AsTime()
+		if err := checkQueryTime(b.field, *b.t); err != nil {
+			return nil, err
+		}
 	}
 	var err error
 	if q.Tenant, err = who.scopeTenant(q.Tenant); err != nil {
@@ -312,20 +378,10 @@ func (s *HTTPServer) calls(ctx *fasthttp.RequestCtx, rest string) {
 		s.writeError(ctx, fmt.Errorf("%w: no route for /v1/calls%s", agent.ErrNotFound, rest))
 		return
 	}
-	args := ctx.QueryArgs()
-	f := datastore.CallFilter{Function: string(args.Peek("function")), Tenant: string(args.Peek("tenant"))}
-	var err error
-	if f.Since, err = parseTime("since", string(args.Peek("since"))); err != nil {
+	f, err := callQuery(ctx.QueryArgs())
+	if err != nil {
 		s.writeError(ctx, err)
 		return
-	}
-	if v := args.Peek("limit"); len(v) > 0 {
-		n, err := strconv.Atoi(string(v))
-		if err != nil || n < 1 || n > wire.MaxCallLimit {
-			s.writeError(ctx, fmt.Errorf("%w: limit: %q is outside 1..%d", agent.ErrInvalidArgument, v, wire.MaxCallLimit))
-			return
-		}
-		f.Limit = n
 	}
 	if f.Tenant, err = who.scopeTenant(f.Tenant); err != nil {
 		s.writeError(ctx, err)

@@ -33,7 +33,7 @@ type UsageRecord struct {
 	BytesIn    int64
 	BytesOut   int64
 	Status     int    // HTTP status answered
-	ErrorClass string // "" or an error class of the API (package api/wire): not_found, invalid_argument, unauthenticated, resource_exhausted, unavailable, deadline_exceeded (the timeout class), executor_failure, oom, pids_exhausted, exited, response_too_large, payload_too_large, insufficient_storage, request_timeout, cancelled, function_error, internal
+	ErrorClass string // "" or an error class of the API (package api/wire): not_found, invalid_argument, unauthenticated, resource_exhausted, unavailable, deadline_exceeded (the timeout class), executor_failure, oom, pids_exhausted, exited, response_too_large, payload_too_large, insufficient_storage, request_timeout, headers_too_large, cancelled, function_error, internal
 
 	ContainerID string
 	Node        string

@@ -66,6 +66,9 @@ var (
 	// ErrRequestTimeout: a request's headers or body did not arrive in
 	// time. Only the HTTP edge meets it.
 	ErrRequestTimeout = errors.New("request timeout")
+	// ErrHeadersTooLarge: a request's line and headers are over the
+	// limit, by their size or their number. Only the HTTP edge meets it.
+	ErrHeadersTooLarge = errors.New("request headers too large")
 	// ErrCancelled: the caller went away before the call finished.
 	ErrCancelled = errors.New("cancelled")
 	// ErrConflict: the request conflicts with the node's state (a runtime
@@ -124,6 +127,7 @@ var classes = []Class{
 	{ErrPayloadTooLarge, wire.ClassPayloadTooLarge, http.StatusRequestEntityTooLarge, codes.ResourceExhausted, false},
 	{ErrInsufficientStorage, wire.ClassInsufficientStorage, http.StatusInsufficientStorage, codes.ResourceExhausted, true},
 	{ErrRequestTimeout, wire.ClassRequestTimeout, http.StatusRequestTimeout, codes.DeadlineExceeded, false},
+	{ErrHeadersTooLarge, wire.ClassHeadersTooLarge, http.StatusRequestHeaderFieldsTooLarge, codes.ResourceExhausted, false},
 	{ErrCancelled, wire.ClassCancelled, 499, codes.Canceled, false},
 	{ErrConflict, wire.ClassConflict, http.StatusConflict, codes.FailedPrecondition, false},
 	{ErrFunction, wire.ClassFunctionError, http.StatusInternalServerError, codes.Unknown, false},

@@ -33,7 +33,9 @@ type Limits struct {
 	ArchiveBytes int64
 	// FileBytes bounds the sum of the unpacked regular files.
 	FileBytes int64
-	// Entries bounds the number of entries (files, directories, links).
+	// Entries bounds the number of entries (files, directories, links),
+	// counting the directories the entries' names imply but the archive
+	// does not list.
 	Entries int
 }
 
@@ -206,6 +208,11 @@ func (u *unpacker) parents(name string) error {
 		case kindDir:
 			continue
 		case 0:
+			// A directory the archive implies counts as an entry: a few
+			// deep names must not make many directories.
+			if u.entries++; u.lim.Entries > 0 && u.entries > u.lim.Entries {
+				return fmt.Errorf("%w: %w: more than %d entries, with the directories their names imply", ErrInvalid, ErrTooLarge, u.lim.Entries)
+			}
 			if err := os.Mkdir(filepath.Join(u.dir, filepath.FromSlash(p)), 0o755); err != nil {
 				return fmt.Errorf("unpack %s: %w", p, err)
 			}
@@ -330,20 +337,35 @@ func checkLinkTarget(name, target string) error {
 }
 
 // limitedReader fails with ErrTooLarge once more than n bytes are read.
+// It hands over no byte past the limit: it reads one more to learn that
+// there is more, and keeps it.
 type limitedReader struct {
 	r    io.Reader
-	n    int64 // bytes still allowed; a non-positive limit at the start means none
+	n    int64 // bytes allowed; a non-positive limit means none
 	what string
 	read int64
 }
 
 func (l *limitedReader) Read(p []byte) (int, error) {
+	if l.n <= 0 {
+		return l.r.Read(p)
+	}
+	if l.read > l.n {
+		return 0, l.overErr()
+	}
+	if room := l.n - l.read + 1; int64(len(p)) > room {
+		p = p[:room]
+	}
 	n, err := l.r.Read(p)
 	l.read += int64(n)
-	if l.n > 0 && l.read > l.n {
-		return n, fmt.Errorf("%w: %w: the %s are over %d bytes", ErrInvalid, ErrTooLarge, l.what, l.n)
+	if l.read > l.n {
+		return n - int(l.read-l.n), l.overErr()
 	}
 	return n, err
+}
+
+func (l *limitedReader) overErr() error {
+	return fmt.Errorf("%w: %w: the %s are over %d bytes", ErrInvalid, ErrTooLarge, l.what, l.n)
 }
 
 // Skip reports whether Pack leaves a directory entry out: version control

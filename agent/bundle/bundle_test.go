@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -185,23 +186,47 @@ func TestPackRoundTrip(t *testing.T) {
 	}
 }
 
+// FuzzUnpack unpacks arbitrary archives into a directory inside a
+// sandbox directory. Unpack must never panic, refuse with ErrInvalid (the
+// temporary directories do not fail to write), write nothing outside its
+// directory (the sandbox holds only it afterwards), leave no link that
+// leads out, no device, FIFO or set-id file, keep within its limits on
+// entries and unpacked bytes, and give the same digest when it unpacks the
+// same archive again.
 func FuzzUnpack(f *testing.F) {
 	f.Add(makeTar(f, false, entry{name: "handler", typ: tar.TypeReg, mode: 0o755, body: "x"}))
 	f.Add(makeTar(f, true, entry{name: "a/b", typ: tar.TypeReg, body: "x"}, entry{name: "l", typ: tar.TypeSymlink, link: "a/b"}))
 	f.Add(makeTar(f, false, entry{name: "d", typ: tar.TypeSymlink, link: "."}, entry{name: "d/x", typ: tar.TypeReg}))
+	f.Add(makeTar(f, false, entry{name: "a/l", typ: tar.TypeSymlink, link: "../.."}, entry{name: "h", typ: tar.TypeLink, link: "/etc/passwd"}))
+	f.Add(makeTar(f, false, entry{name: "f", typ: tar.TypeReg, body: "1"}, entry{name: "h", typ: tar.TypeLink, link: "f"}, entry{name: "f/x", typ: tar.TypeReg}))
+	f.Add(makeTar(f, false, entry{name: "./a/../../x", typ: tar.TypeReg}, entry{name: "dev", typ: tar.TypeChar}))
+	f.Add(makeTar(f, true, entry{name: "big", typ: tar.TypeReg, body: strings.Repeat("z", 5000)}))
 	f.Add([]byte{0x1f, 0x8b})
+	const fileBytes, entries = 4096, 16
+	lim := Limits{ArchiveBytes: 1 << 20, FileBytes: fileBytes, Entries: entries}
 	f.Fuzz(func(t *testing.T, arc []byte) {
-		dir := t.TempDir()
-		_, err := Unpack(bytes.NewReader(arc), dir, Limits{ArchiveBytes: 1 << 20, FileBytes: 1 << 20, Entries: 100})
+		sandbox := t.TempDir()
+		dir := filepath.Join(sandbox, "code")
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		digest, err := Unpack(bytes.NewReader(arc), dir, lim)
 		if err != nil && !errors.Is(err, ErrInvalid) {
 			t.Fatalf("an unwritable archive error that is not ErrInvalid: %v", err)
 		}
+		if names, _ := os.ReadDir(sandbox); len(names) != 1 || names[0].Name() != "code" {
+			t.Fatalf("Unpack wrote beside its directory: %v", names)
+		}
 		// Whatever was written stays under dir, and no symbolic link in it
 		// points outside.
+		var n int
+		var size int64
+		inodes := map[uint64]bool{}
 		filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-			if err != nil {
+			if err != nil || p == dir {
 				return nil
 			}
+			n++
 			if d.Type()&os.ModeSymlink != 0 {
 				target, _ := os.Readlink(p)
 				abs := filepath.Clean(filepath.Join(filepath.Dir(p), target))
@@ -209,10 +234,54 @@ func FuzzUnpack(f *testing.F) {
 					t.Fatalf("link %s → %s leaves %s", p, target, dir)
 				}
 			}
-			if d.Type()&(os.ModeDevice|os.ModeNamedPipe|os.ModeSetuid) != 0 {
-				t.Fatalf("%s has mode %v", p, d.Type())
+			info, ierr := d.Info()
+			if ierr != nil {
+				return nil
+			}
+			if info.Mode()&(os.ModeDevice|os.ModeNamedPipe|os.ModeSocket|os.ModeSetuid|os.ModeSetgid|os.ModeSticky) != 0 {
+				t.Fatalf("%s has mode %v", p, info.Mode())
+			}
+			if st, ok := info.Sys().(*syscall.Stat_t); ok && info.Mode().IsRegular() && !inodes[st.Ino] {
+				inodes[st.Ino] = true
+				size += info.Size()
 			}
 			return nil
 		})
+		if n > entries || size > fileBytes {
+			t.Fatalf("%d entries of %d bytes, over the limits of %d entries and %d bytes (err %v)", n, size, entries, fileBytes, err)
+		}
+		if err != nil {
+			return
+		}
+		again := filepath.Join(sandbox, "again")
+		if err := os.Mkdir(again, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if d2, err := Unpack(bytes.NewReader(arc), again, lim); err != nil || d2 != digest {
+			t.Fatalf("unpacking again: digest %s, %v; first %s", d2, err, digest)
+		}
 	})
+}
+
+// TestUnpackLimitsAreExact checks the limits as the disk sees them: no
+// byte of a file past the unpacked-bytes limit is written, and the
+// directories that deep names imply count as entries.
+func TestUnpackLimitsAreExact(t *testing.T) {
+	dir := t.TempDir()
+	arc := makeTar(t, false, entry{name: "big", typ: tar.TypeReg, body: strings.Repeat("z", 5000)})
+	if _, err := Unpack(bytes.NewReader(arc), dir, Limits{FileBytes: 4096}); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("file over the limit: %v", err)
+	}
+	if st, err := os.Stat(filepath.Join(dir, "big")); err != nil || st.Size() > 4096 {
+		t.Errorf("%d bytes written past a limit of 4096 (%v)", st.Size(), err)
+	}
+
+	deep := strings.Repeat("d/", 20)
+	arc = makeTar(t, false, entry{name: deep + "x", typ: tar.TypeReg})
+	if _, err := Unpack(bytes.NewReader(arc), t.TempDir(), Limits{Entries: 16}); !errors.Is(err, ErrTooLarge) {
+		t.Errorf("one entry implying 20 directories under a limit of 16 entries: %v", err)
+	}
+	if _, err := Unpack(bytes.NewReader(arc), t.TempDir(), Limits{Entries: 21}); err != nil {
+		t.Errorf("one entry implying 20 directories under a limit of 21 entries: %v", err)
+	}
 }

@@ -106,6 +106,10 @@ const (
 	// within the server's read timeouts (HTTP 408; the connection is
 	// closed).
 	ClassRequestTimeout = "request_timeout"
+	// ClassHeadersTooLarge: the request line and headers are over the
+	// server's limit, by their size or their number (HTTP 431; the
+	// connection is closed).
+	ClassHeadersTooLarge = "headers_too_large"
 	// ClassCancelled: the caller went away before the call finished. It is
 	// seen in usage records; nobody reads the answer.
 	ClassCancelled = "cancelled"
@@ -127,7 +131,7 @@ func Classes() []string {
 		ClassNotFound, ClassInvalidArgument, ClassUnauthenticated, ClassResourceExhausted,
 		ClassUnavailable, ClassDeadlineExceeded, ClassExecutorFailure, ClassOOM, ClassPidsExhausted,
 		ClassExited, ClassResponseTooLarge, ClassPayloadTooLarge,
-		ClassInsufficientStorage, ClassRequestTimeout, ClassCancelled, ClassConflict, ClassFunctionError, ClassInternal,
+		ClassInsufficientStorage, ClassRequestTimeout, ClassHeadersTooLarge, ClassCancelled, ClassConflict, ClassFunctionError, ClassInternal,
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"gopkg.in/yaml.v3"
 
 	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
 )
@@ -145,17 +146,35 @@ func TestConfigSpec(t *testing.T) {
 	}
 }
 
+// FuzzParseConfig checks that a kiln.yaml ParseConfig accepts is one Spec
+// accepts, and that it round-trips: written back as YAML, it parses to
+// the same deploy.
 func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte("name: hello\nruntime: go\nmemory: 128\ntimeout: 30s\n"))
 	f.Add([]byte("name: a\nenv:\n  A: b\nfreeze_after: -1s\n"))
 	f.Add([]byte("name: [\n"))
+	f.Add([]byte("name: a\nruntime: python3\nhandler: \"x: y.py\"\npackages: [\"no\", \"~\"]\nenv:\n  \"yes\": \"null\"\n"))
+	f.Add([]byte("name: a\nfreeze_after: never\nidle_timeout: 1h2m3.5s\nrequire_key: true\ncpu: 2147483647\n"))
+	f.Add([]byte("name: a\nenv: {B: \"\\u2028\\t\", C: \"#\"}\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := ParseConfig(data)
 		if err != nil {
 			return
 		}
-		if _, err := c.Spec([]byte("a")); err != nil {
+		spec, err := c.Spec([]byte("a"))
+		if err != nil {
 			t.Fatalf("ParseConfig accepted a config Spec rejects: %v", err)
+		}
+		out, err := yaml.Marshal(c)
+		if err != nil {
+			t.Fatalf("an accepted config does not marshal: %v", err)
+		}
+		back, err := ParseConfig(out)
+		if err != nil {
+			t.Fatalf("an accepted config written back does not parse: %v\n%s", err, out)
+		}
+		if again, err := back.Spec([]byte("a")); err != nil || !proto.Equal(again, spec) {
+			t.Fatalf("an accepted config written back is another deploy: %v, %v\nwas %v\n%s", again, err, spec, out)
 		}
 	})
 }

@@ -350,9 +350,10 @@ type Error struct {
 	Error string `protobuf:"bytes,1,opt,name=error,proto3" json:"error,omitempty"`
 	// class is the error class (Go: the Class constants of package
 	// api/wire): not_found, invalid_argument, unauthenticated,
-	// resource_exhausted, unavailable, deadline_exceeded, executor_failure,
-	// payload_too_large, insufficient_storage, request_timeout, cancelled,
-	// function_error, internal.
+	// resource_exhausted, unavailable, deadline_exceeded (a timeout),
+	// executor_failure, oom, pids_exhausted, exited, response_too_large,
+	// payload_too_large, insufficient_storage, request_timeout,
+	// headers_too_large, cancelled, conflict, function_error, internal.
 	Class         string `protobuf:"bytes,2,opt,name=class,proto3" json:"class,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -4,10 +4,11 @@
 // classes as the HTTP API (see Error in functions.proto), mapped to gRPC
 // codes in one place: not_found → NOT_FOUND, invalid_argument →
 // INVALID_ARGUMENT, unauthenticated → UNAUTHENTICATED, resource_exhausted,
-// payload_too_large and insufficient_storage → RESOURCE_EXHAUSTED,
-// unavailable and executor_failure → UNAVAILABLE, deadline_exceeded and
+// payload_too_large, response_too_large, headers_too_large (HTTP only) and
+// insufficient_storage → RESOURCE_EXHAUSTED, unavailable, executor_failure,
+// oom, pids_exhausted and exited → UNAVAILABLE, deadline_exceeded and
 // request_timeout (HTTP only) → DEADLINE_EXCEEDED, cancelled → CANCELLED,
-// anything else → INTERNAL. Since codes are shared, every status error of a
+// conflict → FAILED_PRECONDITION, anything else → INTERNAL. Since codes are shared, every status error of a
 // class carries it in an Error detail; a status without one is the
 // transport's, grpc-go's own, or the end of an InvokeStream.
 

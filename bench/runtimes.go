@@ -11,18 +11,40 @@ import (
 
 	"github.com/kilnfx/kiln/agent/bundle"
 	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
+	"github.com/kilnfx/kiln/runtimes/cpp"
+	"github.com/kilnfx/kiln/runtimes/java"
 )
 
 // runtimeEcho is an echo function of each runtime other than go: its
-// handler file and source.
+// handler file and source, and for a compiled runtime its build (the
+// handler is then what the build makes).
 var runtimeEcho = []struct {
 	runtime, handler, source string
 	stems                    bool // the runtime keeps stem cells
+	build                    func(ctx context.Context, dir string) (archive []byte, handler string, err error)
 }{
-	{"python3", "handler.py", "def handle(req):\n    return req.body\n", true},
-	{"ruby", "handler.rb", "def handle(req)\n  req.body\nend\n", true},
-	{"node", "handler.js", "module.exports = (req) => req.body;\n", true},
-	{"binary", "handler.sh", "#!/bin/sh\nexec cat\n", false},
+	{"python3", "handler.py", "def handle(req):\n    return req.body\n", true, nil},
+	{"ruby", "handler.rb", "def handle(req)\n  req.body\nend\n", true, nil},
+	{"node", "handler.js", "module.exports = (req) => req.body;\n", true, nil},
+	{"binary", "handler.sh", "#!/bin/sh\nexec cat\n", false, nil},
+	{"cpp", "handler.cpp", "#include \"kiln.hpp\"\nint main() { return kiln::serve([](const kiln::Request& req) { return kiln::Response{200, {}, req.body}; }); }\n", true,
+		func(ctx context.Context, dir string) ([]byte, string, error) {
+			bin, err := cpp.Build(ctx, dir)
+			if err != nil {
+				return nil, "", err
+			}
+			archive, err := bundle.PackBytes("", map[string]string{cpp.Handler: bin}, 0)
+			return archive, cpp.Handler, err
+		}},
+	{"java", "Handler.java", "public class Handler {\n    public static Object handle(kiln.Request req) { return req.body; }\n}\n", true,
+		func(ctx context.Context, dir string) ([]byte, string, error) {
+			classes, err := java.Build(ctx, dir)
+			if err != nil {
+				return nil, "", err
+			}
+			archive, err := bundle.PackBytes(classes, nil, 0)
+			return archive, java.Handler, err
+		}},
 }
 
 // RuntimeNames lists the runtimes the runtimes scenario measures besides go.
@@ -67,6 +89,7 @@ func runRuntimes(ctx context.Context, e *Env) ([]Result, error) {
 		e.part(0, parts)(i+1, len(runtimeEcho))
 	}
 	code := map[string][]byte{}
+	handler := map[string]string{}
 	for _, r := range runtimeEcho {
 		dir, err := os.MkdirTemp("", "kbfn")
 		if err != nil {
@@ -76,6 +99,13 @@ func runRuntimes(ctx context.Context, e *Env) ([]Result, error) {
 		if err := os.WriteFile(filepath.Join(dir, r.handler), []byte(r.source), 0o755); err != nil {
 			return nil, err
 		}
+		handler[r.runtime] = r.handler
+		if r.build != nil {
+			if code[r.runtime], handler[r.runtime], err = r.build(ctx, dir); err != nil {
+				return nil, fmt.Errorf("build the %s echo function: %w", r.runtime, err)
+			}
+			continue
+		}
 		if code[r.runtime], err = bundle.PackBytes(dir, nil, 0); err != nil {
 			return nil, err
 		}
@@ -84,11 +114,7 @@ func runRuntimes(ctx context.Context, e *Env) ([]Result, error) {
 		if runtime == "go" {
 			return k.Deploy(ctx, name, e.Functions["echo"], s)
 		}
-		for _, r := range runtimeEcho {
-			if r.runtime == runtime {
-				s.Runtime, s.Handler, s.Code = runtime, r.handler, code[runtime]
-			}
-		}
+		s.Runtime, s.Handler, s.Code = runtime, handler[runtime], code[runtime]
 		_, err := k.Client.Deploy(ctx, name, s)
 		return err
 	}
@@ -169,7 +195,13 @@ func runRuntimes(ctx context.Context, e *Env) ([]Result, error) {
 
 	// Stem cells: a kilnd keeping frozen stem cells of the interpreters
 	// (and go's, beside them), each call to a new function.
-	args := []string{"--runtimes-dir", bases, "--stem-cells", "go=1,python3=1,node=1,ruby=1"}
+	stemCells := "go=1"
+	for _, r := range runtimeEcho {
+		if r.stems {
+			stemCells += "," + r.runtime + "=1"
+		}
+	}
+	args := []string{"--runtimes-dir", bases, "--stem-cells", stemCells}
 	if e.Executor != "" {
 		args = append(args, "--executor-binary", e.Executor)
 	}

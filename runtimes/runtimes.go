@@ -13,6 +13,7 @@ import (
 	"slices"
 
 	"github.com/kilnfx/kiln/runtimes/binary"
+	"github.com/kilnfx/kiln/runtimes/csharp"
 	"github.com/kilnfx/kiln/runtimes/node"
 	"github.com/kilnfx/kiln/runtimes/python3"
 	"github.com/kilnfx/kiln/runtimes/ruby"
@@ -26,7 +27,8 @@ type Runtime struct {
 	// built from Debian packages.
 	Recipe []byte
 	// Worker is the source of the worker bootstrap the executor runs, or
-	// nil for a runtime with no long-lived worker (binary).
+	// nil for a runtime with no long-lived worker (binary). For csharp it
+	// is compiled into the function's program by kiln deploy.
 	Worker []byte
 	// Template holds the files `kiln init` writes, as text/template
 	// sources named <file>.tmpl.
@@ -40,6 +42,7 @@ var all = []*Runtime{
 	{Name: node.Name, Recipe: node.Recipe, Worker: node.Worker, Template: node.Template, Handler: node.Handler},
 	{Name: ruby.Name, Recipe: ruby.Recipe, Worker: ruby.Worker, Template: ruby.Template, Handler: ruby.Handler},
 	{Name: binary.Name, Recipe: binary.Recipe, Template: binary.Template, Handler: binary.Handler},
+	{Name: csharp.Name, Recipe: csharp.Recipe, Worker: csharp.Worker, Template: csharp.Template, Handler: csharp.Handler},
 }
 
 // Get returns the named runtime, or nil when kiln has none of that name.

@@ -99,6 +99,9 @@ func Serve(ctx context.Context, cfg Config) error {
 	if cfg.Runtime == binary.Name {
 		return serveFork(ctx, cfg)
 	}
+	if _, ok := ProgramCommand(cfg.Runtime, cfg.Handler); ok {
+		return serveProgram(ctx, cfg)
+	}
 	argv, ok := Command(cfg.Runtime)
 	if !ok {
 		return fmt.Errorf("unknown runtime %q", cfg.Runtime)

@@ -21,6 +21,7 @@ import (
 	"github.com/kilnfx/kiln/api/client"
 	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
 	"github.com/kilnfx/kiln/runtimes"
+	"github.com/kilnfx/kiln/runtimes/csharp"
 	goruntime "github.com/kilnfx/kiln/runtimes/go"
 )
 
@@ -335,6 +336,16 @@ func (c *cli) packCode(cmd *cobra.Command, dir string, cfg goruntime.Config) ([]
 			return nil, err
 		}
 		return bundle.PackBytes("", map[string]string{"handler": bin}, limit)
+	case csharp.Name:
+		if cfg.Handler != "" && cfg.Handler != csharp.Handler {
+			return nil, fmt.Errorf("handler: the csharp runtime's handler is the program kiln deploy builds (%s); leave it out", csharp.Handler)
+		}
+		fmt.Fprintf(c.stderr, "Compiling %s (mcs)...\n", cfg.Name)
+		program, err := csharp.Build(cmd.Context(), dir)
+		if err != nil {
+			return nil, err
+		}
+		return bundle.PackBytes("", map[string]string{csharp.Handler: program}, limit)
 	case "node":
 		if _, err := os.Stat(filepath.Join(dir, "package.json")); err == nil {
 			fmt.Fprintf(c.stderr, "Installing the dependencies of %s (npm install --omit=dev)...\n", cfg.Name)

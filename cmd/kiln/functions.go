@@ -92,8 +92,10 @@ func (c *cli) deployCmd() *cobra.Command {
 		Long: `deploy reads DIR/kiln.yaml and sends the function's code and settings to
 the agent, which may be on another machine. A Go function is built into one
 static binary (DIR/.kiln/build/handler; this needs the go command) and that
-binary is its code. For the other runtimes the code is the directory itself,
-without version control and editor files (.git, .kiln, __pycache__, ...);
+binary is its code. A csharp function is compiled with mcs (mono-mcs) into
+one program, DIR/.kiln/build/handler.exe, its code. For the other runtimes
+the code is the directory itself, without version control and editor files
+(.git, .kiln, __pycache__, ...);
 a node function with a package.json gets its dependencies installed first
 (npm install --omit=dev; this needs npm). The packed code must stay under
 64 MiB. The first deploy of a runtime builds its root filesystem on the

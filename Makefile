@@ -15,9 +15,9 @@ GOTEST_FLAGS ?= -race -timeout 30m
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
 
-setup: ## install what kiln needs (containerd, runc, crun, gcc, mmdebstrap, python3, node, npm, ruby, g++ and a JDK for the runtime tests, buf and the Go tools) when missing
+setup: ## install what kiln needs (containerd, runc, crun, gcc, mmdebstrap, python3, node, npm, ruby, g++, a JDK and mono for the runtime tests, buf and the Go tools) when missing
 	@need=""; \
-	for c in containerd:containerd ctr:containerd runc:runc crun:crun gcc:gcc prlimit:util-linux mmdebstrap:mmdebstrap python3:python3 node:nodejs npm:npm ruby:ruby g++:g++ javac:openjdk-17-jdk-headless; do \
+	for c in containerd:containerd ctr:containerd runc:runc crun:crun gcc:gcc prlimit:util-linux mmdebstrap:mmdebstrap python3:python3 node:nodejs npm:npm ruby:ruby g++:g++ javac:openjdk-17-jdk-headless mcs:mono-mcs mono:mono-runtime; do \
 	  command -v $${c%%:*} >/dev/null 2>&1 || need="$$need $${c##*:}"; \
 	done; \
 	if [ -n "$$need" ]; then \

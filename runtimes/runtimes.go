@@ -14,6 +14,7 @@ import (
 
 	"github.com/kilnfx/kiln/runtimes/binary"
 	"github.com/kilnfx/kiln/runtimes/cpp"
+	"github.com/kilnfx/kiln/runtimes/csharp"
 	"github.com/kilnfx/kiln/runtimes/java"
 	"github.com/kilnfx/kiln/runtimes/node"
 	"github.com/kilnfx/kiln/runtimes/python3"
@@ -29,7 +30,8 @@ type Runtime struct {
 	Recipe []byte
 	// Worker is the source of the worker bootstrap the executor runs, or
 	// nil for a runtime with no worker bootstrap (binary; cpp, whose program
-	// is its own worker).
+	// is its own worker). For csharp it is compiled into the function's
+	// program by kiln deploy.
 	Worker []byte
 	// Template holds the files `kiln init` writes, as text/template
 	// sources named <file>.tmpl.
@@ -45,6 +47,7 @@ var all = []*Runtime{
 	{Name: binary.Name, Recipe: binary.Recipe, Template: binary.Template, Handler: binary.Handler},
 	{Name: cpp.Name, Recipe: cpp.Recipe, Template: cpp.Template, Handler: cpp.Handler},
 	{Name: java.Name, Recipe: java.Recipe, Worker: java.WorkerSource(), Template: java.Template, Handler: java.Handler},
+	{Name: csharp.Name, Recipe: csharp.Recipe, Worker: csharp.Worker, Template: csharp.Template, Handler: csharp.Handler},
 }
 
 // Get returns the named runtime, or nil when kiln has none of that name.

@@ -22,6 +22,7 @@ import (
 	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
 	"github.com/kilnfx/kiln/runtimes"
 	"github.com/kilnfx/kiln/runtimes/cpp"
+	"github.com/kilnfx/kiln/runtimes/csharp"
 	goruntime "github.com/kilnfx/kiln/runtimes/go"
 	"github.com/kilnfx/kiln/runtimes/java"
 )
@@ -96,7 +97,8 @@ static binary (DIR/.kiln/build/handler; this needs the go command) and that
 binary is its code; so is a C++ function (DIR/handler.cpp compiled with
 g++ -static and kiln's SDK; this needs g++), and a Java function's
 classes (its .java files compiled with kiln's worker; this needs javac).
-For the other runtimes the
+A csharp function is compiled with mcs (mono-mcs) into one
+program, DIR/.kiln/build/handler.exe, its code. For the other runtimes the
 code is the directory itself,
 without version control and editor files (.git, .kiln, __pycache__, ...);
 a node function with a package.json gets its dependencies installed first
@@ -355,6 +357,16 @@ func (c *cli) packCode(cmd *cobra.Command, dir string, cfg goruntime.Config) ([]
 			return nil, err
 		}
 		return bundle.PackBytes(classes, nil, limit)
+	case csharp.Name:
+		if cfg.Handler != "" && cfg.Handler != csharp.Handler {
+			return nil, fmt.Errorf("handler: the csharp runtime's handler is the program kiln deploy builds (%s); leave it out", csharp.Handler)
+		}
+		fmt.Fprintf(c.stderr, "Compiling %s (mcs)...\n", cfg.Name)
+		program, err := csharp.Build(cmd.Context(), dir)
+		if err != nil {
+			return nil, err
+		}
+		return bundle.PackBytes("", map[string]string{csharp.Handler: program}, limit)
 	case "node":
 		if _, err := os.Stat(filepath.Join(dir, "package.json")); err == nil {
 			fmt.Fprintf(c.stderr, "Installing the dependencies of %s (npm install --omit=dev)...\n", cfg.Name)

@@ -401,6 +401,82 @@ end
 			t.Errorf("building an unknown runtime answered %d %q", r.status, r.body)
 		}
 	})
+
+	// csharp: compiled on the client by kiln deploy (mcs), run by mono.
+	t.Run("csharp", func(t *testing.T) {
+		for _, c := range []string{"mcs", "mono"} {
+			if _, err := exec.LookPath(c); err != nil {
+				t.Fatalf("%s is not installed (make setup installs it): %v", c, err)
+			}
+		}
+		if out, err := kilnCLI(t, k, work, "", "runtime", "build", "csharp"); err != nil {
+			t.Fatalf("kiln runtime build csharp: %v\n%s", err, out)
+		} else {
+			t.Logf("%s", strings.TrimSpace(out))
+		}
+		if out, err := kilnCLI(t, k, work, "", "init", "--runtime", "csharp", "hello-csharp"); err != nil {
+			t.Fatalf("kiln init --runtime csharp: %v\n%s", err, out)
+		}
+		hello := filepath.Join(work, "hello-csharp")
+		if out, err := kilnCLI(t, k, hello, "", "deploy"); err != nil {
+			t.Fatalf("kiln deploy (csharp): %v\n%s", err, out)
+		}
+		if out, err := kilnCLI(t, k, hello, "kiln", "invoke", "hello-csharp"); err != nil || out != "Hello, kiln!\n" {
+			t.Errorf("the csharp template answered %q, %v", out, err)
+		}
+
+		dir := writeFiles(t, map[string]string{
+			"kiln.yaml": "name: cs\nruntime: csharp\n",
+			"Handler.cs": `using System;
+using Kiln;
+
+public static class Handler
+{
+    public static object Handle(Request req)
+    {
+        switch (req.Text)
+        {
+        case "json": return new { method = req.Method, path = req.Path };
+        case "raise": throw new InvalidOperationException("csharp says no");
+        case "crash": Environment.Exit(3); return null;
+        }
+        return req.Body;
+    }
+}
+`,
+		})
+		if out, err := kilnCLI(t, k, dir, "", "deploy"); err != nil {
+			t.Fatalf("kiln deploy: %v\n%s", err, out)
+		}
+		r, err := invoke(k.url, "cs", "echo me")
+		if err != nil || r.status != 200 || string(r.body) != "echo me" {
+			t.Fatalf("echo: %v %d %q", err, r.status, r.body)
+		}
+		r, _ = invoke(k.url, "cs/q", "json")
+		if r.status != 200 || !strings.Contains(string(r.body), `"path":"/q"`) {
+			t.Errorf("json: %d %q", r.status, r.body)
+		}
+		r, _ = invoke(k.url, "cs", "raise")
+		if r.status != 500 || !strings.Contains(string(r.body), "csharp says no") {
+			t.Errorf("an exception answered %d %q, want 500 with its message", r.status, r.body)
+		}
+		r, _ = invoke(k.url, "cs", "crash")
+		if r.status != 502 {
+			t.Errorf("a worker crash answered %d %q, want 502", r.status, r.body)
+		}
+		r, _ = invoke(k.url, "cs", "after")
+		if r.status != 200 || string(r.body) != "after" {
+			t.Errorf("the call after a crash: %d %q", r.status, r.body)
+		}
+
+		broken := writeFiles(t, map[string]string{
+			"kiln.yaml":  "name: cs-broken\nruntime: csharp\n",
+			"Handler.cs": "public static class Handler { public static object Handle(Kiln.Request r) { return nope; } }\n",
+		})
+		if out, err := kilnCLI(t, k, broken, "", "deploy"); err == nil || !strings.Contains(out, "error CS0103") {
+			t.Errorf("deploying a function that does not compile: %v\n%s", err, out)
+		}
+	})
 }
 
 // TestRuntimeStemCells: a python3, node, ruby or java function's first call

@@ -18,6 +18,11 @@
 //
 // Every other variable is the function's own environment.
 //
+// For csharp the worker is the function's own program: KILN_HANDLER names
+// handler.exe, which kiln deploy compiled from kiln's worker and the
+// function's sources, and the executor runs it with mono (see
+// ProgramCommand). In stem mode nothing runs but the executor until Init.
+//
 // In function mode (KILN_HANDLER set) the executor starts the worker, waits
 // for its ready frame, sends load and waits for loaded, then dials the agent
 // and says Ready as the function. A load_error is printed and the executor

@@ -10,11 +10,29 @@ import (
 	"github.com/kilnfx/kiln/executor/sdk"
 	"github.com/kilnfx/kiln/executor/stem"
 	pb "github.com/kilnfx/kiln/proto/executorpb"
+	"github.com/kilnfx/kiln/runtimes/cpp"
+	"github.com/kilnfx/kiln/runtimes/csharp"
 )
 
+// ProgramCommand returns the command line running program as the worker
+// of runtime, or false when runtime's worker is not the function's own
+// program. For cpp the program is the function's static binary, built
+// with kiln's header-only SDK (runtimes/cpp.Build); for csharp it is
+// handler.exe, kiln's worker and the function compiled together by kiln
+// deploy (runtimes/csharp.Build), run by mono.
+func ProgramCommand(runtime, program string) ([]string, bool) {
+	switch runtime {
+	case cpp.Name:
+		return []string{program}, true
+	case csharp.Name:
+		return []string{"mono", program}, true
+	}
+	return nil, false
+}
+
 // serveProgram serves cfg with a runtime whose handler is its own worker
-// (cpp): the program CodeDir/Handler, built with kiln's SDK, speaks the
-// frame protocol itself. It is started in CodeDir with the function's
+// (see ProgramCommand): the program CodeDir/Handler speaks the frame
+// protocol itself. It is started in CodeDir with the function's
 // environment and then sent load as any worker is (the SDK applies env and
 // dir, and answers loaded).
 //
@@ -48,7 +66,11 @@ func runProgram(ctx context.Context, cfg Config, function, dir, handler string, 
 	if _, err := os.Stat(program); err != nil {
 		return fmt.Errorf("%w: %v", ErrLoad, err)
 	}
-	p, err := Start(ctx, []string{program}, Options{Stdout: cfg.Stdout, Stderr: cfg.Stderr, Env: env, Dir: dir})
+	argv, ok := ProgramCommand(cfg.Runtime, program)
+	if !ok {
+		return fmt.Errorf("unknown runtime %q", cfg.Runtime)
+	}
+	p, err := Start(ctx, argv, Options{Stdout: cfg.Stdout, Stderr: cfg.Stderr, Env: env, Dir: dir})
 	if err != nil {
 		return err
 	}

@@ -13,7 +13,6 @@ import (
 	"github.com/kilnfx/kiln/executor/stem"
 	pb "github.com/kilnfx/kiln/proto/executorpb"
 	"github.com/kilnfx/kiln/runtimes/binary"
-	"github.com/kilnfx/kiln/runtimes/cpp"
 	"github.com/kilnfx/kiln/runtimes/java"
 	"github.com/kilnfx/kiln/runtimes/node"
 	"github.com/kilnfx/kiln/runtimes/python3"
@@ -103,7 +102,7 @@ func Serve(ctx context.Context, cfg Config) error {
 	if cfg.Runtime == binary.Name {
 		return serveFork(ctx, cfg)
 	}
-	if cfg.Runtime == cpp.Name {
+	if _, ok := ProgramCommand(cfg.Runtime, cfg.Handler); ok {
 		return serveProgram(ctx, cfg)
 	}
 	argv, ok := Command(cfg.Runtime)

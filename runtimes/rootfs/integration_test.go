@@ -83,11 +83,22 @@ remove: [/usr/share/doc/*, /var/cache/apt/*, /var/lib/apt/lists/*, /usr/lib/*/gc
 // read-only in a mount namespace of its own, and returns its output.
 func runAsNobody(t *testing.T, tree string, argv ...string) (string, error) {
 	t.Helper()
+	return runAsNobodyWith(t, tree, "", argv...)
+}
+
+// runAsNobodyWith is runAsNobody with the directory tmp, when not empty,
+// bind-mounted read-only at the tree's /tmp, and with /proc mounted, as a
+// container has it (mono needs it), when the tree has the mount point.
+func runAsNobodyWith(t *testing.T, tree, tmp string, argv ...string) (string, error) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	script := `mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec chroot --userspec=65534:65534 "$0" "$@"`
+	if tmp != "" {
+		script = `mount --bind "$0" "$0" && mount --bind "$KILN_TMP" "$0/tmp" && mount -o remount,bind,ro "$0/tmp" && { [ ! -d "$0/proc" ] || mount -t proc proc "$0/proc"; } && mount -o remount,bind,ro "$0" && exec chroot --userspec=65534:65534 "$0" "$@"`
+	}
 	cmd := exec.CommandContext(ctx, "unshare", append([]string{"--mount", "--propagation", "private", "sh", "-c", script, tree}, argv...)...)
-	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/", "NODE_EXTRA_CA_CERTS="}
+	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/", "NODE_EXTRA_CA_CERTS=", "KILN_TMP=" + tmp}
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
@@ -262,8 +273,8 @@ func TestRuntimeRecipes(t *testing.T) {
 // TestRuntimeRootFS, so a re-run takes no time.
 const runtimeCacheDir = "/var/cache/kiln-test/runtimes"
 
-// TestRuntimeRootFS builds the root filesystems of the python3, node, ruby
-// and binary runtimes from their recipes (in runtimeCacheDir, so only the first
+// TestRuntimeRootFS builds the root filesystems of the python3, node, ruby,
+// csharp and binary runtimes from their recipes (in runtimeCacheDir, so only the first
 // run builds) and checks that each works as uid 65534 on a read-only root
 // and keeps to its size aim. It takes about half a minute the first time,
 // and runs only with KILN_TEST_RUNTIME_ROOTFS=1.
@@ -272,7 +283,17 @@ func TestRuntimeRootFS(t *testing.T) {
 		t.Skip("set KILN_TEST_RUNTIME_ROOTFS=1 to build the runtimes' root filesystems")
 	}
 	requireMmdebstrap(t)
-	s, err := rootfs.NewStore(runtimeCacheDir)
+	// The mount points a container needs, as kilnd's preparation of a
+	// tree makes them (trees built before this have none but /tmp).
+	mountPoints := rootfs.WithPrepare(func(tree string) error {
+		for _, dir := range []string{"proc", "sys", "dev", "tmp"} {
+			if err := os.MkdirAll(filepath.Join(tree, dir), 0o755); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	s, err := rootfs.NewStore(runtimeCacheDir, mountPoints)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -282,15 +303,29 @@ func TestRuntimeRootFS(t *testing.T) {
 		argv    []string
 		want    string
 		prefix  bool // the output need only begin with want
+		// csharp, when set, is a C# program compiled with mcs into
+		// /tmp/hello.exe (a read-only bind mount) before argv runs.
+		csharp string
 	}{
-		{"python3", 60 << 20, []string{"/usr/bin/python3", "-c", "import json, threading, traceback, importlib.util, sys; print(json.dumps(sys.version_info[:2]))"}, "[3, 11]", false},
-		{"node", 120 << 20, []string{"/usr/bin/node", "-e", `require("fs"); console.log(process.version.split(".")[0])`}, "v18", false},
-		{"ruby", 60 << 20, []string{"/usr/bin/ruby", "-e", `require "json"; require "thread"; puts JSON.generate({a: RUBY_VERSION[0, 3]})`}, `{"a":"3.1"}`, false},
-		{"binary", 30 << 20, []string{"/bin/sh", "-c", `printf 'a b\n' | cut -d' ' -f2 | sed s/b/ok/ | grep ok | head -n1 | tr -d '\n'; ls / >/dev/null`}, "ok", false},
-		{"cpp", 30 << 20, []string{"/bin/sh", "-c", "echo ok"}, "ok", false},
+		{"python3", 60 << 20, []string{"/usr/bin/python3", "-c", "import json, threading, traceback, importlib.util, sys; print(json.dumps(sys.version_info[:2]))"}, "[3, 11]", false, ""},
+		{"node", 120 << 20, []string{"/usr/bin/node", "-e", `require("fs"); console.log(process.version.split(".")[0])`}, "v18", false, ""},
+		{"ruby", 60 << 20, []string{"/usr/bin/ruby", "-e", `require "json"; require "thread"; puts JSON.generate({a: RUBY_VERSION[0, 3]})`}, `{"a":"3.1"}`, false, ""},
+		{"binary", 30 << 20, []string{"/bin/sh", "-c", `printf 'a b\n' | cut -d' ' -f2 | sed s/b/ok/ | grep ok | head -n1 | tr -d '\n'; ls / >/dev/null`}, "ok", false, ""},
+		{"cpp", 30 << 20, []string{"/bin/sh", "-c", "echo ok"}, "ok", false, ""},
 		// With no /proc in the chroot the dynamic linker cannot expand the
 		// JVM's $ORIGIN run path (a container has /proc): it is given.
-		{"java", 250 << 20, []string{"/lib64/ld-linux-x86-64.so.2", "--library-path", "/usr/lib/jvm/java-17-openjdk-amd64/lib", "/usr/lib/jvm/java-17-openjdk-amd64/bin/java", "-XX:-UsePerfData", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Xshare:auto", "-version"}, "openjdk version \"17.", true},
+		{"java", 250 << 20, []string{"/lib64/ld-linux-x86-64.so.2", "--library-path", "/usr/lib/jvm/java-17-openjdk-amd64/lib", "/usr/lib/jvm/java-17-openjdk-amd64/bin/java", "-XX:-UsePerfData", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Xshare:auto", "-version"}, "openjdk version \"17.", true, ""},
+		{"csharp", 60 << 20, []string{"/usr/bin/mono", "/tmp/hello.exe"}, `{"a":"ok","n":3}`, false,
+			`using System; using System.Linq; using System.Collections.Generic; using System.Runtime.InteropServices;
+class Hello {
+  [DllImport("libc")] static extern int getpid();
+  static void Main() {
+    var n = new List<int> { 1, 2, 3 }.Where(x => x > 0).Count();
+    if (getpid() <= 0) throw new Exception("getpid");
+    System.IO.File.ReadAllBytes("/proc/self/status");
+    Console.WriteLine("{\"a\":\"" + new Uri("http://ok/").Host + "\",\"n\":" + n + "}");
+  }
+}`},
 	} {
 		t.Run(tc.runtime, func(t *testing.T) {
 			r, err := rootfs.ParseRecipe(tc.runtime, runtimes.Get(tc.runtime).Recipe)
@@ -307,10 +342,38 @@ func TestRuntimeRootFS(t *testing.T) {
 			if b.Size > tc.maxSize {
 				t.Errorf("%s: %d bytes, aim at most %d", tc.runtime, b.Size, tc.maxSize)
 			}
-			out, err := runAsNobody(t, b.RootFS, tc.argv...)
+			tmp := ""
+			if tc.csharp != "" {
+				tmp = compileCSharp(t, tc.csharp)
+			}
+			out, err := runAsNobodyWith(t, b.RootFS, tmp, tc.argv...)
 			if got := strings.TrimSpace(out); err != nil || got != tc.want && !(tc.prefix && strings.HasPrefix(got, tc.want)) {
 				t.Errorf("%q as nobody on a read-only root: %q, %v; want %q", tc.argv, out, err, tc.want)
 			}
 		})
 	}
+}
+
+// compileCSharp compiles source with mcs into hello.exe in a new directory
+// readable by uid 65534, and returns the directory.
+func compileCSharp(t *testing.T, source string) string {
+	t.Helper()
+	if _, err := exec.LookPath("mcs"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("mcs is not installed (make setup installs it): %v", err)
+		}
+		t.Skipf("mcs is not installed: %v", err)
+	}
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "hello.cs"), []byte(source), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.CommandContext(t.Context(), "mcs", "-nologo", "-out:"+filepath.Join(dir, "hello.exe"), filepath.Join(dir, "hello.cs"))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("mcs: %v\n%s", err, out)
+	}
+	return dir
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/kilnfx/kiln/agent/bundle"
 	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
 	"github.com/kilnfx/kiln/runtimes/cpp"
+	"github.com/kilnfx/kiln/runtimes/csharp"
 	"github.com/kilnfx/kiln/runtimes/java"
 )
 
@@ -35,6 +36,15 @@ var runtimeEcho = []struct {
 			}
 			archive, err := bundle.PackBytes("", map[string]string{cpp.Handler: bin}, 0)
 			return archive, cpp.Handler, err
+		}},
+	{"csharp", "Handler.cs", "public static class Handler {\n    public static object Handle(Kiln.Request req) { return req.Body; }\n}\n", true,
+		func(ctx context.Context, dir string) ([]byte, string, error) {
+			program, err := csharp.Build(ctx, dir)
+			if err != nil {
+				return nil, "", err
+			}
+			archive, err := bundle.PackBytes("", map[string]string{csharp.Handler: program}, 0)
+			return archive, csharp.Handler, err
 		}},
 	{"java", "Handler.java", "public class Handler {\n    public static Object handle(kiln.Request req) { return req.body; }\n}\n", true,
 		func(ctx context.Context, dir string) ([]byte, string, error) {

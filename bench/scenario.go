@@ -145,7 +145,7 @@ var Scenarios = []Scenario{
 	{Name: "cold", Weight: 21, Quick: true, Floors: []string{"floor-proc"}, Run: runCold,
 		About: "a new container started per call (no stem cells)"},
 	{Name: "runtimes", Weight: 200, Quick: false, Run: runRuntimes,
-		About: "for each runtime (go, python3, ruby, node, binary, cpp, java): its root filesystem built from the Debian mirror, then an echo function's warm, thawed, cold and stem-cell calls, one at a time, each beside go's in the same kilnd"},
+		About: "for each runtime (go, python3, ruby, node, binary, cpp, csharp, java): its root filesystem built from the Debian mirror, then an echo function's warm, thawed, cold and stem-cell calls, one at a time, each beside go's in the same kilnd"},
 	{Name: "burst", Weight: 8, Floors: []string{"floor-proc"}, Run: runBurst,
 		About: "200 calls at once on a function with no container"},
 	{Name: "throughput", Weight: 115, Quick: true, Run: runThroughput,

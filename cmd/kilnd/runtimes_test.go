@@ -481,19 +481,21 @@ public static class Handler
 
 // TestRuntimeStemCells: a python3, node, ruby or java function's first call
 // is served by a stem cell that already holds the interpreter (the JVM, with
-// kiln's worker compiled); a cpp function's by a stem cell started ahead.
+// kiln's worker compiled); a cpp or csharp function's by a stem cell
+// started ahead.
 func TestRuntimeStemCells(t *testing.T) {
 	requireIntegration(t)
 	if err := os.MkdirAll(runtimesCache, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	k := startKilnd(t, shortTempDir(t), "--runtimes-dir", runtimesCache, "--stem-cells", "python3=1,node=1,ruby=1,cpp=1,java=1")
+	k := startKilnd(t, shortTempDir(t), "--runtimes-dir", runtimesCache, "--stem-cells", "python3=1,node=1,ruby=1,cpp=1,java=1,csharp=1")
 	for _, c := range []struct{ rt, file, src string }{
 		{"python3", "handler.py", "def handle(req):\n    return b'stem:' + req.body\n"},
 		{"node", "handler.js", "module.exports = (req) => 'stem:' + req.body.toString();\n"},
 		{"ruby", "handler.rb", "def handle(req)\n  'stem:' + req.body\nend\n"},
 		{"cpp", "handler.cpp", "#include \"kiln.hpp\"\nint main() { return kiln::serve([](const kiln::Request& req) { return kiln::Response{200, {}, \"stem:\" + req.body}; }); }\n"},
 		{"java", "Handler.java", "public class Handler {\n    public static Object handle(kiln.Request req) { return \"stem:\" + req.text(); }\n}\n"},
+		{"csharp", "Handler.cs", "public static class Handler {\n    public static object Handle(Kiln.Request req) { return \"stem:\" + req.Text; }\n}\n"},
 	} {
 		name := "stem-" + c.rt
 		dir := writeFiles(t, map[string]string{c.file: c.src, "kiln.yaml": "name: " + name + "\nruntime: " + c.rt + "\n"})

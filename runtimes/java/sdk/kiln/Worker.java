@@ -243,17 +243,51 @@ public final class Worker {
         if (cpu0 >= 0 && user0 >= 0) {
             b.append(",\"cpu_user_us\":").append(user / 1000).append(",\"cpu_sys_us\":").append(Math.max(0, cpu - user) / 1000);
         }
-        try {
-            for (String line : java.nio.file.Files.readAllLines(java.nio.file.Path.of("/proc/self/status"))) {
-                if (line.startsWith("VmHWM:")) {
-                    b.append(",\"max_rss_kb\":").append(Long.parseLong(line.substring(6).trim().split("\\s+")[0]));
-                    break;
-                }
-            }
-        } catch (IOException | RuntimeException e) {
-            // No figure: the executor's own stands.
+        long hwm = peakResidentKB();
+        if (hwm > 0) {
+            b.append(",\"max_rss_kb\":").append(hwm);
         }
         return b.toString();
+    }
+
+    private static java.io.RandomAccessFile status;
+    private static final byte[] STATUS_BUF = new byte[8192];
+    private static final byte[] VMHWM = "VmHWM:".getBytes(StandardCharsets.US_ASCII);
+
+    /**
+     * peakResidentKB returns the process's peak resident set (VmHWM of
+     * /proc/self/status) in KiB, or 0 when it cannot be read. The file is
+     * opened once and read again from its start, with no allocation.
+     */
+    private static synchronized long peakResidentKB() {
+        try {
+            if (status == null) {
+                status = new java.io.RandomAccessFile("/proc/self/status", "r");
+            }
+            status.seek(0);
+            int n = 0, r;
+            while (n < STATUS_BUF.length && (r = status.read(STATUS_BUF, n, STATUS_BUF.length - n)) > 0) {
+                n += r;
+            }
+            outer:
+            for (int i = 0; i + VMHWM.length <= n; i++) {
+                for (int j = 0; j < VMHWM.length; j++) {
+                    if (STATUS_BUF[i + j] != VMHWM[j]) {
+                        continue outer;
+                    }
+                }
+                long kb = 0;
+                for (int k = i + VMHWM.length; k < n && STATUS_BUF[k] != '\n'; k++) {
+                    if (STATUS_BUF[k] >= '0' && STATUS_BUF[k] <= '9') {
+                        kb = kb * 10 + (STATUS_BUF[k] - '0');
+                    }
+                }
+                return kb;
+            }
+        } catch (IOException e) {
+            // No figure: the executor's own stands.
+        }
+        return 0;
     }
 
     private void run(Request req) {

@@ -10,7 +10,7 @@ STATICCHECK_VERSION := v0.8.2
 BUF_VERSION := v1.75.0
 GOTEST_FLAGS ?= -race -timeout 30m
 
-.PHONY: help setup build run test unit proto check bench bench-quick clean
+.PHONY: help setup build run test unit soak proto check bench bench-quick clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ test: setup ## run every test: unit tests and the integration tests on a real co
 
 unit: ## run only the tests that need nothing installed
 	KILN_UNIT_ONLY=1 $(GO) test $(GOTEST_FLAGS) -short ./...
+
+soak: setup ## long fault runs, the tests named Soak (30 s of 10x overload on the gRPC edge); CI does not run them
+	KILN_SOAK=1 $(GO) test -race -count=1 -run 'Soak' -timeout 30m ./cmd/kilnd/
 
 proto: setup ## regenerate the Go code of proto/*.proto (checked in) with the pinned buf and plugins
 	buf generate

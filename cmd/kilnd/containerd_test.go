@@ -5,7 +5,6 @@ package main
 // daemon stopped and started again.
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -198,21 +197,56 @@ func processesOf(prefix, dir string) []string {
 }
 
 // assertNothingLeft checks, after kilnd stopped, that nothing it ran is
-// left: no process in the cgroups of the containers ids, no shim or
-// containerd serving the daemon in ctrdDir, no mount under dir, and no
-// container or task in that daemon's store (read by starting it once more).
+// left (see findLeftovers).
 func assertNothingLeft(t *testing.T, dir, ctrdDir string, ids []string) {
 	t.Helper()
+	l := findLeftovers(t, dir, ctrdDir, ids)
+	for _, what := range l.all() {
+		t.Errorf("left behind: %s", what)
+	}
+}
+
+// leftovers is what a stopped kilnd left behind, each entry saying what it
+// is.
+type leftovers struct {
+	containers []string // containers and tasks in containerd, containers' directories, containers' processes
+	mounts     []string // mount points under the data directory
+	processes  []string // containerd and shims serving the data directory
+}
+
+func (l leftovers) all() []string {
+	return slices.Concat(l.containers, l.mounts, l.processes)
+}
+
+// findLeftovers looks, after kilnd stopped, for anything it ran that is
+// still there: a process in the cgroup of one of the containers ids, a
+// shim or containerd serving the daemon in ctrdDir, a mount under dir
+// (other than dir itself), a directory left in the driver's state dir
+// (dir/driver, but for its images) or the containers' socket dir (dir/run),
+// and a container or task in the daemon's store (read by starting it once
+// more).
+func findLeftovers(t *testing.T, dir, ctrdDir string, ids []string) leftovers {
+	t.Helper()
+	var l leftovers
 	for _, id := range ids {
 		if pids := cgroupPids(id); len(pids) > 0 {
-			t.Errorf("container %s still has processes %v", id, pids)
+			l.containers = append(l.containers, fmt.Sprintf("container %s still has processes %v", id, pids))
 		}
 	}
-	if ps := processesOf("containerd", ctrdDir); len(ps) > 0 {
-		t.Errorf("containerd or shims still run:\n%s", strings.Join(ps, "\n"))
+	for _, p := range processesOf("containerd", ctrdDir) {
+		l.processes = append(l.processes, "containerd or shim still runs: "+p)
 	}
-	if b, err := os.ReadFile("/proc/mounts"); err == nil && bytes.Contains(b, []byte(dir)) {
-		t.Errorf("mounts under %s left:\n%s", dir, b)
+	for _, m := range mountsUnder(dir) {
+		l.mounts = append(l.mounts, "mount under the data dir: "+m)
+	}
+	for _, sub := range []string{"driver", "run"} {
+		ents, _ := os.ReadDir(filepath.Join(dir, sub))
+		for _, e := range ents {
+			if sub == "driver" && e.Name() == "images" {
+				continue
+			}
+			l.containers = append(l.containers, fmt.Sprintf("container directory %s/%s", sub, e.Name()))
+		}
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
@@ -221,12 +255,30 @@ func assertNothingLeft(t *testing.T, dir, ctrdDir string, ids []string) {
 		t.Fatalf("start containerd to look at its store: %v", err)
 	}
 	defer c.Stop(ctx)
-	if ids := ctrList(t, c.Address(), "containers"); len(ids) > 0 {
-		t.Errorf("containers left in containerd: %v", ids)
+	for _, kind := range []string{"containers", "tasks"} {
+		for _, id := range ctrList(t, c.Address(), kind) {
+			l.containers = append(l.containers, fmt.Sprintf("%s %s in containerd", kind[:len(kind)-1], id))
+		}
 	}
-	if ids := ctrList(t, c.Address(), "tasks"); len(ids) > 0 {
-		t.Errorf("tasks left in containerd: %v", ids)
+	return l
+}
+
+// mountsUnder returns the mount points below dir (not dir itself) that this
+// process's mount namespace has, from /proc/self/mountinfo.
+func mountsUnder(dir string) []string {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return []string{"cannot read /proc/self/mountinfo: " + err.Error()}
 	}
+	var found []string
+	for line := range strings.SplitSeq(string(b), "\n") {
+		// id parent major:minor root mount-point options ...
+		f := strings.Fields(line)
+		if len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
+			found = append(found, f[4])
+		}
+	}
+	return found
 }
 
 // TestContainerdRestartKeepsServing kills kilnd's containerd with SIGKILL
@@ -241,6 +293,8 @@ func TestContainerdRestartKeepsServing(t *testing.T) {
 	dir := shortTempDir(t)
 	binary, failFile := flakyContainerd(t)
 	k := startKilnd(t, dir, "--containerd-binary", binary)
+	w := watchRSS(k)
+	direct := 0 // calls sent here, beside the load's
 	k.deploy(t, "ctrd-warm", probeSpec(map[string]any{"min_warm": 2, "freeze_after": "0.02s"}))
 	k.deploy(t, "ctrd-cold", probeSpec(nil))
 	k.deploy(t, "ctrd-gone", probeSpec(map[string]any{"min_warm": 1}))
@@ -267,6 +321,7 @@ func TestContainerdRestartKeepsServing(t *testing.T) {
 
 	// A new container cannot be had: 503, at once.
 	r := k.do(t, "POST", "/invoke/ctrd-cold", []byte("x"))
+	direct++
 	if r.status != 503 || r.header.Get("Retry-After") == "" || r.header.Get("X-Kiln-Error") != "unavailable" {
 		t.Fatalf("call needing a new container while containerd is down = %d %q Retry-After=%q, want 503 unavailable with Retry-After\n%s",
 			r.status, r.header.Get("X-Kiln-Error"), r.header.Get("Retry-After"), r.body)
@@ -280,6 +335,7 @@ func TestContainerdRestartKeepsServing(t *testing.T) {
 	}
 	// A crash: the container is stopped now and replaced later.
 	r = k.do(t, "POST", "/invoke/ctrd-warm", []byte("exit"))
+	direct++
 	if r.status != 502 {
 		t.Fatalf("crashing call = %d %s, want 502", r.status, r.body)
 	}
@@ -303,6 +359,7 @@ func TestContainerdRestartKeepsServing(t *testing.T) {
 	}
 	eventually(t, 30*time.Second, "a new container to start", func() bool {
 		r := k.do(t, "POST", "/invoke/ctrd-cold", []byte("x"))
+		direct++
 		return r.status == 202
 	})
 	waitFor(t, "the crashed container replaced", func() bool { return len(k.listContainers(t, "ctrd-warm")) == 2 })
@@ -325,10 +382,21 @@ func TestContainerdRestartKeepsServing(t *testing.T) {
 		t.Errorf("warm calls: %d answered (%d thawed), failed: %v", ok, thawed, bad)
 	}
 	t.Logf("warm calls throughout: %d answered, %d of them thawed", ok, thawed)
-	if err := k.stop(); err != nil {
-		t.Fatal(err)
+	sent := ok + len(bad) + direct
+	var records int64
+	waitFor(t, "every call's record", func() bool {
+		records = k.reportCount(t, "ctrd-warm") + k.reportCount(t, "ctrd-cold")
+		return records >= int64(sent-len(bad))
+	})
+	if records != int64(sent-len(bad)) {
+		t.Errorf("%d records of %d answered calls", records, sent-len(bad))
 	}
-	assertNothingLeft(t, dir, filepath.Join(dir, "containerd"), seen)
+	rss := w.end()
+	figures{
+		fault: "containerd-restart", sent: sent, answered: sent - len(bad), records: int(records),
+		left: stopAndLook(t, k, seen), rssMiB: rss,
+		extra: []string{fmt.Sprintf("thawed_since_kill=%d", thawed-thawedAtKill)},
+	}.report(t)
 }
 
 // TestContainerdGiveUp: when the managed containerd will not start again

@@ -142,11 +142,7 @@ func TestHostFilesStayPrivate(t *testing.T) {
 // cause, leaves nothing half-written, and the next deploy works.
 func TestDeployDiskFull(t *testing.T) {
 	requireIntegration(t)
-	dir := shortTempDir(t)
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=96m,mode=0700", "tmpfs", dir).CombinedOutput(); err != nil {
-		t.Fatalf("mount tmpfs: %v %s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
+	dir := tmpfsDataDir(t, "96m")
 	k := startKilnd(t, dir)
 	probe, err := os.ReadFile(filepath.Join(binDir, "probe"))
 	if err != nil {

@@ -348,11 +348,7 @@ func keptAlive(t *testing.T, src, addr string) (net.Conn, int) {
 func TestSlowlorisGRPC(t *testing.T) {
 	k := startLimitedKilnd(t)
 	k.deploy(t, "probe-slowloris-grpc", probeSpec(nil))
-	m := regexp.MustCompile(`"grpc":"([0-9.:]+)"`).FindStringSubmatch(k.logs.String())
-	if m == nil {
-		t.Fatalf("no gRPC address in kilnd's log\n%s", k.logs)
-	}
-	grpcAddr := m[1]
+	grpcAddr := k.grpcAddr(t)
 
 	// Connections that start the HTTP/2 preface and never finish it.
 	a := startAttack(grpcAddr, "127.0.0.2", slowAttackers, "PRI * HTTP/2.0\r\n", "")

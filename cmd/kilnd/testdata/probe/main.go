@@ -87,6 +87,12 @@ func handle(ctx context.Context, req *sdk.Request) (*sdk.Response, error) {
 		// Ignore the call's deadline for 5 s.
 		time.Sleep(5 * time.Second)
 		return &sdk.Response{Body: []byte("hung")}, nil
+	case "spin":
+		// Burn CPU for ever, ignoring the call's context: only killing
+		// the container stops it.
+		for n := uint64(0); ; n++ {
+			spun = n
+		}
 	case "panic":
 		panic("probe panicked")
 	case "print":
@@ -107,6 +113,9 @@ func handle(ctx context.Context, req *sdk.Request) (*sdk.Response, error) {
 	h := http.Header{"X-Probe-Method": {req.Method}, "X-Probe-Path": {req.Path}}
 	return &sdk.Response{Status: http.StatusAccepted, Header: h, Body: append([]byte("probe:"), req.Body...)}, nil
 }
+
+// spun is written by the "spin" loop so that the compiler keeps it.
+var spun uint64
 
 // childEnv marks a process forkBomb started: it only waits to be killed.
 const childEnv = "PROBE_CHILD=1"

@@ -23,6 +23,11 @@ import "sort"
 // to a running state while a container is charged less than its limit, so
 // no path can thaw a container the budget does not hold.
 
+// reasonEvicted is why an eviction stops a container. The memory an
+// eviction frees is for the caller of reserveLocked: ending an evicted
+// container refills no stem cells.
+const reasonEvicted = "memory pressure"
+
 // reserveLocked takes bytes from the node's memory budget. With evict set
 // it stops least recently used frozen containers of any function (and stem
 // cells), never keep, to make room; it stops none when stopping all of
@@ -52,7 +57,7 @@ func (p *Pool) reserveLocked(bytes int64, evict bool, keep *Container) bool {
 			break
 		}
 		p.counters.evictions.Add(1)
-		p.stopLocked(c, "memory pressure")
+		p.stopLocked(c, reasonEvicted)
 	}
 	if p.memoryUsed+bytes <= p.budget {
 		p.memoryUsed += bytes

@@ -247,3 +247,23 @@ func waitFor(t *testing.T, cond func() bool) {
 	}
 	t.Fatal("condition not met within 5s")
 }
+
+// A stem cell the budget could not hold is started once memory frees: here
+// when the function that took the last stem cell is removed.
+func TestStemCellRefilledWhenMemoryFrees(t *testing.T) {
+	e := newEnv(t, pool.WithMemoryBudget(128<<20),
+		pool.WithStemCells(pool.StemSpec{Runtime: "go", RootFS: "/nonexistent", Args: []string{"/kiln-executor"}, Count: 1, MemoryBytes: 64 << 20}))
+	e.pool.Settle()
+	e.mustCall(newFn("a"), pool.StartStem)
+	e.pool.Settle()
+	if got := e.pool.Stats().Containers[""]; got[pool.StateFrozen] != 0 {
+		t.Fatalf("stem cells with a's 128 MiB in a 128 MiB budget: %v, want none", got)
+	}
+	if err := e.pool.RemoveFunction(context.Background(), "a"); err != nil {
+		t.Fatal(err)
+	}
+	e.pool.Settle()
+	if got := e.pool.Stats().Containers[""]; got[pool.StateFrozen] != 1 {
+		t.Fatalf("stem cells once a is gone: %v, want 1 frozen", got)
+	}
+}

@@ -344,6 +344,15 @@ func (p *Pool) endLocked(c *Container, to State, why string) {
 			p.refillStemsLocked(c.runtime)
 		}
 	}
+	if !p.closed && why != reasonEvicted {
+		// The memory freed may be what stem cells were refused for: a
+		// refill the budget could not hold is retried whenever a
+		// container ends, except by an eviction, whose memory is its
+		// caller's.
+		for runtime := range p.stemSpecs {
+			p.refillStemsLocked(runtime)
+		}
+	}
 	p.log.Debug("stopping container", "container", c.id, "reason", why)
 	p.goWorkLocked(func() { p.stop(c, fmt.Errorf("%w: container %s stopped: %s", ErrClosed, c.id, why)) })
 }

@@ -106,8 +106,12 @@ func rssPeak(t *testing.T, pid int) (stop func() int64) {
 func mib(n int64) string { return fmt.Sprintf("%.0f MiB", float64(n)/(1<<20)) }
 
 // TestLargeResponsesMemory answers 8 concurrent calls of 48 MiB each, twice,
-// from a kilnd built as it ships, and measures kilnd's RSS before, at its
-// peak during, and 1 s and 3 s after each round.
+// from a kilnd built as it ships (--max-response 48 MiB, the default
+// --memory-limit), and measures kilnd's RSS before, at its peak during, and
+// 1, 3 and 5 s after each round. The peak must stay under the idle RSS
+// plus 3× the bytes in flight, and 5 s after a round kilnd must be back
+// under its idle RSS plus 32 MiB. An answer over the limit is refused
+// with response_too_large.
 func TestLargeResponsesMemory(t *testing.T) {
 	const (
 		calls    = 8
@@ -167,10 +171,22 @@ func TestLargeResponsesMemory(t *testing.T) {
 		after1 := vmRSS(t, pid)
 		time.Sleep(2 * time.Second)
 		after3 := vmRSS(t, pid)
-		t.Logf("round %d: %d×%d MiB answered in %v; kilnd RSS peak %s (%.1f× the %s in flight above the idle %s), 1 s after %s, 3 s after %s",
-			round, calls, bodyMiB, took.Round(time.Millisecond), mib(peak), float64(peak-base)/inFlight, mib(inFlight), mib(base), mib(after1), mib(after3))
+		time.Sleep(2 * time.Second)
+		after5 := vmRSS(t, pid)
+		t.Logf("round %d: %d×%d MiB answered in %v; kilnd RSS peak %s (%.1f× the %s in flight above the idle %s), 1 s after %s, 3 s after %s, 5 s after %s",
+			round, calls, bodyMiB, took.Round(time.Millisecond), mib(peak), float64(peak-base)/inFlight, mib(inFlight), mib(base), mib(after1), mib(after3), mib(after5))
+		if limit := base + 3*inFlight; peak > limit {
+			t.Errorf("round %d: RSS peak %s, over the idle RSS plus 3× the bytes in flight (%s)", round, mib(peak), mib(limit))
+		}
+		if limit := base + 32<<20; after5 > limit {
+			t.Errorf("round %d: RSS %s 5 s after, over the idle RSS plus 32 MiB (%s)", round, mib(after5), mib(limit))
+		}
+	}
+	r, err := invoke(k.url, fn, fmt.Sprintf("mib:%d", bodyMiB+1))
+	if err != nil || r.status != 502 || r.header.Get("X-Kiln-Error") != "response_too_large" {
+		t.Errorf("an answer over --max-response = %d %q %s %v, want 502 response_too_large", r.status, r.header.Get("X-Kiln-Error"), r.body, err)
 	}
 }
 
 // largeResponseFlags are kilnd's flags in TestLargeResponsesMemory.
-var largeResponseFlags = []string{}
+var largeResponseFlags = append([]string{"--max-response", fmt.Sprint(48 << 20)}, strings.Fields(os.Getenv("KILN_MEM_FLAGS"))...)

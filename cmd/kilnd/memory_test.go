@@ -188,5 +188,6 @@ func TestLargeResponsesMemory(t *testing.T) {
 	}
 }
 
-// largeResponseFlags are kilnd's flags in TestLargeResponsesMemory.
+// largeResponseFlags are kilnd's flags in TestLargeResponsesMemory, with
+// $KILN_MEM_FLAGS appended to measure others (--memory-limit 0, say).
 var largeResponseFlags = append([]string{"--max-response", fmt.Sprint(48 << 20)}, strings.Fields(os.Getenv("KILN_MEM_FLAGS"))...)

@@ -24,6 +24,7 @@ import (
 	"github.com/kilnfx/kiln/agent"
 	"github.com/kilnfx/kiln/api/wire"
 	"github.com/kilnfx/kiln/errdefs"
+	"github.com/kilnfx/kiln/proto/grpccodec"
 	kilnv1 "github.com/kilnfx/kiln/proto/kiln/v1"
 )
 
@@ -188,6 +189,9 @@ func NewGRPCServer(a *agent.Agent, opts ...GRPCOption) (*GRPCServer, *health.Ser
 		sopts = tunedServerOptions(a.MaxBodyBytes(), int(a.CodeLimits().ArchiveBytes))
 	}
 	sopts = append(sopts,
+		// Large requests and answers get buffers of their own, garbage
+		// once read or written, rather than gRPC's pooled ones.
+		grpccodec.ServerOption(),
 		grpc.ConnectionTimeout(o.handshakeTimeout),
 		grpc.MaxHeaderListSize(grpcMaxHeaderList),
 	)

@@ -495,7 +495,11 @@ func (s *HTTPServer) invoke(ctx *fasthttp.RequestCtx, rest []byte) {
 			return
 		}
 	}
-	ctx.SetBody(res.Body)
+	// The body is not copied: res.Body is the slice decoded from the
+	// executor's Result for this call alone, which nothing else refers to
+	// or changes, and fasthttp writes it after this handler returns and
+	// drops it when it resets the response.
+	ctx.Response.SetBodyRaw(res.Body)
 }
 
 // splitInvokePath splits what follows /invoke/ or /function/ in a path

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc"
 
 	pb "github.com/kilnfx/kiln/proto/executorpb"
+	"github.com/kilnfx/kiln/proto/grpccodec"
 )
 
 // StartKind says how a call got its container.
@@ -196,8 +197,9 @@ func (c *Container) alive() bool {
 }
 
 // listen creates the container's host directory and the agent's socket in it,
-// and starts serving the executor's Session on it.
-func (c *Container) listen() error {
+// and starts serving the executor's Session on it. A message from the
+// executor over maxRecv bytes ends the Session before it is read.
+func (c *Container) listen(maxRecv int) error {
 	if err := os.MkdirAll(c.dir, 0o755); err != nil {
 		return fmt.Errorf("create container dir: %w", err)
 	}
@@ -228,9 +230,13 @@ func (c *Container) listen() error {
 		grpc.InitialConnWindowSize(4<<20),
 		grpc.ReadBufferSize(64<<10),
 		grpc.WriteBufferSize(64<<10),
-		grpc.MaxRecvMsgSize(pb.MaxMessageBytes),
+		grpc.MaxRecvMsgSize(maxRecv),
 		grpc.MaxSendMsgSize(pb.MaxMessageBytes),
 		grpc.MaxConcurrentStreams(1),
+		// A large Result is gathered into a slice of its own and decoded
+		// into another (its body), both garbage once the call is answered;
+		// none is kept in gRPC's buffer pool.
+		grpccodec.ServerOption(),
 	)
 	pb.RegisterAgentServer(c.srv, &sessionServer{c: c})
 	go func() { _ = c.srv.Serve(lis) }()

@@ -8,7 +8,10 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"strconv"
 	"time"
+
+	pb "github.com/kilnfx/kiln/proto/executorpb"
 )
 
 // prewarmRetry is how long the pool waits before trying again to reach a
@@ -189,13 +192,14 @@ func (p *Pool) start(ctx context.Context, idPrefix, runtime string, spec Contain
 		diagnosed: make(chan struct{}),
 	}
 	c.diag, _ = p.driver.(Diagnoser)
-	if err := c.listen(); err != nil {
+	if err := c.listen(p.maxResponse + pb.ResultSlack); err != nil {
 		p.failStart(c, err, false)
 		return nil, err
 	}
 	spec.ID = c.id
 	spec.SocketDir = c.dir
-	spec.Env = append(append([]string(nil), spec.Env...), "KILN_SOCKET="+ExecutorDir+"/"+SocketName)
+	spec.Env = append(append([]string(nil), spec.Env...), "KILN_SOCKET="+ExecutorDir+"/"+SocketName,
+		pb.EnvMaxResponse+"="+strconv.Itoa(p.maxResponse))
 	if spec.Function != "" {
 		spec.Env = append(spec.Env, "KILN_FUNCTION="+spec.Function)
 	}

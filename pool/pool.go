@@ -28,6 +28,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	pb "github.com/kilnfx/kiln/proto/executorpb"
 )
 
 // Function describes what a function's containers run and how many of them
@@ -117,6 +119,7 @@ type Pool struct {
 	budget       int64
 	chargeFrozen bool  // frozen containers are charged their use (budget.go)
 	frozenMargin int64 // added to a frozen container's use
+	maxResponse  int   // the largest answer an executor may send, in bytes
 	stemSpecs    map[string]StemSpec
 	onTransition func(id string, from, to State) // tests only; called with mu held
 
@@ -161,6 +164,7 @@ type options struct {
 	chargeFrozen bool
 	frozenMargin int64
 	stems        []StemSpec
+	maxResponse  int
 	onTransition func(id string, from, to State) // tests only
 }
 
@@ -194,6 +198,14 @@ func WithFrozenCharge(margin int64) Option {
 	return func(o *options) { o.chargeFrozen, o.frozenMargin = true, margin }
 }
 
+// WithMaxResponseBytes sets the largest answer (body, headers and error
+// message together) a function's executor may send, in bytes: 1 to
+// executorpb.MaxResultBodyBytes, which is the default. Every container is
+// told it in executorpb.EnvMaxResponse, and its Session refuses a larger
+// message before reading it, so that one answer never holds more than
+// this (plus executorpb.ResultSlack) of the agent's memory.
+func WithMaxResponseBytes(n int) Option { return func(o *options) { o.maxResponse = n } }
+
 // WithStemCells keeps stem cells of the given runtimes.
 func WithStemCells(specs ...StemSpec) Option {
 	return func(o *options) { o.stems = append(o.stems, specs...) }
@@ -206,9 +218,12 @@ func New(driver Driver, runDir string, opts ...Option) (*Pool, error) {
 	if driver == nil {
 		return nil, errors.New("pool: nil driver")
 	}
-	o := options{log: slog.Default(), startTimeout: 10 * time.Second, clock: realClock{}, queueDepth: 1000}
+	o := options{log: slog.Default(), startTimeout: 10 * time.Second, clock: realClock{}, queueDepth: 1000, maxResponse: pb.MaxResultBodyBytes}
 	for _, opt := range opts {
 		opt(&o)
+	}
+	if o.maxResponse < 1 || o.maxResponse > pb.MaxResultBodyBytes {
+		return nil, fmt.Errorf("pool: the response limit must be 1 to %d bytes", pb.MaxResultBodyBytes)
 	}
 	if o.queueDepth < 0 || o.budget < 0 || o.startTimeout <= 0 || o.frozenMargin < 0 {
 		return nil, errors.New("pool: queue depth, memory budget and frozen margin must not be negative, start timeout must be positive")
@@ -227,6 +242,7 @@ func New(driver Driver, runDir string, opts ...Option) (*Pool, error) {
 		budget:       o.budget,
 		chargeFrozen: o.chargeFrozen,
 		frozenMargin: o.frozenMargin,
+		maxResponse:  o.maxResponse,
 		onTransition: o.onTransition,
 		stemSpecs:    make(map[string]StemSpec),
 		sets:         make(map[string]*set),

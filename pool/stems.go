@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -159,6 +160,7 @@ func (p *Pool) load(ctx context.Context, fn *Function, c *Container) error {
 		env[k] = v
 	}
 	env["KILN_FUNCTION"] = fn.Name
+	env[pb.EnvMaxResponse] = strconv.Itoa(p.maxResponse)
 	p.mu.Lock()
 	c.logRing.Store(p.logRingLocked(fn.Name))
 	p.mu.Unlock()

@@ -15,6 +15,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -31,6 +32,7 @@ import (
 	"github.com/kilnfx/kiln/pool"
 	ctrd "github.com/kilnfx/kiln/pool/containerd"
 	"github.com/kilnfx/kiln/pool/containerd/daemon"
+	pb "github.com/kilnfx/kiln/proto/executorpb"
 	"github.com/kilnfx/kiln/runtimes/rootfs"
 )
 
@@ -44,11 +46,13 @@ type config struct {
 	namespace       string
 	runtimeBinary   string
 	maxBody         int
+	maxResponse     int
 	shutdownTimeout time.Duration
 	startTimeout    time.Duration
 	logLevel        string
 	queueDepth      int
 	memoryBudget    int64
+	memoryLimit     int64 // kilnd's own soft memory limit; 0: none
 	frozenMargin    int64 // negative: frozen containers are charged their limit
 	stemCells       map[string]int
 	executorBinary  string
@@ -68,6 +72,15 @@ type config struct {
 	maxImageBytes   int
 	pullTimeout     time.Duration
 }
+
+// Memory defaults (docs/DESIGN.md, "Bounded memory").
+const (
+	// defaultMaxResponse is the response limit: 6 MiB, as the request
+	// body's (and AWS Lambda's synchronous answer).
+	defaultMaxResponse = 6 << 20
+	// defaultMemoryLimit is kilnd's soft memory limit.
+	defaultMemoryLimit = "512Mi"
+)
 
 func main() {
 	if err := run(os.Args[1:], os.Stderr); err != nil {
@@ -89,10 +102,12 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	fs.StringVar(&c.namespace, "namespace", "kiln", "containerd `namespace` of kiln's containers")
 	fs.StringVar(&c.runtimeBinary, "runtime-binary", "crun", "OCI runtime `binary` of the runc shim: crun (about 30% faster container start here) or runc")
 	fs.IntVar(&c.maxBody, "max-body", agent.DefaultMaxBodyBytes, "request body limit in `bytes`")
+	fs.IntVar(&c.maxResponse, "max-response", defaultMaxResponse, fmt.Sprintf("response limit in `bytes`: body, headers and error of a function's answer together, at most %d; a larger answer is 502 response_too_large", pb.MaxResultBodyBytes))
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 30*time.Second, "bound on finishing in-flight calls at SIGTERM")
 	fs.DurationVar(&c.startTimeout, "start-timeout", 10*time.Second, "bound on a container becoming ready")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log `level`: debug, info, warn, error")
 	fs.IntVar(&c.queueDepth, "queue-depth", 1000, "calls that may wait for a container, per function")
+	memLimit := fs.String("memory-limit", defaultMemoryLimit, "soft limit on kilnd's own memory (Go's GC works harder as it nears it; $GOMEMLIMIT, if set, wins): `SIZE` (512Mi, 1G) or a percentage of RAM; 0: none")
 	budget := fs.String("memory-budget", "75%", "memory the node allows its containers: `SIZE` (512Mi, 16G, bytes) or a percentage of RAM; each container counts its memory limit, a frozen one its use (see --frozen-margin)")
 	frozenMargin := fs.String("frozen-margin", "1Mi", "a frozen container counts in --memory-budget as the memory its cgroup held when it froze plus this `SIZE`, and gets its whole limit back before it thaws (LRU frozen containers are evicted for it, else the call gets 503); \"off\" counts frozen containers at their limit")
 	stems := fs.String("stem-cells", "", "frozen generic containers to keep per runtime, as `RUNTIME=N[,...]` (e.g. go=2)")
@@ -125,6 +140,9 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 		if c.containerCPUs, err = parseCPUList(*containerCPUs, c.startCPUs); err != nil {
 			return c, fmt.Errorf("--container-cpus %q: %v", *containerCPUs, err)
 		}
+	}
+	if c.memoryLimit, err = parseBudget(*memLimit); err != nil {
+		return c, fmt.Errorf("--memory-limit %q: %v", *memLimit, err)
 	}
 	if c.memoryBudget, err = parseBudget(*budget); err != nil {
 		return c, fmt.Errorf("--memory-budget %q: %v", *budget, err)
@@ -189,6 +207,9 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	if c.maxBody <= 0 {
 		return c, fmt.Errorf("--max-body %d: must be positive", c.maxBody)
 	}
+	if c.maxResponse <= 0 || c.maxResponse > pb.MaxResultBodyBytes {
+		return c, fmt.Errorf("--max-response %d: must be 1 to %d", c.maxResponse, pb.MaxResultBodyBytes)
+	}
 	if c.shutdownTimeout <= 0 || c.startTimeout <= 0 {
 		return c, errors.New("--shutdown-timeout and --start-timeout must be positive")
 	}
@@ -238,6 +259,11 @@ func run(args []string, stderr io.Writer) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+
+	if _, set := os.LookupEnv("GOMEMLIMIT"); !set && cfg.memoryLimit > 0 {
+		debug.SetMemoryLimit(cfg.memoryLimit)
+	}
+	go reclaimAfterBursts(ctx)
 
 	if err := makeDataDir(cfg.dataDir); err != nil {
 		return err
@@ -323,6 +349,7 @@ func run(args []string, stderr io.Writer) error {
 		pool.WithStartTimeout(cfg.startTimeout),
 		pool.WithQueueDepth(cfg.queueDepth),
 		pool.WithMemoryBudget(cfg.memoryBudget),
+		pool.WithMaxResponseBytes(cfg.maxResponse),
 	}
 	if cfg.frozenMargin >= 0 {
 		popts = append(popts, pool.WithFrozenCharge(cfg.frozenMargin))

@@ -25,6 +25,7 @@ import (
 	"net/http"
 	"os"
 	"runtime/debug"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -81,10 +82,11 @@ type Usage struct {
 // Handler runs one call. An error fails the call with status 500 (or the
 // Response's Status when a Response is also returned) and its message.
 //
-// An answer (body, headers and error message together) is limited to
-// MaxResponseBytes: a larger one is not sent, and the call fails with the
-// error class response_too_large (HTTP 502) while the function keeps
-// serving.
+// An answer (body, headers and error message together) is limited to the
+// node's response limit, which the agent gives in $KILN_MAX_RESPONSE (at
+// most MaxResponseBytes; kilnd's --max-response): a larger one is not
+// sent, and the call fails with the error class response_too_large (HTTP
+// 502) while the function keeps serving.
 type Handler func(ctx context.Context, req *Request) (*Response, error)
 
 // ErrResponseTooLarge, wrapped by a handler's error, fails the call as an
@@ -93,9 +95,9 @@ type Handler func(ctx context.Context, req *Request) (*Response, error)
 // and find it too large.
 var ErrResponseTooLarge = errors.New("response too large")
 
-// MaxResponseBytes is the largest answer a handler may give: 64 MiB, the
+// MaxResponseBytes is the largest answer any node accepts: 64 MiB, the
 // executor protocol's message limit, less 64 KiB for the rest of the
-// message.
+// message. A node's own limit, in $KILN_MAX_RESPONSE, may be lower.
 const MaxResponseBytes = pb.MaxResultBodyBytes
 
 // Environment variables the agent sets for the executor.
@@ -171,7 +173,7 @@ func RunWith(ctx context.Context, socket string, opts RunOptions, h Handler) err
 	if err != nil {
 		return fmt.Errorf("open session: %w", err)
 	}
-	s := &session{stream: stream, handler: h, calls: make(map[string]context.CancelFunc)}
+	s := &session{stream: stream, handler: h, calls: make(map[string]context.CancelFunc), maxAnswer: responseLimit()}
 	if opts.Runtime == "" {
 		opts.Runtime = "go"
 	}
@@ -191,8 +193,9 @@ func RunWith(ctx context.Context, socket string, opts RunOptions, h Handler) err
 }
 
 type session struct {
-	stream  pb.Agent_SessionClient
-	handler Handler
+	stream    pb.Agent_SessionClient
+	handler   Handler
+	maxAnswer int // the largest answer sent, in bytes (responseLimit)
 
 	sendMu sync.Mutex
 
@@ -263,8 +266,8 @@ func (s *session) start(parent context.Context, inv *pb.Invoke, trace *pb.CallTr
 		if parent.Err() != nil {
 			return // the session is ending: the agent answers the call itself
 		}
-		if n := answerSize(res); n > pb.MaxResultBodyBytes {
-			res = tooLarge(res, overLimit(n))
+		if n := answerSize(res); n > s.maxAnswer {
+			res = tooLarge(res, overLimit(n, s.maxAnswer))
 		}
 		if trace != nil {
 			trace.SendingNs = pb.MonotonicNow()
@@ -275,10 +278,21 @@ func (s *session) start(parent context.Context, inv *pb.Invoke, trace *pb.CallTr
 			// gRPC refused the message as over its size limit, before
 			// sending anything: say so rather than leave the call to
 			// its timeout.
-			res = tooLarge(res, overLimit(proto.Size(res)))
+			res = tooLarge(res, overLimit(proto.Size(res), s.maxAnswer))
 			_ = s.send(&pb.ExecutorMsg{Msg: &pb.ExecutorMsg_Result{Result: res}})
 		}
 	}()
+}
+
+// responseLimit is the largest answer the agent accepts: $KILN_MAX_RESPONSE
+// when it is a count of bytes from 1 to MaxResponseBytes, else
+// MaxResponseBytes.
+func responseLimit() int {
+	n, err := strconv.Atoi(os.Getenv(pb.EnvMaxResponse))
+	if err != nil || n < 1 || n > MaxResponseBytes {
+		return MaxResponseBytes
+	}
+	return n
 }
 
 // answerSize is the size of what the handler answered in res: its body,
@@ -307,9 +321,10 @@ func tooLarge(res *pb.Result, why string) *pb.Result {
 	}
 }
 
-// overLimit says that an answer of size bytes is over the limit.
-func overLimit(size int) string {
-	return fmt.Sprintf("the function's answer of %d bytes is over the %d byte limit", size, pb.MaxResultBodyBytes)
+// overLimit says that an answer of size bytes is over the limit of limit
+// bytes.
+func overLimit(size, limit int) string {
+	return fmt.Sprintf("the function's answer of %d bytes is over the %d byte limit", size, limit)
 }
 
 // run calls the handler for one Invoke, turning a panic into an error result.

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"time"
 
@@ -29,6 +30,18 @@ type Report struct {
 }
 
 func handle(ctx context.Context, req *sdk.Request) (*sdk.Response, error) {
+	if n, ok := strings.CutPrefix(string(req.Body), "mib:"); ok {
+		// Answer n MiB, every page written.
+		mib, err := strconv.Atoi(n)
+		if err != nil || mib < 0 {
+			return nil, fmt.Errorf("mib:%s: want a count of MiB", n)
+		}
+		b := make([]byte, mib<<20)
+		for i := range b {
+			b[i] = byte(i)
+		}
+		return &sdk.Response{Body: b}, nil
+	}
 	switch string(req.Body) {
 	case "report":
 		r := Report{UID: os.Getuid(), GID: os.Getgid(), Status: map[string]string{}}

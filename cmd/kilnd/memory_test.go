@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
 	"io"
 	"net/http"
@@ -45,26 +44,14 @@ func plainKilndWrapper(t *testing.T) []string {
 	return []string{"sh", "-c", `shift; exec "$0" "$@"`, plainPath}
 }
 
-// vmRSS returns the resident set size of process pid, in bytes.
-func vmRSS(t *testing.T, pid int) int64 {
+// rssBytes returns the resident set of process pid, in bytes.
+func rssBytes(t *testing.T, pid int) int64 {
 	t.Helper()
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	kib, err := vmRSS(pid)
 	if err != nil {
 		t.Fatalf("read RSS: %v", err)
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			if err != nil {
-				t.Fatalf("VmRSS %q: %v", v, err)
-			}
-			return kb << 10
-		}
-	}
-	t.Fatalf("no VmRSS in /proc/%d/status", pid)
-	return 0
+	return kib << 10
 }
 
 // rssPeak samples process pid's RSS every 10 ms until the returned
@@ -148,7 +135,7 @@ func TestLargeResponsesMemory(t *testing.T) {
 		return nil
 	})
 	time.Sleep(time.Second)
-	base := vmRSS(t, pid)
+	base := rssBytes(t, pid)
 	t.Logf("kilnd RSS idle with %d warm containers: %s", calls, mib(base))
 	for round := 1; round <= 2; round++ {
 		stop := rssPeak(t, pid)
@@ -168,11 +155,11 @@ func TestLargeResponsesMemory(t *testing.T) {
 		took := time.Since(t0)
 		peak := stop()
 		time.Sleep(time.Second)
-		after1 := vmRSS(t, pid)
+		after1 := rssBytes(t, pid)
 		time.Sleep(2 * time.Second)
-		after3 := vmRSS(t, pid)
+		after3 := rssBytes(t, pid)
 		time.Sleep(2 * time.Second)
-		after5 := vmRSS(t, pid)
+		after5 := rssBytes(t, pid)
 		t.Logf("round %d: %d×%d MiB answered in %v; kilnd RSS peak %s (%.1f× the %s in flight above the idle %s), 1 s after %s, 3 s after %s, 5 s after %s",
 			round, calls, bodyMiB, took.Round(time.Millisecond), mib(peak), float64(peak-base)/inFlight, mib(inFlight), mib(base), mib(after1), mib(after3), mib(after5))
 		if limit := base + 3*inFlight; peak > limit {

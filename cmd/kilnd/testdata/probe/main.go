@@ -29,6 +29,9 @@ type Report struct {
 }
 
 func handle(ctx context.Context, req *sdk.Request) (*sdk.Response, error) {
+	if resp, ok, err := hostile(ctx, string(req.Body)); ok {
+		return resp, err
+	}
 	switch string(req.Body) {
 	case "report":
 		r := Report{UID: os.Getuid(), GID: os.Getgid(), Status: map[string]string{}}

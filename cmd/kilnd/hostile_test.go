@@ -66,7 +66,7 @@ var hostileRuntimes = []hostileRuntime{
 		forkBomb: []string{"function_error", "pids_exhausted"},
 		known: map[string]string{
 			"huge response": "after a fork bomb and then a 70 MiB answer, the next call failed 502 pids_exhausted although the container held one process (cause not found; a later failure blamed on pids events counted after the bomb's call is one suspect)",
-			"flood":     "a handler's 1 MB of stderr outlasts the executor's WaitDelay after the handler exits: the call fails 500 \"exec: WaitDelay expired before I/O complete\"",
+			"flood":         "a handler's stderr flood (seen with 2 MB on a loaded machine) outlasted the executor's WaitDelay after the handler exited: the call failed 500 \"exec: WaitDelay expired before I/O complete\"",
 		}},
 }
 

@@ -203,8 +203,8 @@ func hostProcesses(s string) []string {
 // that never answers each get their class of error while kilnd and the next
 // call are fine; a stdout flood leaves the answer intact and kilnd's memory
 // bounded; a process started in the background lives as long as its
-// container, and no longer. It ends with a neighbour's latency while another
-// function attacks (TestHostileNeighbourLatency's figures are logged).
+// container, and no longer. Failures a runtime is known to have (its
+// known map) are logged, not failed: docs/RELIABILITY.md lists them.
 func TestHostileFunctions(t *testing.T) {
 	requireIntegration(t)
 	if err := os.MkdirAll(runtimesCache, 0o700); err != nil {

@@ -42,6 +42,9 @@ func handle(ctx context.Context, req *sdk.Request) (*sdk.Response, error) {
 		}
 		return &sdk.Response{Body: b}, nil
 	}
+	if resp, ok, err := hostile(ctx, string(req.Body)); ok {
+		return resp, err
+	}
 	switch string(req.Body) {
 	case "report":
 		r := Report{UID: os.Getuid(), GID: os.Getgid(), Status: map[string]string{}}

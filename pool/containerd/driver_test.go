@@ -18,6 +18,7 @@ import (
 	"github.com/containerd/containerd/containers"
 	"github.com/containerd/containerd/namespaces"
 	"github.com/containerd/containerd/oci"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/kilnfx/kiln/pool"
 	"github.com/kilnfx/kiln/pool/containerd/daemon"
@@ -442,7 +443,19 @@ func TestSpec(t *testing.T) {
 		t.Errorf("capabilities = %+v", c)
 	}
 	if !s.Process.NoNewPrivileges || s.Linux.Seccomp == nil {
-		t.Errorf("no_new_privileges %v, seccomp %v", s.Process.NoNewPrivileges, s.Linux.Seccomp != nil)
+		t.Fatalf("no_new_privileges %v, seccomp %v", s.Process.NoNewPrivileges, s.Linux.Seccomp != nil)
+	}
+	allowed := map[string]bool{}
+	for _, r := range s.Linux.Seccomp.Syscalls {
+		if r.Action == specs.ActAllow {
+			for _, n := range r.Names {
+				allowed[n] = true
+			}
+		}
+	}
+	if !allowed["read"] || allowed["ptrace"] || allowed["process_vm_readv"] || allowed["process_vm_writev"] {
+		t.Errorf("seccomp allows read %v, ptrace %v, process_vm_readv %v, process_vm_writev %v (want only read)",
+			allowed["read"], allowed["ptrace"], allowed["process_vm_readv"], allowed["process_vm_writev"])
 	}
 	r := s.Linux.Resources
 	if *r.Memory.Limit != pool.DefaultMemoryBytes || *r.Memory.Swap != pool.DefaultMemoryBytes {

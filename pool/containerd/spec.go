@@ -3,9 +3,11 @@ package containerd
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -153,6 +155,7 @@ func (d *Driver) specOpts(spec pool.ContainerSpec) []oci.SpecOpts {
 		withNoCapabilities,
 		oci.WithNoNewPrivileges,
 		seccomp.WithDefaultProfile(),
+		withoutSyscalls(deniedSyscalls...),
 		oci.WithPidsLimit(pids),
 		oci.WithMemoryLimit(uint64(mem)),
 		withMounts(spec.SocketDir, spec.Mounts),
@@ -190,6 +193,36 @@ func withNoCapabilities(_ context.Context, _ oci.Client, _ *containers.Container
 		Ambient:     []string{},
 	}
 	return nil
+}
+
+// deniedSyscalls are refused (EPERM) to every process of a container on
+// top of the default seccomp profile, which allows them to an unprivileged
+// process: attaching to or reading and writing the memory of another
+// process of the same uid. Every process of a container runs as the same
+// uid, and the function must not reach into its executor.
+var deniedSyscalls = []string{"ptrace", "process_vm_readv", "process_vm_writev"}
+
+// withoutSyscalls removes names from every rule of the spec's seccomp
+// profile that allows them, so that the profile's default action (EPERM)
+// refuses them. It must follow the option that sets the profile.
+func withoutSyscalls(names ...string) oci.SpecOpts {
+	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+		if s.Linux == nil || s.Linux.Seccomp == nil {
+			return errors.New("no seccomp profile to remove syscalls from")
+		}
+		rules := s.Linux.Seccomp.Syscalls[:0]
+		for _, r := range s.Linux.Seccomp.Syscalls {
+			if r.Action == specs.ActAllow {
+				r.Names = slices.DeleteFunc(slices.Clone(r.Names), func(n string) bool { return slices.Contains(names, n) })
+				if len(r.Names) == 0 {
+					continue
+				}
+			}
+			rules = append(rules, r)
+		}
+		s.Linux.Seccomp.Syscalls = rules
+		return nil
+	}
 }
 
 // withNetworkNamespace makes sure the container gets a new network

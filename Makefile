@@ -60,7 +60,7 @@ check: setup ## gofmt, go vet, staticcheck, generated-code drift, go mod tidy dr
 	./scripts/check-tidy.sh
 	./scripts/check-layering.sh
 
-bench: build ## every benchmark scenario (under 10 min; root, containerd): rewrites docs/BENCHMARKS.md and docs/bench/*.png
+bench: build ## every benchmark scenario (about 16 min; root, containerd): rewrites docs/BENCHMARKS.md and docs/bench/*.png
 	$(GO) run ./bench/cmd/kiln-bench -make "make bench" -out bench/results -report docs/BENCHMARKS.md
 
 bench-quick: build ## a look at the benchmarks in under a minute: bench/results/quick.md, docs untouched

@@ -528,7 +528,7 @@ func (r *Run) Markdown(about map[string]string) string {
 		w("- `%s`: %s.\n", s, about[s])
 	}
 	w("\n## Reproduce\n\n")
-	w("    make bench         # every scenario, under 10 minutes on 2 cores; rewrites this file and docs/bench/*.png\n")
+	w("    make bench         # every scenario, about 16 minutes on 2 cores (the runtimes build their root filesystems); rewrites this file and docs/bench/*.png\n")
 	w("    make bench-quick   # under a minute; writes bench/results/quick.md\n")
 	w("    go run ./bench/cmd/kiln-bench -scenarios floor,warm-http,thawed   # some scenarios (floors are added)\n\n")
 	w("Each run also writes every figure, with the CDFs and the settings, to `bench/results/run-<time>.json`.\n")

@@ -48,7 +48,7 @@ func run() error {
 		warmup    = flag.Int("warmup", 0, "unrecorded calls before each open-loop scenario (default 500, quick 100)")
 		levels    = flag.String("levels", "", "throughput's concurrency `levels` (default 1,2,4,...,256; quick 1,8,64)")
 		density   = flag.String("density-steps", "", "density's frozen container `counts` (default 8,16,32,64,128,256,512,1000; quick 8,16)")
-		budget    = flag.Duration("budget", 0, "time the run should take at most: density stops growing before it (default 8m30s, quick 50s)")
+		budget    = flag.Duration("budget", 0, "time the run should take at most: density stops growing before it (default 14m, quick 50s)")
 		kilndArgs = flag.String("kilnd-args", "", "space-separated `flags` added to every kilnd the run starts (e.g. \"--kilnd-cpus 0 --container-cpus 1\")")
 		fnProcs   = flag.Int("fn-gomaxprocs", 0, "GOMAXPROCS of the benchmark functions and of the floors' function processes (0: kiln's default, 1)")
 		edgeProcs = flag.Int("floor-gomaxprocs", 0, "GOMAXPROCS of the out-of-process floors' edges (0: kilnd's default, half the CPUs)")
@@ -76,7 +76,7 @@ func run() error {
 		Thaws: 2000, Stems: 60, Colds: 40,
 		Bursts: 3, BurstSize: 200,
 		DensitySteps: []int{8, 16, 32, 64, 128, 256, 512, 1000}, DensityThaws: 200, DensityMemoryMB: 32,
-		Deadline: start.Add(8*time.Minute + 30*time.Second),
+		Deadline: start.Add(14 * time.Minute),
 	}
 	if *quick {
 		cfg.Calls, cfg.Warmup, cfg.StreamDuration, cfg.AllFunctions = 500, 100, 700*time.Millisecond, false

@@ -541,29 +541,15 @@ func runStem(ctx context.Context, e *Env) ([]Result, error) {
 			return nil, err
 		}
 	}
-	c := NewHostClient(k.Addr, 1)
-	call := -1
 	// Each call takes a stem cell; before the next, the pool must have
 	// started its replacement (logged "stem cell ready").
-	lat, err := oneAtATime(ctx, e.Progress.Step, warmup, e.Stems, "stem", func() Call {
-		calls := map[string]Call{}
-		for _, n := range names {
-			calls[n] = HTTPTarget(c, "/invoke/"+n, EchoBody, EchoCheck(EchoBody))()
-		}
-		return func(ctx context.Context) (string, error) { return calls[names[call]](ctx) }
-	}, func(i int) error {
-		if i > 0 {
-			if err := k.Client.Delete(ctx, names[i-1]); err != nil {
-				return err
-			}
-		}
-		call = i
+	res, err := e.eachNewFunction(ctx, k, names, "stem", e.Progress.Step, func(i int) error {
 		return k.WaitLog(ctx, "stem cell ready", stems+i, 60*time.Second)
 	})
 	if err != nil {
 		return nil, err
 	}
-	r := lat.Result("stem")
+	r := *res
 	r.Floor, r.Mode = "floor-proc-seq", "one call at a time, each to a new function"
 	r.Note = fmt.Sprintf("--stem-cells go=%d, refilled before each call; only calls answered X-Kiln-Start: stem", stems)
 	return []Result{r}, nil
@@ -583,27 +569,11 @@ func runCold(ctx context.Context, e *Env) ([]Result, error) {
 			return nil, err
 		}
 	}
-	c := NewHostClient(k.Addr, 1)
-	call := -1
-	lat, err := oneAtATime(ctx, e.Progress.Step, warmup, e.Colds, "cold", func() Call {
-		calls := map[string]Call{}
-		for _, n := range names {
-			calls[n] = HTTPTarget(c, "/invoke/"+n, EchoBody, EchoCheck(EchoBody))()
-		}
-		return func(ctx context.Context) (string, error) { return calls[names[call]](ctx) }
-	}, func(i int) error {
-		if i > 0 {
-			if err := k.Client.Delete(ctx, names[i-1]); err != nil {
-				return err
-			}
-		}
-		call = i
-		return nil
-	})
+	res, err := e.eachNewFunction(ctx, k, names, "cold", e.Progress.Step, nil)
 	if err != nil {
 		return nil, err
 	}
-	r := lat.Result("cold")
+	r := *res
 	r.Floor, r.Mode = "floor-proc-seq", "one call at a time, each to a new function"
 	r.Note = "no stem cells, runtime " + e.RuntimeBinary + "; the previous function deleted before each call"
 	return []Result{r}, nil

@@ -49,8 +49,9 @@ var hostileRuntimes = []hostileRuntime{
 			"bpf":     "node has no bpf(2) without a native module",
 		},
 		// Node can only fork copies of node, each tens of MiB: the memory
-		// limit may come before the pids limit.
-		forkBomb: []string{"function_error", "pids_exhausted", "oom"}},
+		// limit may come before the pids limit, or the node copies,
+		// starting slowly on two CPUs, may outlast the call's timeout.
+		forkBomb: []string{"function_error", "pids_exhausted", "oom", "deadline_exceeded"}},
 	// A forked ruby dirties its copy of the interpreter's heap: the memory
 	// limit may come before the pids limit. Runs have also ended at the
 	// function's timeout (cause not found yet).
